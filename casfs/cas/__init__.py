@@ -1,0 +1,1 @@
+"""The client side: an async (trio) CAS client over blocking grpcio."""

@@ -1,0 +1,102 @@
+"""Endpoints and credentials: turn a ``RemoteConfig`` into a grpc channel and call metadata.
+
+Channels must be created inside the process that uses them (never before a fork): grpcio's
+core does not survive ``fork()``. Secrets (the bearer token) go into call metadata only and
+are never logged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import grpc
+
+from casfs.config import RemoteConfig
+
+# Large enough for a full batch response and for servers that send big Read chunks.
+MAX_MESSAGE_BYTES = 64 << 20
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.enable_retries", 0),
+    # Reconnect soon after a server restart; casfs's own retries pace the calls.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+class EndpointError(ValueError):
+    """The endpoint URL, or a TLS or token file it needs, is unusable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A parsed endpoint: grpc's target string and whether it needs TLS."""
+
+    target: str
+    tls: bool
+
+
+def parse_endpoint(url: str) -> Endpoint:
+    """Parse ``grpc://``, ``grpcs://``, ``http://``, ``https://`` or ``unix:`` endpoints."""
+    if url.startswith("unix:"):
+        path = url[len("unix:") :]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path.startswith("/"):
+            raise EndpointError(f"unix endpoint needs an absolute path: {url!r}")
+        return Endpoint(target=f"unix:{path}", tls=False)
+    parts = urlsplit(url)
+    if parts.scheme not in ("grpc", "grpcs", "http", "https"):
+        raise EndpointError(
+            f"unsupported endpoint {url!r}: use grpc://HOST:PORT, grpcs://HOST:PORT or unix:PATH"
+        )
+    if not parts.hostname:
+        raise EndpointError(f"endpoint has no host: {url!r}")
+    if parts.path not in ("", "/"):
+        raise EndpointError(f"endpoint must not have a path: {url!r}")
+    tls = parts.scheme in ("grpcs", "https")
+    try:
+        port = parts.port or (443 if tls else 80)
+    except ValueError as error:
+        raise EndpointError(f"bad port in endpoint {url!r}") from error
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return Endpoint(target=f"{host}:{port}", tls=tls)
+
+
+def _read(path: object, what: str) -> bytes:
+    try:
+        with open(str(path), "rb") as file:
+            return file.read()
+    except OSError as error:
+        raise EndpointError(f"cannot read {what} {path}: {error.strerror}") from error
+
+
+def open_channel(config: RemoteConfig) -> grpc.Channel:
+    """A channel to ``config.endpoint``, with TLS where the scheme asks for it."""
+    endpoint = parse_endpoint(config.endpoint)
+    if not endpoint.tls:
+        return grpc.insecure_channel(endpoint.target, options=_CHANNEL_OPTIONS)
+    if (config.client_cert is None) != (config.client_key is None):
+        raise EndpointError("a client certificate needs its key, and a key its certificate")
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read(config.ca_file, "CA file") if config.ca_file else None,
+        private_key=_read(config.client_key, "client key") if config.client_key else None,
+        certificate_chain=(
+            _read(config.client_cert, "client certificate") if config.client_cert else None
+        ),
+    )
+    return grpc.secure_channel(endpoint.target, credentials, options=_CHANNEL_OPTIONS)
+
+
+def call_metadata(config: RemoteConfig) -> tuple[tuple[str, str], ...]:
+    """Headers sent with every call: the configured ones and a bearer token from its file."""
+    metadata = [(key.lower(), value) for key, value in config.headers]
+    if config.token_file is not None:
+        token = _read(config.token_file, "token file").decode("utf-8", "replace").strip()
+        if not token:
+            raise EndpointError(f"token file {config.token_file} is empty")
+        metadata.append(("authorization", f"Bearer {token}"))
+    return tuple(metadata)

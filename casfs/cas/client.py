@@ -1,0 +1,572 @@
+"""An async CAS client for trio, over blocking grpcio.
+
+Concurrency notes (the invariants the rest of casfs relies on):
+
+- Unary calls never block a thread: they are started with ``.future()`` and the trio task
+  sleeps until grpc's done-callback wakes it through the trio token. Streaming calls iterate
+  a blocking grpc iterator, so each ``next()`` runs in a worker thread taken from one
+  ``CapacityLimiter`` per client: at most ``max_concurrent_streams`` threads block in grpc.
+- Cancelling the trio task cancels the grpc call (``call.cancel()`` / ``future.cancel()``);
+  an abandoned worker thread then wakes with CANCELLED and its result is dropped.
+- Every call has a deadline: ``rpc_timeout`` for unary calls, plus the time to move the
+  bytes at ``min_stream_rate`` for streams.
+- Errors leave this module only as ``casfs.cas.errors.CasError`` subclasses (the first
+  border); ``grpc.RpcError`` never escapes.
+- The client holds no blob in memory beyond one request or one response; ``write`` streams
+  from a file, ``stream`` yields chunks as they arrive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import trio
+import zstandard
+
+from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
+from casfs._proto import remote_execution_pb2 as re_pb2
+from casfs._proto import remote_execution_pb2_grpc as re_grpc
+from casfs.cas.channel import call_metadata, open_channel
+from casfs.cas.errors import (
+    CasError,
+    DataLoss,
+    NotFound,
+    Unimplemented,
+    from_rpc_error,
+    from_status,
+)
+from casfs.cas.retry import with_retries
+from casfs.config import RemoteConfig
+from casfs.digest import Digest, DigestBuilder, DigestFunction, digest_file
+from casfs.resource import BlobName, Compressor
+
+log = logging.getLogger("casfs.cas")
+T = TypeVar("T")
+
+# gRPC's usual message limit is 4 MiB; batches stay well under it whatever is advertised.
+BATCH_LIMIT = 4 << 20
+_BATCH_SLACK = 64 << 10
+_PER_BLOB_OVERHEAD = 256
+# Digests per FindMissingBlobs request (about 80 bytes each on the wire).
+FIND_MISSING_CHUNK = 10_000
+
+
+class _Future(Protocol):
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
+    def cancel(self) -> bool: ...
+    def result(self) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the server says it supports, reduced to what casfs uses."""
+
+    digest_functions: frozenset[DigestFunction]
+    compressors: frozenset[Compressor]
+    batch_compressors: frozenset[Compressor]
+    max_batch_bytes: int  # 0: no limit advertised
+    raw: re_pb2.ServerCapabilities
+
+    @classmethod
+    def from_proto(cls, caps: re_pb2.ServerCapabilities) -> Capabilities:
+        cache = caps.cache_capabilities
+        return cls(
+            digest_functions=frozenset(
+                DigestFunction(v) for v in cache.digest_functions if v in _KNOWN_FUNCTIONS
+            )
+            or frozenset({DigestFunction.SHA256}),
+            compressors=frozenset(
+                Compressor(v) for v in cache.supported_compressors if v in _KNOWN_COMPRESSORS
+            ),
+            batch_compressors=frozenset(
+                Compressor(v)
+                for v in cache.supported_batch_update_compressors
+                if v in _KNOWN_COMPRESSORS
+            ),
+            max_batch_bytes=cache.max_batch_total_size_bytes,
+            raw=caps,
+        )
+
+    def batch_budget(self) -> int:
+        """Bytes of blob data one batch request may carry."""
+        limit = BATCH_LIMIT if self.max_batch_bytes <= 0 else min(self.max_batch_bytes, BATCH_LIMIT)
+        return max(0, limit - _BATCH_SLACK)
+
+
+_KNOWN_FUNCTIONS = {f.value for f in DigestFunction}
+_KNOWN_COMPRESSORS = {c.value for c in Compressor}
+
+
+async def _await_future(future: _Future, what: str) -> Any:
+    """Sleep until a grpc future is done, without a thread; cancel it if we are cancelled."""
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+
+    def wake(_: object) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
+
+    future.add_done_callback(wake)
+    try:
+        await done.wait()
+    except BaseException:
+        future.cancel()
+        raise
+    try:
+        return future.result()
+    except grpc.RpcError as error:
+        raise from_rpc_error(error, what) from None
+
+
+def _batches(digests: Sequence[Digest], budget: int) -> Iterator[list[Digest]]:
+    """Group digests into runs whose sizes (plus per-blob overhead) fit in ``budget``."""
+    batch: list[Digest] = []
+    used = 0
+    for digest in digests:
+        cost = digest.size + _PER_BLOB_OVERHEAD
+        if batch and used + cost > budget:
+            yield batch
+            batch, used = [], 0
+        batch.append(digest)
+        used += cost
+    if batch:
+        yield batch
+
+
+class CasClient:
+    """One REAPI CAS endpoint and instance, used from trio.
+
+    Create it inside ``trio.run`` (the channel must not cross a fork) and close it with
+    ``aclose()`` or ``async with``.
+    """
+
+    def __init__(self, config: RemoteConfig) -> None:
+        self.config = config
+        self.instance = config.instance
+        self._metadata = call_metadata(config)
+        self._channel = open_channel(config)
+        self._bytestream = bytestream_pb2_grpc.ByteStreamStub(self._channel)
+        self._cas = re_grpc.ContentAddressableStorageStub(self._channel)
+        self._capabilities_stub = re_grpc.CapabilitiesStub(self._channel)
+        self._limiter = trio.CapacityLimiter(config.max_concurrent_streams)
+        self._capabilities: Capabilities | None = None
+        self._capabilities_lock = trio.Lock()
+
+    async def __aenter__(self) -> CasClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the channel; calls still running fail with CANCELLED."""
+        self._channel.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _stream_timeout(self, nbytes: int) -> float:
+        return self.config.rpc_timeout + nbytes / self.config.min_stream_rate
+
+    async def _unary(self, method: Any, request: Any, what: str) -> Any:
+        """One unary call with the deadline and headers; no retries."""
+        future = method.future(request, timeout=self.config.rpc_timeout, metadata=self._metadata)
+        return await _await_future(future, what)
+
+    async def _retrying_unary(self, method: Any, request: Any, what: str) -> Any:
+        return await with_retries(
+            lambda: self._unary(method, request, what), self.config.retry, what
+        )
+
+    async def _in_thread(self, fn: Callable[[], T], call: grpc.Call, what: str) -> T:
+        """Run a blocking step of a streaming call in a worker thread.
+
+        On trio cancellation the thread is abandoned and the call cancelled, which wakes it.
+        """
+        try:
+            return await trio.to_thread.run_sync(fn, limiter=self._limiter, abandon_on_cancel=True)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error, what) from None
+        except BaseException:
+            call.cancel()
+            raise
+
+    # -- capabilities -----------------------------------------------------------------------
+
+    async def capabilities(self) -> Capabilities:
+        """The server's capabilities, asked once and cached.
+
+        A server without the Capabilities service (UNIMPLEMENTED) is taken to support
+        sha256, no compressors and no advertised batch limit.
+        """
+        async with self._capabilities_lock:
+            if self._capabilities is None:
+                request = re_pb2.GetCapabilitiesRequest(instance_name=self.instance)
+                what = f"GetCapabilities {self.instance!r}"
+                try:
+                    caps = await self._retrying_unary(
+                        self._capabilities_stub.GetCapabilities, request, what
+                    )
+                except Unimplemented:
+                    caps = re_pb2.ServerCapabilities()
+                self._capabilities = Capabilities.from_proto(caps)
+            return self._capabilities
+
+    # -- existence --------------------------------------------------------------------------
+
+    async def find_missing(self, digests: Iterable[Digest]) -> set[Digest]:
+        """The digests the server does not have, asked in requests of at most 10,000."""
+        by_function: dict[DigestFunction, list[Digest]] = {}
+        for digest in digests:
+            by_function.setdefault(digest.function, []).append(digest)
+        missing: set[Digest] = set()
+        for function, group in by_function.items():
+            for start in range(0, len(group), FIND_MISSING_CHUNK):
+                chunk = group[start : start + FIND_MISSING_CHUNK]
+                request = re_pb2.FindMissingBlobsRequest(
+                    instance_name=self.instance,
+                    blob_digests=[d.to_proto() for d in chunk],
+                    digest_function=function.name,
+                )
+                response = await self._retrying_unary(
+                    self._cas.FindMissingBlobs, request, f"FindMissingBlobs ({len(chunk)})"
+                )
+                missing.update(
+                    Digest.from_proto(d, function) for d in response.missing_blob_digests
+                )
+        return missing
+
+    async def contains(self, digest: Digest) -> bool:
+        """Whether the server has the blob (the empty blob always exists)."""
+        return digest.size == 0 or not await self.find_missing([digest])
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of a blob, clamped to its end.
+
+        One ranged ByteStream Read, retried from scratch on transient errors. Raises
+        ``NotFound`` for a missing blob and ``DataLoss`` if the server sends fewer bytes
+        than the digest promises.
+        """
+        if offset < 0 or length < 0:
+            raise ValueError(f"negative offset or length: {offset}, {length}")
+        length = min(length, digest.size - offset)
+        if length <= 0:
+            return b""
+        name = BlobName(self.instance, digest).read_name()
+        what = f"Read {name} [{offset}+{length}]"
+
+        async def attempt() -> bytes:
+            request = bytestream_pb2.ReadRequest(
+                resource_name=name, read_offset=offset, read_limit=length
+            )
+            call = self._bytestream.Read(
+                request, timeout=self._stream_timeout(length), metadata=self._metadata
+            )
+            data = await self._in_thread(lambda: b"".join(r.data for r in call), call, what)
+            if len(data) < length:
+                raise DataLoss(f"{what}: server sent {len(data)} bytes")
+            return data[:length] if len(data) > length else data
+
+        return await with_retries(attempt, self.config.retry, what)
+
+    async def stream(self, digest: Digest, offset: int = 0) -> AsyncIterator[bytes]:
+        """Yield the blob from ``offset`` to its end in the chunks the server sends.
+
+        A stream broken by a transient error resumes where it stopped. zstd on the wire is
+        used when the config asks for compression and the server advertises it.
+        """
+        if offset < 0:
+            raise ValueError(f"negative offset {offset}")
+        position = offset
+        compressor = await self._wire_compressor(digest, (Compressor.ZSTD, Compressor.DEFLATE))
+        name = BlobName(self.instance, digest, compressor).read_name()
+        what = f"Read {name}"
+        attempts = self.config.retry.delays()
+        while position < digest.size:
+            try:
+                async for chunk in self._read_stream(name, position, digest.size, compressor):
+                    position += len(chunk)
+                    yield chunk
+                    attempts = self.config.retry.delays()  # progress resets the budget
+            except CasError as error:
+                delay = next(attempts, None)
+                if not error.transient or delay is None:
+                    raise
+                log.info("%s: %s at offset %d; resuming in %.2fs", what, error, position, delay)
+                await trio.sleep(delay)
+                continue
+            if position < digest.size:
+                raise DataLoss(f"{what}: stream ended at {position} of {digest.size} bytes")
+
+    async def _read_stream(
+        self, name: str, offset: int, size: int, compressor: Compressor
+    ) -> AsyncIterator[bytes]:
+        request = bytestream_pb2.ReadRequest(resource_name=name, read_offset=offset)
+        call = self._bytestream.Read(
+            request, timeout=self._stream_timeout(size - offset), metadata=self._metadata
+        )
+        decompress = _decompressor(compressor)
+        responses = iter(call)
+        try:
+            while True:
+                response = await self._in_thread(
+                    lambda: next(responses, None), call, f"Read {name}"
+                )
+                if response is None:
+                    tail = decompress(b"", True)
+                    if tail:
+                        yield tail
+                    return
+                data = decompress(response.data, False)
+                if data:
+                    yield data
+        finally:
+            call.cancel()
+
+    async def read_blob(self, digest: Digest) -> bytes:
+        """A whole blob in memory: for small blobs (Directory messages, tests)."""
+        if digest.size <= (await self.capabilities()).batch_budget():
+            return (await self.batch_read([digest]))[digest]
+        return b"".join([chunk async for chunk in self.stream(digest)])
+
+    async def batch_read(self, digests: Sequence[Digest]) -> dict[Digest, bytes]:
+        """Small blobs by BatchReadBlobs, in batches under the message limit.
+
+        Responses are matched by digest, not by order. A blob too large for a batch is read
+        with ByteStream instead. Raises the error of the first blob that failed.
+        """
+        budget = (await self.capabilities()).batch_budget()
+        unique = list(dict.fromkeys(digests))
+        result: dict[Digest, bytes] = {d: b"" for d in unique if d.size == 0}
+        small = [d for d in unique if 0 < d.size <= budget]
+        for digest in unique:
+            if digest.size > budget:
+                result[digest] = await self.read_range(digest, 0, digest.size)
+        for batch in _batches(small, budget):
+            function = batch[0].function
+            for same in _group_by_function(batch):
+                function = same[0].function
+                request = re_pb2.BatchReadBlobsRequest(
+                    instance_name=self.instance,
+                    digests=[d.to_proto() for d in same],
+                    digest_function=function.name,
+                )
+                response = await self._retrying_unary(
+                    self._cas.BatchReadBlobs, request, f"BatchReadBlobs ({len(same)})"
+                )
+                wanted = set(same)
+                for item in response.responses:
+                    digest = Digest.from_proto(item.digest, function)
+                    if digest not in wanted:
+                        continue
+                    error = from_status(item.status.code, item.status.message, f"read {digest}")
+                    if error is not None:
+                        raise error
+                    data = _decompressor(Compressor(item.compressor))(item.data, True)
+                    if Digest.of_bytes(data, function) != digest:
+                        raise DataLoss(f"BatchReadBlobs: {digest} arrived with other content")
+                    result[digest] = data
+                for digest in same:
+                    if digest not in result:
+                        raise NotFound(f"BatchReadBlobs: no answer for {digest}")
+        return result
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def batch_update(self, blobs: Sequence[tuple[Digest, bytes]]) -> None:
+        """Upload small blobs by BatchUpdateBlobs, in batches under the message limit."""
+        budget = (await self.capabilities()).batch_budget()
+        data_of = {digest: data for digest, data in blobs if digest.size > 0}
+        for digest, data in data_of.items():
+            if len(data) != digest.size:
+                raise ValueError(f"{digest}: got {len(data)} bytes")
+        for batch in _batches(list(data_of), budget):
+            for same in _group_by_function(batch):
+                request = re_pb2.BatchUpdateBlobsRequest(
+                    instance_name=self.instance,
+                    requests=[
+                        re_pb2.BatchUpdateBlobsRequest.Request(digest=d.to_proto(), data=data_of[d])
+                        for d in same
+                    ],
+                    digest_function=same[0].function.name,
+                )
+                response = await self._retrying_unary(
+                    self._cas.BatchUpdateBlobs, request, f"BatchUpdateBlobs ({len(same)})"
+                )
+                for item in response.responses:
+                    digest = Digest.from_proto(item.digest, same[0].function)
+                    error = from_status(item.status.code, item.status.message, f"upload {digest}")
+                    if error is not None:
+                        raise error
+
+    async def write(self, digest: Digest, path: os.PathLike[str] | str) -> None:
+        """Upload the file at ``path`` as ``digest`` by ByteStream Write, resumably.
+
+        The file is sent in ``chunk_size`` requests. After a transient failure the next
+        attempt asks QueryWriteStatus for ``committed_size`` and resumes there; a server
+        without QueryWriteStatus (UNIMPLEMENTED), an unknown session or a compressed upload
+        restarts from 0. A server that ends the stream early because it already has the blob
+        counts as success. Cancellation cancels the call; the server keeps what it has.
+        """
+        if digest.size == 0:
+            return
+        actual = os.stat(path).st_size
+        if actual != digest.size:
+            raise ValueError(f"{path} has {actual} bytes, the digest says {digest.size}")
+        compressor = await self._wire_compressor(digest, (Compressor.ZSTD,))
+        name = BlobName(self.instance, digest, compressor, str(uuid.uuid4())).write_name()
+        what = f"Write {name}"
+        started = False
+
+        async def attempt() -> None:
+            nonlocal started
+            offset = 0
+            if started and compressor is Compressor.IDENTITY:
+                offset = await self._committed_size(name)
+                if offset > 0:
+                    log.info("%s: resuming at offset %d", what, offset)
+            started = True
+            if compressor is Compressor.IDENTITY:
+                requests = _plain_requests(name, path, offset, digest.size, self.config.chunk_size)
+            else:
+                requests = _zstd_requests(name, path, self.config.chunk_size)
+            future = self._bytestream.Write.future(
+                requests,
+                timeout=self._stream_timeout(digest.size - offset),
+                metadata=self._metadata,
+            )
+            response = await _await_future(future, what)
+            committed = response.committed_size
+            if compressor is Compressor.IDENTITY and committed != digest.size:
+                raise DataLoss(f"{what}: server committed {committed} of {digest.size} bytes")
+
+        await with_retries(attempt, self.config.retry, what)
+
+    async def _committed_size(self, name: str) -> int:
+        request = bytestream_pb2.QueryWriteStatusRequest(resource_name=name)
+        try:
+            response = await self._unary(
+                self._bytestream.QueryWriteStatus, request, f"QueryWriteStatus {name}"
+            )
+        except (Unimplemented, NotFound):
+            return 0
+        return int(response.committed_size)
+
+    async def upload_file(
+        self, path: os.PathLike[str] | str, function: DigestFunction = DigestFunction.SHA256
+    ) -> Digest:
+        """Hash a file, then upload it unless the server has it; returns its digest.
+
+        Small files go by BatchUpdateBlobs, larger ones by a resumable ByteStream Write.
+        """
+        digest = await trio.to_thread.run_sync(digest_file, path, function)
+        if not await self.find_missing([digest]):
+            return digest
+        if digest.size <= (await self.capabilities()).batch_budget():
+            data = await trio.to_thread.run_sync(Path(path).read_bytes)
+            if Digest.of_bytes(data, function) != digest:
+                raise DataLoss(f"{path} changed while it was being uploaded")
+            await self.batch_update([(digest, data)])
+        else:
+            await self.write(digest, path)
+        return digest
+
+    async def upload_bytes(
+        self, data: bytes, function: DigestFunction = DigestFunction.SHA256
+    ) -> Digest:
+        """Upload a small in-memory blob (a Directory message, a test fixture)."""
+        builder = DigestBuilder(function)
+        builder.update(data)
+        digest = builder.digest()
+        if digest.size > (await self.capabilities()).batch_budget():
+            raise ValueError(f"{digest} is too large for a batch; write it from a file")
+        if await self.find_missing([digest]):
+            await self.batch_update([(digest, data)])
+        return digest
+
+    async def _wire_compressor(self, digest: Digest, preferred: Sequence[Compressor]) -> Compressor:
+        """The compressor to use for a blob: only when asked for and advertised."""
+        if not self.config.compression or digest.size < 4096:
+            return Compressor.IDENTITY
+        advertised = (await self.capabilities()).compressors
+        return next((c for c in preferred if c in advertised), Compressor.IDENTITY)
+
+
+def _group_by_function(batch: list[Digest]) -> Iterator[list[Digest]]:
+    groups: dict[DigestFunction, list[Digest]] = {}
+    for digest in batch:
+        groups.setdefault(digest.function, []).append(digest)
+    yield from groups.values()
+
+
+def _decompressor(compressor: Compressor) -> Callable[[bytes, bool], bytes]:
+    """A function ``(chunk, final) -> bytes`` undoing the wire compression."""
+    if compressor is Compressor.IDENTITY:
+        return lambda data, final: data
+    if compressor is Compressor.ZSTD:
+        zstd = zstandard.ZstdDecompressor().decompressobj()
+        return lambda data, final: zstd.decompress(data) if data else b""
+    if compressor is Compressor.DEFLATE:
+        inflate = zlib.decompressobj()
+        return lambda data, final: inflate.decompress(data) + (inflate.flush() if final else b"")
+    raise Unimplemented(f"compressor {compressor.name_lower} is not supported")
+
+
+def _plain_requests(
+    name: str, path: os.PathLike[str] | str, offset: int, size: int, chunk_size: int
+) -> Iterator[bytestream_pb2.WriteRequest]:
+    """WriteRequests for ``path[offset:size]``; runs in grpc's request-consuming thread."""
+    with open(path, "rb") as file:
+        file.seek(offset)
+        position = offset
+        first = True
+        while True:
+            chunk = file.read(min(chunk_size, size - position))
+            if not chunk and position < size:
+                raise OSError(f"{path} shrank to {position} bytes during the upload")
+            finish = position + len(chunk) >= size
+            yield bytestream_pb2.WriteRequest(
+                resource_name=name if first else "",
+                write_offset=position,
+                data=chunk,
+                finish_write=finish,
+            )
+            first = False
+            position += len(chunk)
+            if finish:
+                return
+
+
+def _zstd_requests(
+    name: str, path: os.PathLike[str] | str, chunk_size: int
+) -> Iterator[bytestream_pb2.WriteRequest]:
+    """WriteRequests carrying ``path`` zstd-compressed; offsets count compressed bytes."""
+    compressor = zstandard.ZstdCompressor(level=1).compressobj()
+    with open(path, "rb") as file:
+        position = 0
+        first = True
+        while chunk := file.read(chunk_size):
+            data = compressor.compress(chunk)
+            if not data:
+                continue
+            yield bytestream_pb2.WriteRequest(
+                resource_name=name if first else "", write_offset=position, data=data
+            )
+            first = False
+            position += len(data)
+        yield bytestream_pb2.WriteRequest(
+            resource_name=name if first else "",
+            write_offset=position,
+            data=compressor.flush(),
+            finish_write=True,
+        )
