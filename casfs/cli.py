@@ -1,0 +1,225 @@
+"""The ``casfs`` command: serve the embedded CAS, and put/get/stat blobs on any CAS.
+
+Exit codes: 0 success; 1 a CAS operation failed (missing blob, server error); 2 bad usage
+or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from casfs import __version__
+from casfs.cas.channel import EndpointError
+from casfs.cas.client import CasClient
+from casfs.cas.errors import CasError
+from casfs.config import (
+    DEFAULT_INSTANCE,
+    DEFAULT_LISTEN,
+    ConfigError,
+    RemoteConfig,
+    ServeConfig,
+    StoreConfig,
+    default_store_dir,
+    load_serve_config,
+    parse_size,
+)
+from casfs.digest import Digest, DigestError, DigestFunction
+
+log = logging.getLogger("casfs")
+DEFAULT_REMOTE = f"grpc://{DEFAULT_LISTEN}"
+
+EXAMPLES = """\
+examples:
+  casfs serve                                   # embedded CAS on 127.0.0.1:8980
+  casfs serve --store /srv/cas --instance main --instance ci=/srv/ci-cas
+  casfs put build.tar                           # prints <hash>/<size>
+  casfs get <hash>/<size> out.bin
+  casfs stat --remote grpcs://cas.example:443 --token-file ~/.cas-token <hash>/<size>
+"""
+
+
+def _setup_logging(verbose: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _remote_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--remote", default=DEFAULT_REMOTE, help="CAS endpoint (%(default)s)")
+    parser.add_argument("--instance", default=DEFAULT_INSTANCE, help="instance name (%(default)s)")
+    parser.add_argument("--ca-file", type=Path, help="CA certificates for grpcs://")
+    parser.add_argument("--client-cert", type=Path, help="client certificate for mutual TLS")
+    parser.add_argument("--client-key", type=Path, help="client key for mutual TLS")
+    parser.add_argument("--token-file", type=Path, help="file holding a bearer token")
+    parser.add_argument(
+        "--header", action="append", default=[], metavar="KEY=VALUE", help="extra call header"
+    )
+    parser.add_argument(
+        "--digest-function",
+        default="sha256",
+        choices=[f.name_lower for f in DigestFunction if f.hashable],
+    )
+
+
+def _remote_config(args: argparse.Namespace) -> RemoteConfig:
+    headers = []
+    for header in args.header:
+        key, sep, value = header.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--header needs KEY=VALUE, got {header!r}")
+        headers.append((key, value))
+    return RemoteConfig(
+        endpoint=args.remote,
+        instance=args.instance,
+        ca_file=args.ca_file,
+        client_cert=args.client_cert,
+        client_key=args.client_key,
+        token_file=args.token_file,
+        headers=tuple(headers),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="casfs",
+        description="Mount and use a remote content-addressable store (REAPI CAS).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"casfs {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the embedded CAS server")
+    serve.add_argument("--config", type=Path, help="TOML file with listen and [instances.NAME]")
+    serve.add_argument("--store", type=Path, help=f"store directory ({default_store_dir()})")
+    serve.add_argument("--listen", help=f"host:port to listen on ({DEFAULT_LISTEN}; port 0 picks)")
+    serve.add_argument(
+        "--instance",
+        action="append",
+        default=[],
+        metavar="NAME[=DIR]",
+        help="serve this instance name (from DIR, or from --store); repeatable. "
+        "Default: 'main' and the empty name, both from --store",
+    )
+    serve.add_argument("--max-size", type=_size, help="bound the store, e.g. 100G")
+    serve.add_argument(
+        "--evict", action="store_true", help="evict least recently used blobs at --max-size"
+    )
+    serve.add_argument("--no-fsync", action="store_true", help="skip fsync (faster, unsafe)")
+
+    put = commands.add_parser("put", help="upload files; prints <hash>/<size> for each")
+    put.add_argument("files", nargs="+", type=Path)
+    _remote_options(put)
+
+    get = commands.add_parser("get", help="download a blob to a file or stdout")
+    get.add_argument("digest")
+    get.add_argument("output", nargs="?", type=Path)
+    _remote_options(get)
+
+    stat = commands.add_parser("stat", help="say whether the CAS has a blob")
+    stat.add_argument("digest")
+    _remote_options(stat)
+    return parser
+
+
+def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    base = load_serve_config(args.config) if args.config else ServeConfig()
+    store = args.store or default_store_dir()
+    options = {"max_size": args.max_size, "evict": args.evict, "fsync": not args.no_fsync}
+    instances = dict(base.instances)
+    for spec in args.instance:
+        name, sep, directory = spec.partition("=")
+        instances[name] = StoreConfig(Path(directory) if sep else store, **options)
+    if not instances:
+        default = StoreConfig(store, **options)
+        instances = {DEFAULT_INSTANCE: default, "": default}
+    return ServeConfig(listen=args.listen or base.listen, instances=instances)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the embedded server until SIGTERM or SIGINT, then stop with a short grace."""
+    from casfs.server.app import build_server
+    from casfs.server.instances import Instances
+
+    config = _serve_config(args)
+    server, port = build_server(Instances(config.instances), config.listen)
+    address = config.listen
+    if not address.startswith("unix:"):
+        address = f"{address.rpartition(':')[0]}:{port}"
+    print(f"casfs serve: listening on {address}", flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping")
+    server.stop(grace=5).wait()
+    return 0
+
+
+async def _put(args: argparse.Namespace) -> int:
+    function = DigestFunction.from_name(args.digest_function)
+    async with CasClient(_remote_config(args)) as client:
+        for path in args.files:
+            digest = await client.upload_file(path, function)
+            print(digest, flush=True)
+    return 0
+
+
+async def _get(args: argparse.Namespace) -> int:
+    digest = Digest.parse(args.digest, DigestFunction.from_name(args.digest_function))
+    async with CasClient(_remote_config(args)) as client:
+        out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+        try:
+            async for chunk in client.stream(digest):
+                out.write(chunk)
+        finally:
+            if args.output:
+                out.close()
+    return 0
+
+
+async def _stat(args: argparse.Namespace) -> int:
+    digest = Digest.parse(args.digest, DigestFunction.from_name(args.digest_function))
+    async with CasClient(_remote_config(args)) as client:
+        if await client.contains(digest):
+            print(f"{digest} present")
+            return 0
+        print(f"{digest} missing")
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        runner = {"put": _put, "get": _get, "stat": _stat}[args.command]
+        return trio.run(runner, args)
+    except (ConfigError, EndpointError, DigestError) as error:
+        print(f"casfs: {error}", file=sys.stderr)
+        return 2
+    except CasError as error:
+        print(f"casfs: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"casfs: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,1 @@
+"""gRPC servicers for the embedded CAS: ByteStream, CAS, Capabilities and ActionCache."""

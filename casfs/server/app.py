@@ -1,0 +1,57 @@
+"""The embedded CAS server: a grpcio server with all four services over ``Instances``."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from casfs._proto import bytestream_pb2_grpc
+from casfs._proto import remote_execution_pb2_grpc as re_grpc
+from casfs.server.actioncache import ActionCacheServicer
+from casfs.server.bytestream import ByteStreamServicer
+from casfs.server.capabilities import CapabilitiesServicer
+from casfs.server.cas import CasServicer
+from casfs.server.instances import Instances
+
+log = logging.getLogger("casfs.server")
+
+# Accept messages well above the advertised batch limit, so that a client that counts a
+# little differently is not cut off by the transport.
+MAX_MESSAGE_BYTES = 16 << 20
+
+
+class ListenError(OSError):
+    """The server could not bind its listen address."""
+
+
+def build_server(
+    instances: Instances, listen: str, *, workers: int = 32
+) -> tuple[grpc.Server, int]:
+    """A started server on ``listen`` (``host:port``; port 0 picks one) and its port.
+
+    Streams each hold a worker thread while they run, so ``workers`` bounds the number of
+    concurrent calls; further calls queue in grpc.
+    """
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="casfs-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    bytestream_pb2_grpc.add_ByteStreamServicer_to_server(ByteStreamServicer(instances), server)
+    re_grpc.add_ContentAddressableStorageServicer_to_server(CasServicer(instances), server)
+    re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesServicer(instances), server)
+    re_grpc.add_ActionCacheServicer_to_server(ActionCacheServicer(instances), server)
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as error:
+        raise ListenError(f"cannot listen on {listen}: {error}") from error
+    if port == 0:
+        raise ListenError(f"cannot listen on {listen}")
+    server.start()
+    log.info("serving instances %r on %s (port %d)", instances.names, listen, port)
+    return server, port

@@ -1,0 +1,230 @@
+"""Resumable uploads: ByteStream Write sessions persisted as ``uploads/<key>.part``.
+
+A session is named by its write resource name (instance, upload id, digest, compressor),
+so a client that reconnects, even to a restarted server, finds the bytes it already sent:
+``committed_size`` is the length of the ``.part`` file. Bytes are appended in the order
+they arrive; a write at offset 0 restarts the session, any other offset must equal
+``committed_size``.
+
+Concurrency notes: one stream at a time writes a session (``UploadSessions.open`` holds
+the session's lock for the whole stream and waits up to ``busy_timeout`` for a previous
+stream, e.g. one whose client vanished, to let go). The running hash is kept in memory
+between streams; a session found only on disk (after a restart) is rehashed once on first
+use. On ``finish`` the bytes are verified and renamed into the blob store, so a partial
+upload never becomes visible as a blob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from casfs.digest import Digest, DigestBuilder
+from casfs.resource import Compressor
+from casfs.store.blobstore import BlobStore, disk_errors
+from casfs.store.errors import (
+    BlobNotFound,
+    HashMismatch,
+    OffsetMismatch,
+    SizeMismatch,
+    Unsupported,
+    UploadBusy,
+)
+
+log = logging.getLogger("casfs.store")
+
+# Partial uploads nobody came back for are removed at start-up after this long.
+STALE_AFTER = 7 * 24 * 3600
+_COPY_CHUNK = 1 << 20
+
+
+class UploadSession:
+    """One resumable upload. Use only while holding it through ``UploadSessions.open``."""
+
+    def __init__(self, store: BlobStore, path: Path, digest: Digest, compressor: Compressor):
+        if compressor not in (Compressor.IDENTITY, Compressor.ZSTD):
+            raise Unsupported(f"uploads compressed with {compressor.name_lower} are not supported")
+        if not digest.function.hashable:
+            raise Unsupported(f"{digest.function.name_lower} digests are not supported")
+        self.store = store
+        self.path = path
+        self.digest = digest
+        self.compressor = compressor
+        self.lock = threading.Lock()
+        self.complete = False
+        self._file: BinaryIO | None = None
+        self._hasher: DigestBuilder | None = None  # None: rehash the file before appending
+        self.committed = path.stat().st_size if path.exists() else 0
+
+    def attach(self) -> None:
+        self._file = open(self.path, "ab")  # noqa: SIM115 - closed in detach
+        os.fchmod(self._file.fileno(), 0o600)
+
+    def detach(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _rehash(self) -> DigestBuilder:
+        builder = DigestBuilder(self.digest.function)
+        if self.compressor is Compressor.IDENTITY:
+            with open(self.path, "rb") as file:
+                while chunk := file.read(_COPY_CHUNK):
+                    builder.update(chunk)
+        return builder
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Append ``data``, which must start at ``offset``.
+
+        ``offset`` 0 restarts the upload; any other offset must be ``committed``.
+        Raises ``OffsetMismatch`` or, for an uncompressed upload longer than the digest
+        says, ``SizeMismatch``.
+        """
+        assert self._file is not None
+        if offset != self.committed:
+            if offset != 0:
+                raise OffsetMismatch(
+                    f"write at offset {offset}, but {self.committed} bytes are committed",
+                    self.committed,
+                )
+            self._file.truncate(0)
+            self.committed = 0
+            self._hasher = None
+        if self.compressor is Compressor.IDENTITY and self.committed + len(data) > self.digest.size:
+            raise SizeMismatch(
+                f"{self.digest}: upload exceeds the size, at {self.committed + len(data)} bytes"
+            )
+        if self._hasher is None:
+            self._hasher = self._rehash()
+        with disk_errors(f"uploading {self.digest}"):
+            self._file.write(data)
+        if self.compressor is Compressor.IDENTITY:
+            self._hasher.update(data)
+        self.committed += len(data)
+
+    def finish(self) -> None:
+        """Verify the upload and commit it to the store; the ``.part`` file goes away.
+
+        A size or hash mismatch raises and discards the upload (nothing is stored).
+        """
+        assert self._file is not None
+        with disk_errors(f"uploading {self.digest}"):
+            self._file.flush()
+        try:
+            if self.compressor is Compressor.IDENTITY:
+                if self._hasher is None:
+                    self._hasher = self._rehash()
+                if self.committed != self.digest.size:
+                    raise SizeMismatch(f"{self.digest}: upload finished at {self.committed} bytes")
+                if self._hasher.digest() != self.digest:
+                    raise HashMismatch(f"{self.digest}: the uploaded data hashes to another digest")
+                self.detach()
+                self.store.commit(self.digest, self.path, verified=True)
+            else:
+                self.detach()
+                self._commit_decompressed()
+        except (HashMismatch, SizeMismatch):
+            self.detach()
+            self.path.unlink(missing_ok=True)
+            self.committed = 0
+            self._hasher = None
+            raise
+        self.complete = True
+
+    def _commit_decompressed(self) -> None:
+        """Decompress a zstd upload into a temporary file, hashing as it goes, and commit."""
+        out, tmp = self.store.temp_file()
+        builder = DigestBuilder(self.digest.function)
+        try:
+            with out, open(self.path, "rb") as source, disk_errors(f"uploading {self.digest}"):
+                reader = zstandard.ZstdDecompressor().stream_reader(source)
+                while chunk := reader.read(_COPY_CHUNK):
+                    builder.update(chunk)
+                    if builder.size > self.digest.size:
+                        raise SizeMismatch(f"{self.digest}: decompresses to more bytes")
+                    out.write(chunk)
+        except zstandard.ZstdError as error:
+            tmp.unlink(missing_ok=True)
+            raise HashMismatch(f"{self.digest}: the upload is not valid zstd: {error}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if builder.digest() != self.digest:
+            tmp.unlink(missing_ok=True)
+            raise HashMismatch(f"{self.digest}: the uploaded data hashes to another digest")
+        self.store.commit(self.digest, tmp, verified=True)
+        self.path.unlink(missing_ok=True)
+
+
+class UploadSessions:
+    """The upload sessions of one store, by write resource name."""
+
+    def __init__(self, store: BlobStore, *, busy_timeout: float = 30.0) -> None:
+        self.store = store
+        self.busy_timeout = busy_timeout
+        self._dir = store.root / "uploads"
+        self._dir.mkdir(mode=0o700, exist_ok=True)
+        self._lock = threading.Lock()
+        self._sessions: dict[str, UploadSession] = {}
+        self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        cutoff = time.time() - STALE_AFTER
+        for part in self._dir.glob("*.part"):
+            if part.stat().st_mtime < cutoff:
+                log.info("removing abandoned upload %s", part.name)
+                part.unlink(missing_ok=True)
+
+    def _path(self, resource_name: str) -> Path:
+        key = hashlib.sha256(resource_name.encode("utf-8", "surrogatepass")).hexdigest()
+        return self._dir / f"{key}.part"
+
+    def _session(self, resource_name: str, digest: Digest, compressor: Compressor) -> UploadSession:
+        with self._lock:
+            session = self._sessions.get(resource_name)
+            if session is None:
+                session = UploadSession(self.store, self._path(resource_name), digest, compressor)
+                self._sessions[resource_name] = session
+            return session
+
+    @contextlib.contextmanager
+    def open(
+        self, resource_name: str, digest: Digest, compressor: Compressor
+    ) -> Iterator[UploadSession]:
+        """Hold the session for one Write stream. Raises ``UploadBusy`` after a timeout."""
+        session = self._session(resource_name, digest, compressor)
+        if not session.lock.acquire(timeout=self.busy_timeout):
+            raise UploadBusy(f"another stream is writing {resource_name}")
+        try:
+            session.attach()
+            try:
+                yield session
+            finally:
+                session.detach()
+                if session.complete:
+                    with self._lock:
+                        self._sessions.pop(resource_name, None)
+        finally:
+            session.lock.release()
+
+    def status(self, resource_name: str, digest: Digest) -> tuple[int, bool]:
+        """``(committed_size, complete)`` for QueryWriteStatus. Raises ``BlobNotFound``."""
+        with self._lock:
+            session = self._sessions.get(resource_name)
+        if session is not None:
+            return session.committed, session.complete
+        path = self._path(resource_name)
+        if path.exists():
+            return path.stat().st_size, False
+        if self.store.contains(digest):
+            return digest.size, True
+        raise BlobNotFound(f"no upload session {resource_name}")
