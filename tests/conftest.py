@@ -1,0 +1,27 @@
+"""Shared fixtures: a real ``casfs serve`` on 127.0.0.1 and client configs for it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from casfs.cas.retry import RetryPolicy
+from casfs.config import RemoteConfig
+from tests.servers import CasfsServer
+
+# Patient enough to ride out a server restart, quick enough for tests.
+TEST_RETRY = RetryPolicy(attempts=12, initial_backoff=0.1, max_backoff=1.0)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[CasfsServer]:
+    """A fresh embedded server with its own store, serving 'main' and ''."""
+    with CasfsServer(tmp_path / "store") as running:
+        yield running
+
+
+def remote(endpoint: str, instance: str = "main", **overrides: object) -> RemoteConfig:
+    """A client config for a test server."""
+    return RemoteConfig(endpoint=endpoint, instance=instance, retry=TEST_RETRY, **overrides)  # type: ignore[arg-type]

@@ -1,0 +1,98 @@
+"""Real server processes for tests: ``casfs serve`` in a subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class CasfsServer:
+    """``casfs serve`` on 127.0.0.1; keeps its port across ``kill()`` and ``start()``.
+
+    Used as a context manager, it never leaves a process behind, even when a test fails.
+    """
+
+    def __init__(self, store: Path, *extra: str, listen: str | None = None) -> None:
+        self.store = store
+        self.extra = extra
+        self.listen = listen
+        self.port = 0
+        self.process: subprocess.Popen[str] | None = None
+        self.log = store.parent / f"{store.name}-server.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def start(self) -> CasfsServer:
+        """Start and wait until it listens (the port is kept from the previous start)."""
+        log = open(self.log, "a")  # noqa: SIM115 - owned by the process's lifetime
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "casfs",
+                "serve",
+                "--store",
+                str(self.store),
+                "--listen",
+                self.listen or f"127.0.0.1:{self.port}",
+                *self.extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        assert self.process.stdout is not None
+        deadline = time.monotonic() + 30
+        for line in self.process.stdout:
+            if "listening on" in line:
+                if self.listen is None:
+                    self.port = int(line.rsplit(":", 1)[1])
+                return self
+            if time.monotonic() > deadline:
+                break
+        self.stop()
+        raise RuntimeError(f"casfs serve did not start: {self.log.read_text()[-2000:]}")
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        """Kill the server abruptly (SIGKILL by default) and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+            self.process.wait(timeout=30)
+
+    def stop(self) -> int | None:
+        """Stop it cleanly (SIGTERM); returns the exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+    def __enter__(self) -> CasfsServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
