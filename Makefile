@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MNT ?= $(HOME)/cas
-SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config
+SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl
 
 .PHONY: run serve test lint typecheck proto system-deps clean
 
@@ -36,12 +36,11 @@ run: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/casfs serve --listen 127.0.0.1:8980
 
-test: $(STAMP)
+test: lint typecheck
 	$(PY) -m pytest -q -ra
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check casfs tests protos bench
-	$(VENV)/bin/ruff format --check casfs tests protos bench
+	$(VENV)/bin/ruff check casfs tests protos
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--evict", action="store_true", help="evict least recently used blobs at --max-size"
     )
     serve.add_argument("--no-fsync", action="store_true", help="skip fsync (faster, unsafe)")
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="the TLS certificate's private key (PEM)")
+    serve.add_argument(
+        "--token-file", type=Path, help="require a bearer token from this file (one per line)"
+    )
 
     put = commands.add_parser("put", help="upload files; prints <hash>/<size> for each")
     put.add_argument("files", nargs="+", type=Path)
@@ -156,11 +161,20 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the embedded server until SIGTERM or SIGINT, then stop with a short grace."""
-    from casfs.server.app import build_server
+    from casfs.server.app import Security, build_server
+    from casfs.server.auth import load_tokens
     from casfs.server.instances import Instances
 
     config = _serve_config(args)
-    server, port = build_server(Instances(config.instances), config.listen)
+    try:
+        security = Security(
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tokens=tuple(load_tokens(args.token_file)) if args.token_file else (),
+        )
+        server, port = build_server(Instances(config.instances), config.listen, security=security)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     address = config.listen
     if not address.startswith("unix:"):
         address = f"{address.rpartition(':')[0]}:{port}"

@@ -24,4 +24,5 @@ def server(tmp_path: Path) -> Iterator[CasfsServer]:
 
 def remote(endpoint: str, instance: str = "main", **overrides: object) -> RemoteConfig:
     """A client config for a test server."""
-    return RemoteConfig(endpoint=endpoint, instance=instance, retry=TEST_RETRY, **overrides)  # type: ignore[arg-type]
+    settings: dict[str, object] = {"retry": TEST_RETRY, **overrides}
+    return RemoteConfig(endpoint=endpoint, instance=instance, **settings)  # type: ignore[arg-type]

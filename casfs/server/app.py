@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from casfs._proto import bytestream_pb2_grpc
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs.server.actioncache import ActionCacheServicer
+from casfs.server.auth import TokenAuth
 from casfs.server.bytestream import ByteStreamServicer
 from casfs.server.capabilities import CapabilitiesServicer
 from casfs.server.cas import CasServicer
@@ -26,16 +29,35 @@ class ListenError(OSError):
     """The server could not bind its listen address."""
 
 
+@dataclass(frozen=True, slots=True)
+class Security:
+    """TLS files and bearer tokens for the server; the defaults mean plaintext, no auth."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tokens: tuple[bytes, ...] = ()
+
+    def credentials(self) -> grpc.ServerCredentials | None:
+        if self.tls_cert is None and self.tls_key is None:
+            return None
+        if self.tls_cert is None or self.tls_key is None:
+            raise ValueError("TLS needs both a certificate and its key")
+        pair = (self.tls_key.read_bytes(), self.tls_cert.read_bytes())
+        return grpc.ssl_server_credentials([pair])
+
+
 def build_server(
-    instances: Instances, listen: str, *, workers: int = 32
+    instances: Instances, listen: str, *, security: Security | None = None, workers: int = 32
 ) -> tuple[grpc.Server, int]:
     """A started server on ``listen`` (``host:port``; port 0 picks one) and its port.
 
     Streams each hold a worker thread while they run, so ``workers`` bounds the number of
     concurrent calls; further calls queue in grpc.
     """
+    security = security or Security()
     server = grpc.server(
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="casfs-rpc"),
+        interceptors=[TokenAuth(security.tokens)] if security.tokens else None,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -46,8 +68,12 @@ def build_server(
     re_grpc.add_ContentAddressableStorageServicer_to_server(CasServicer(instances), server)
     re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesServicer(instances), server)
     re_grpc.add_ActionCacheServicer_to_server(ActionCacheServicer(instances), server)
+    credentials = security.credentials()
     try:
-        port = server.add_insecure_port(listen)
+        if credentials is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, credentials)
     except RuntimeError as error:
         raise ListenError(f"cannot listen on {listen}: {error}") from error
     if port == 0:
