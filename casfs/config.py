@@ -64,7 +64,7 @@ def parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         raise ConfigError(f"not a size: {text!r} (use e.g. 512M, 10G)") from None
-    if value < 0 or value != value:
+    if not 0 <= value < 2**63 / _SIZE_UNITS[unit]:
         raise ConfigError(f"not a size: {text!r}")
     return int(value * _SIZE_UNITS[unit])
 
@@ -146,3 +146,32 @@ def load_serve_config(path: Path) -> ServeConfig:
             Path(store).expanduser(), size, evict=flags["evict"], fsync=flags["fsync"]
         )
     return ServeConfig(listen=listen, instances=instances)
+
+
+@dataclass(frozen=True, slots=True)
+class MountConfig:
+    """``casfs mount``: what to mount where, and how much memory the block cache may use.
+
+    ``remote`` None means the embedded CAS: a private ``casfs serve`` on ``store``, reached
+    over a unix socket.
+    """
+
+    mountpoint: Path
+    remote: RemoteConfig | None
+    instances: tuple[str, ...] = (DEFAULT_INSTANCE,)
+    store: Path = field(default_factory=default_store_dir)
+    read_only: bool = False
+    allow_other: bool = False
+    fuse_options: tuple[str, ...] = ()
+    cache_size: int = 512 * MIB
+    block_size: int = 1 * MIB
+    readahead_kb: int = 1024
+    max_tasks: int = 64
+
+    def __post_init__(self) -> None:
+        if self.block_size < 4096 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"--block-size must be a power of two >= 4K, not {self.block_size}")
+        if self.cache_size < 2 * self.block_size:
+            raise ConfigError("--cache-size must hold at least two blocks")
+        if not self.instances:
+            raise ConfigError("mount at least one instance")

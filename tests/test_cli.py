@@ -55,6 +55,8 @@ def test_put_get_stat(server: CasfsServer, tmp_path: Path) -> None:
         ["get", "--remote", "grpc://127.0.0.1:1", "nothex/10"],
         ["stat", "--remote", "ftp://example", f"{'0' * 64}/1"],
         ["serve", "--max-size", "lots"],
+        ["serve", "--max-size", "inf"],
+        ["mount", "/nonexistent-dir-casfs", "--instance", "blobs"],
     ],
 )
 def test_bad_input_is_a_clear_usage_error(args: list[str]) -> None:

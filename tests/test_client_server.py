@@ -422,3 +422,101 @@ def test_action_cache_and_get_tree(server: CasfsServer) -> None:
     )
     assert got == result
     channel.close()
+
+
+# -- hostile and unusual requests -------------------------------------------------------------
+
+
+def test_compressed_reads_are_standard_zstd_and_raw_deflate(server: CasfsServer) -> None:
+    import zlib
+
+    import zstandard
+
+    data = b"standard formats only " * 10_000
+    digest = run_client(server.endpoint, lambda c: c.upload_bytes(data))
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    bytestream = bytestream_pb2_grpc.ByteStreamStub(channel)
+
+    def fetch(compressor: str) -> bytes:
+        name = f"main/compressed-blobs/{compressor}/{digest}"
+        request = bytestream_pb2.ReadRequest(resource_name=name)
+        return b"".join(r.data for r in bytestream.Read(request))
+
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(fetch("zstd")) == data
+    assert zlib.decompress(fetch("deflate"), wbits=-15) == data  # raw RFC 1951
+    channel.close()
+
+
+def test_a_small_batch_cannot_unpack_into_a_huge_blob(server: CasfsServer) -> None:
+    import zstandard
+
+    bomb = zstandard.ZstdCompressor().compress(bytes(64 * MIB))
+    digest = Digest(hashlib.sha256(bytes(64 * MIB)).hexdigest(), 64 * MIB)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    cas = re_grpc.ContentAddressableStorageStub(channel)
+    request = re_pb2.BatchUpdateBlobsRequest(
+        instance_name="main",
+        requests=[
+            re_pb2.BatchUpdateBlobsRequest.Request(
+                digest=digest.to_proto(), data=bomb, compressor=re_pb2.Compressor.ZSTD
+            )
+        ],
+    )
+    assert _code(lambda: cas.BatchUpdateBlobs(request)) == grpc.StatusCode.INVALID_ARGUMENT
+    channel.close()
+
+
+def test_a_corrupted_blob_is_detected_when_streamed(server: CasfsServer, tmp_path: Path) -> None:
+    source = write_file(tmp_path / "in", 3 * MIB)
+    digest = run_client(server.endpoint, lambda c: c.upload_file(source))
+    stored = server.store / "cas" / "sha256" / digest.hash[:2] / digest.hash
+    stored.chmod(0o600)
+    with open(stored, "r+b") as file:  # bit rot on the server's disk
+        file.seek(MIB)
+        file.write(b"\0rot")
+    with pytest.raises(errors.DataLoss):
+        run_client(server.endpoint, lambda c: download(c, digest, tmp_path / "out"))
+
+
+def test_get_tree_of_a_non_directory_and_modern_action_results(server: CasfsServer) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    cas = re_grpc.ContentAddressableStorageStub(channel)
+    actions = re_grpc.ActionCacheStub(channel)
+    junk = run_client(server.endpoint, lambda c: c.upload_bytes(b"\xff\xff not a Directory"))
+    request = re_pb2.GetTreeRequest(instance_name="main", root_digest=junk.to_proto())
+    assert _code(lambda: cas.GetTree(request)) == grpc.StatusCode.INVALID_ARGUMENT
+
+    # REAPI 2.3: an output directory may name only its root Directory.
+    root = run_client(
+        server.endpoint, lambda c: c.upload_bytes(re_pb2.Directory().SerializeToString())
+    )
+    result = re_pb2.ActionResult(
+        output_directories=[
+            re_pb2.OutputDirectory(path="out", root_directory_digest=root.to_proto())
+        ]
+    )
+    action = Digest.of_bytes(b"modern action").to_proto()
+    actions.UpdateActionResult(
+        re_pb2.UpdateActionResultRequest(
+            instance_name="main", action_digest=action, action_result=result
+        )
+    )
+    got = actions.GetActionResult(
+        re_pb2.GetActionResultRequest(instance_name="main", action_digest=action)
+    )
+    assert got == result
+    channel.close()
+
+
+def test_a_retried_stream_after_completion_succeeds(server: CasfsServer) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    bytestream = bytestream_pb2_grpc.ByteStreamStub(channel)
+    blob = os.urandom(5000)
+    name = BlobName("main", Digest.of_bytes(blob), upload_id="again").write_name()
+    finish = bytestream_pb2.WriteRequest(resource_name=name, data=blob, finish_write=True)
+    assert bytestream.Write(iter([finish])).committed_size == 5000
+    assert bytestream.Write(iter([finish])).committed_size == 5000  # a client's retry
+    status = bytestream.QueryWriteStatus(bytestream_pb2.QueryWriteStatusRequest(resource_name=name))
+    assert (status.committed_size, status.complete) == (5000, True)
+    assert not list((server.store / "uploads").glob("*.part"))
+    channel.close()

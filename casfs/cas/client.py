@@ -37,8 +37,10 @@ from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs.cas.channel import call_metadata, open_channel
 from casfs.cas.errors import (
+    Aborted,
     CasError,
     DataLoss,
+    FailedPrecondition,
     NotFound,
     Unimplemented,
     from_rpc_error,
@@ -283,10 +285,31 @@ class CasClient:
         """Yield the blob from ``offset`` to its end in the chunks the server sends.
 
         A stream broken by a transient error resumes where it stopped. zstd on the wire is
-        used when the config asks for compression and the server advertises it.
+        used when the config asks for compression and the server advertises it. A stream
+        from offset 0 is hashed on the way: if the bytes do not match the digest, the last
+        chunk is withheld and ``DataLoss`` raised, so a consumer never gets a whole wrong
+        blob without an error.
         """
         if offset < 0:
             raise ValueError(f"negative offset {offset}")
+        hashable = offset == 0 and digest.function.hashable
+        verify = DigestBuilder(digest.function) if hashable else None
+        pending = b""
+        async for chunk in self._stream(digest, offset):
+            if verify is None:
+                yield chunk
+                continue
+            verify.update(chunk)
+            if pending:
+                yield pending
+            pending = chunk
+        if verify is not None:
+            if verify.digest() != digest:
+                raise DataLoss(f"Read {digest}: the data does not match the digest")
+            if pending:
+                yield pending
+
+    async def _stream(self, digest: Digest, offset: int) -> AsyncIterator[bytes]:
         position = offset
         compressor = await self._wire_compressor(digest, (Compressor.ZSTD, Compressor.DEFLATE))
         name = BlobName(self.instance, digest, compressor).read_name()
@@ -295,6 +318,8 @@ class CasClient:
         while position < digest.size:
             try:
                 async for chunk in self._read_stream(name, position, digest.size, compressor):
+                    if position + len(chunk) > digest.size:
+                        raise DataLoss(f"{what}: the server sent more than {digest.size} bytes")
                     position += len(chunk)
                     yield chunk
                     attempts = self.config.retry.delays()  # progress resets the budget
@@ -432,7 +457,9 @@ class CasClient:
             nonlocal started
             offset = 0
             if started and compressor is Compressor.IDENTITY:
-                offset = await self._committed_size(name)
+                offset, complete = await self._write_status(name)
+                if complete:
+                    return
                 if offset > 0:
                     log.info("%s: resuming at offset %d", what, offset)
             started = True
@@ -445,22 +472,28 @@ class CasClient:
                 timeout=self._stream_timeout(digest.size - offset),
                 metadata=self._metadata,
             )
-            response = await _await_future(future, what)
+            try:
+                response = await _await_future(future, what)
+            except FailedPrecondition as error:
+                # The server holds other bytes than we thought (a late message of an
+                # earlier stream): ask it again rather than give up.
+                raise Aborted(str(error), code=error.code) from None
             committed = response.committed_size
             if compressor is Compressor.IDENTITY and committed != digest.size:
                 raise DataLoss(f"{what}: server committed {committed} of {digest.size} bytes")
 
         await with_retries(attempt, self.config.retry, what)
 
-    async def _committed_size(self, name: str) -> int:
+    async def _write_status(self, name: str) -> tuple[int, bool]:
+        """``(committed_size, complete)`` of an upload; ``(0, False)`` where unknown."""
         request = bytestream_pb2.QueryWriteStatusRequest(resource_name=name)
         try:
             response = await self._unary(
                 self._bytestream.QueryWriteStatus, request, f"QueryWriteStatus {name}"
             )
         except (Unimplemented, NotFound):
-            return 0
-        return int(response.committed_size)
+            return 0, False
+        return int(response.committed_size), bool(response.complete)
 
     async def upload_file(
         self, path: os.PathLike[str] | str, function: DigestFunction = DigestFunction.SHA256
@@ -517,7 +550,7 @@ def _decompressor(compressor: Compressor) -> Callable[[bytes, bool], bytes]:
         zstd = zstandard.ZstdDecompressor().decompressobj()
         return lambda data, final: zstd.decompress(data) if data else b""
     if compressor is Compressor.DEFLATE:
-        inflate = zlib.decompressobj()
+        inflate = zlib.decompressobj(wbits=-15)  # raw RFC 1951, as REAPI says
         return lambda data, final: inflate.decompress(data) + (inflate.flush() if final else b"")
     raise Unimplemented(f"compressor {compressor.name_lower} is not supported")
 

@@ -13,8 +13,12 @@ from casfs.server.status import RequestError, grpc_errors
 
 
 def _output_digests(result: re_pb2.ActionResult) -> list[re_pb2.Digest]:
-    digests = [f.digest for f in result.output_files]
-    digests += [d.tree_digest for d in result.output_directories]
+    """The blobs a result refers to (only the digest fields that are set)."""
+    digests = [f.digest for f in result.output_files if f.HasField("digest")]
+    for directory in result.output_directories:
+        for field in ("tree_digest", "root_directory_digest"):
+            if directory.HasField(field):
+                digests.append(getattr(directory, field))
     for field in ("stdout_digest", "stderr_digest"):
         if result.HasField(field):
             digests.append(getattr(result, field))

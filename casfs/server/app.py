@@ -47,7 +47,7 @@ class Security:
 
 
 def build_server(
-    instances: Instances, listen: str, *, security: Security | None = None, workers: int = 32
+    instances: Instances, listen: str, *, security: Security | None = None, workers: int = 128
 ) -> tuple[grpc.Server, int]:
     """A started server on ``listen`` (``host:port``; port 0 picks one) and its port.
 

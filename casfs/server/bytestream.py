@@ -26,7 +26,7 @@ def _compressor(compressor: Compressor) -> Callable[[bytes, bool], bytes]:
         zstd = zstandard.ZstdCompressor(level=1).compressobj()
         return lambda data, final: zstd.compress(data) + (zstd.flush() if final else b"")
     if compressor is Compressor.DEFLATE:
-        deflate = zlib.compressobj(1)
+        deflate = zlib.compressobj(1, wbits=-15)  # raw RFC 1951, as REAPI says
         return lambda data, final: deflate.compress(data) + (deflate.flush() if final else b"")
     raise RequestError(
         grpc.StatusCode.INVALID_ARGUMENT, f"compressor {compressor.name_lower} is not supported"
@@ -44,14 +44,18 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
     ) -> Iterator[bytestream_pb2.ReadResponse]:
         """Stream ``[read_offset, read_offset + read_limit)`` of a blob (limit 0: to the end).
 
-        For ``compressed-blobs`` names the offset and limit count uncompressed bytes and the
-        data is compressed on the fly. A limit past the end is clamped, not refused.
+        For ``compressed-blobs`` names the offset counts uncompressed bytes, the limit must be
+        0 (REAPI) and the data is compressed on the fly. A limit past the end is clamped.
         """
         with grpc_errors(context, f"Read {request.resource_name[:200]}"):
             name = parse_read_name(request.resource_name)
             instance = self.instances.get(name.instance)
             if request.read_limit < 0:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "negative read_limit")
+            if request.read_limit and name.compressor is not Compressor.IDENTITY:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "read_limit must be 0 for compressed-blobs"
+                )
             size = name.digest.size
             if not 0 <= request.read_offset <= size:
                 raise RequestError(
@@ -91,10 +95,17 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "empty Write stream")
             name = parse_write_name(first.resource_name)
             instance = self.instances.get(name.instance)
+            existing = bytestream_pb2.WriteResponse(
+                committed_size=-1
+                if name.compressor is not Compressor.IDENTITY
+                else name.digest.size
+            )
             if instance.blobs.contains(name.digest):
-                existing = -1 if name.compressor is not Compressor.IDENTITY else name.digest.size
-                return bytestream_pb2.WriteResponse(committed_size=existing)
+                return existing
+            instance.blobs.check_fits(name.digest.size)
             with instance.uploads.open(_session_key(name), name.digest, name.compressor) as session:
+                if session.complete or instance.blobs.contains(name.digest):
+                    return existing  # another stream finished it while this one waited
                 request: bytestream_pb2.WriteRequest | None = first
                 while request is not None:
                     if request.resource_name and request.resource_name != first.resource_name:

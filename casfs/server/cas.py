@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import grpc
 import zstandard
+from google.protobuf.message import DecodeError
 
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
@@ -20,6 +21,9 @@ from casfs.store.errors import BlobNotFound, HashMismatch, StoreError
 # What the server advertises as max_batch_total_size_bytes; the gRPC message limit the
 # server accepts is set well above it (see app.py).
 MAX_BATCH_BYTES = 4 << 20
+# A compressed batch may unpack to more, but not without bound: it is held in memory.
+MAX_BATCH_DECOMPRESSED = 4 * MAX_BATCH_BYTES
+MAX_DIRECTORY_BYTES = 64 << 20
 GET_TREE_PAGE = 1000
 
 
@@ -56,7 +60,7 @@ def _decompress(compressor: int, data: bytes, limit: int) -> bytes:
         return zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
     if compressor == Compressor.DEFLATE.value:
         # One byte past the limit is enough for put() to see the size is wrong.
-        return zlib.decompressobj().decompress(data, limit + 1)
+        return zlib.decompressobj(wbits=-15).decompress(data, limit + 1)
     raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"compressor {compressor} not supported")
 
 
@@ -85,10 +89,12 @@ class CasServicer(re_grpc.ContentAddressableStorageServicer):
         with grpc_errors(context, "BatchUpdateBlobs"):
             instance = self.instances.get(request.instance_name)
             total = sum(len(r.data) for r in request.requests)
-            if total > MAX_BATCH_BYTES:
+            declared = sum(max(0, r.digest.size_bytes) for r in request.requests)
+            if total > MAX_BATCH_BYTES or declared > MAX_BATCH_DECOMPRESSED:
                 raise RequestError(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"batch of {total} bytes exceeds max_batch_total_size_bytes {MAX_BATCH_BYTES}",
+                    f"batch of {total} bytes ({declared} uncompressed) exceeds "
+                    f"max_batch_total_size_bytes {MAX_BATCH_BYTES}",
                 )
             response = re_pb2.BatchUpdateBlobsResponse()
             for item in request.requests:
@@ -148,11 +154,19 @@ class CasServicer(re_grpc.ContentAddressableStorageServicer):
             while queue:
                 digest = queue.pop(0)
                 try:
+                    if digest.size > MAX_DIRECTORY_BYTES:
+                        raise DecodeError(f"{digest} is too large for a Directory")
                     with instance.blobs.open(digest) as file:
                         directory = re_pb2.Directory.FromString(file.read())
                 except BlobNotFound:
                     if digest == root:
                         raise
+                    continue
+                except DecodeError as error:
+                    if digest == root:
+                        raise RequestError(
+                            grpc.StatusCode.INVALID_ARGUMENT, f"{digest} is not a Directory"
+                        ) from error
                     continue
                 for child in directory.directories:
                     child_digest = Digest.from_proto(child.digest, root.function)

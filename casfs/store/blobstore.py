@@ -53,6 +53,27 @@ def disk_errors(what: str) -> Iterator[None]:
         raise
 
 
+def _remove_dead_tmp_dirs(tmp: Path) -> None:
+    """Remove the temporary files of store processes that are gone (crashed or ended).
+
+    Each process writes under ``tmp/<pid>/``, so two processes may share a store (a
+    ``casfs serve`` and a mount's embedded server): neither deletes the other's files.
+    """
+    for entry in tmp.iterdir():
+        try:
+            pid = int(entry.name)
+            os.kill(pid, 0)
+        except ValueError:
+            pass  # not ours
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except PermissionError:
+            continue  # alive, another user's
+        else:
+            if pid == os.getpid():  # a previous process that had our pid
+                shutil.rmtree(entry, ignore_errors=True)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -81,11 +102,11 @@ class BlobStore:
         self.evict = evict
         self.fsync = fsync
         self._blobs = root / "cas"
-        self.tmp_dir = root / "tmp"
-        for directory in (root, self._blobs, self.tmp_dir):
+        for directory in (root, self._blobs, root / "tmp"):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        shutil.rmtree(self.tmp_dir)
-        self.tmp_dir.mkdir(mode=0o700)
+        _remove_dead_tmp_dirs(root / "tmp")
+        self.tmp_dir = root / "tmp" / str(os.getpid())
+        self.tmp_dir.mkdir(mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._lru: OrderedDict[_Key, int] = OrderedDict()
         self._total = 0
@@ -121,10 +142,27 @@ class BlobStore:
         """Whether the blob is stored; the empty blob always is."""
         if digest.size == 0:
             return True
+        present = self._on_disk(digest)
+        if present:  # asking counts as use: REAPI wants FindMissingBlobs to extend lifetimes
+            self._touch(digest)
+        return present
+
+    def _on_disk(self, digest: Digest) -> bool:
         try:
             return self.path(digest).stat().st_size == digest.size
         except FileNotFoundError:
             return False
+
+    def _touch(self, digest: Digest) -> None:
+        with self._lock:
+            key = (digest.function, digest.hash)
+            if key in self._lru:
+                self._lru.move_to_end(key)
+
+    def check_fits(self, size: int) -> None:
+        """Refuse at once a blob that could never fit under ``max_size``."""
+        if self.max_size is not None and size > self.max_size:
+            raise StoreFull(f"a blob of {size} bytes exceeds --max-size {self.max_size}")
 
     def missing(self, digests: Iterable[Digest]) -> list[Digest]:
         """The digests that are not stored, in the order given, without repeats."""
@@ -141,10 +179,7 @@ class BlobStore:
         if os.fstat(file.fileno()).st_size != digest.size:
             file.close()
             raise BlobNotFound(f"blob {digest} not found (another size is stored)")
-        with self._lock:
-            key = (digest.function, digest.hash)
-            if key in self._lru:
-                self._lru.move_to_end(key)
+        self._touch(digest)
         return file
 
     def temp_file(self) -> tuple[BinaryIO, Path]:
@@ -187,10 +222,10 @@ class BlobStore:
                 with open(path, "rb") as file:
                     os.fsync(file.fileno())
             target = self.path(digest)
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._make_parents(target)
             key = (digest.function, digest.hash)
             with self._lock:
-                if key in self._lru and self.contains(digest):
+                if key in self._lru and self._on_disk(digest):
                     self._lru.move_to_end(key)
                     return
                 self._make_room(digest.size)
@@ -201,6 +236,19 @@ class BlobStore:
                 fsync_dir(target.parent)
         finally:
             path.unlink(missing_ok=True)
+
+    def _make_parents(self, target: Path) -> None:
+        """Create ``cas/<fn>/<hh>/`` as needed, durably (each new directory's parent is
+        fsynced, so a blob acknowledged in a new prefix survives a power loss)."""
+        missing = []
+        directory = target.parent
+        while not directory.exists():
+            missing.append(directory)
+            directory = directory.parent
+        for directory in reversed(missing):
+            directory.mkdir(mode=0o700, exist_ok=True)
+            if self.fsync:
+                fsync_dir(directory.parent)
 
     def _make_room(self, size: int) -> None:
         """Evict least recently used blobs until ``size`` more bytes fit; lock held."""

@@ -65,6 +65,12 @@ class UploadSession:
         self._hasher: DigestBuilder | None = None  # None: rehash the file before appending
         self.committed = path.stat().st_size if path.exists() else 0
 
+    def _max_bytes(self) -> int:
+        """The most bytes an upload may send: the size, or zstd's worst case above it."""
+        if self.compressor is Compressor.IDENTITY:
+            return self.digest.size
+        return self.digest.size + self.digest.size // 64 + (64 << 10)
+
     def attach(self) -> None:
         self._file = open(self.path, "ab")  # noqa: SIM115 - closed in detach
         os.fchmod(self._file.fileno(), 0o600)
@@ -89,20 +95,23 @@ class UploadSession:
         Raises ``OffsetMismatch`` or, for an uncompressed upload longer than the digest
         says, ``SizeMismatch``.
         """
-        assert self._file is not None
         if offset != self.committed:
             if offset != 0:
                 raise OffsetMismatch(
                     f"write at offset {offset}, but {self.committed} bytes are committed",
                     self.committed,
                 )
-            self._file.truncate(0)
+            self.detach()
+            self.path.unlink(missing_ok=True)
             self.committed = 0
             self._hasher = None
-        if self.compressor is Compressor.IDENTITY and self.committed + len(data) > self.digest.size:
+        if self.committed + len(data) > self._max_bytes():
             raise SizeMismatch(
                 f"{self.digest}: upload exceeds the size, at {self.committed + len(data)} bytes"
             )
+        if self._file is None:
+            self.attach()
+            assert self._file is not None
         if self._hasher is None:
             self._hasher = self._rehash()
         with disk_errors(f"uploading {self.digest}"):
@@ -116,7 +125,9 @@ class UploadSession:
 
         A size or hash mismatch raises and discards the upload (nothing is stored).
         """
-        assert self._file is not None
+        if self._file is None:  # an empty stream with finish_write, or a resumed one
+            self.attach()
+            assert self._file is not None
         with disk_errors(f"uploading {self.digest}"):
             self._file.flush()
         try:
@@ -205,15 +216,12 @@ class UploadSessions:
         if not session.lock.acquire(timeout=self.busy_timeout):
             raise UploadBusy(f"another stream is writing {resource_name}")
         try:
-            session.attach()
-            try:
-                yield session
-            finally:
-                session.detach()
-                if session.complete:
-                    with self._lock:
-                        self._sessions.pop(resource_name, None)
+            yield session
         finally:
+            session.detach()
+            if session.complete:
+                with self._lock:
+                    self._sessions.pop(resource_name, None)
             session.lock.release()
 
     def status(self, resource_name: str, digest: Digest) -> tuple[int, bool]:
@@ -222,9 +230,9 @@ class UploadSessions:
             session = self._sessions.get(resource_name)
         if session is not None:
             return session.committed, session.complete
+        if self.store.contains(digest):
+            return digest.size, True
         path = self._path(resource_name)
         if path.exists():
             return path.stat().st_size, False
-        if self.store.contains(digest):
-            return digest.size, True
         raise BlobNotFound(f"no upload session {resource_name}")
