@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MNT ?= $(HOME)/cas
-SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl
+SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl attr
 
 .PHONY: run serve test lint typecheck proto system-deps clean
 

@@ -171,7 +171,7 @@ class MountConfig:
     def __post_init__(self) -> None:
         if self.block_size < 4096 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"--block-size must be a power of two >= 4K, not {self.block_size}")
-        if self.cache_size < 2 * self.block_size:
-            raise ConfigError("--cache-size must hold at least two blocks")
+        if self.cache_size < 16 * self.block_size:
+            raise ConfigError("--cache-size must hold at least 16 blocks")
         if not self.instances:
             raise ConfigError("mount at least one instance")

@@ -125,3 +125,21 @@ def test_compression_falls_back_when_not_advertised(casd: Casd, tmp_path: Path) 
 
     run_client(casd.endpoint, scenario, instance="", compression=True)
     assert (tmp_path / "out").read_bytes() == source.read_bytes()
+
+
+def test_mount_over_casd(casd: Casd, tmp_path: Path) -> None:
+    """The mount with buildbox-casd as its remote: casd serves only the empty instance, so
+    blobs/ sits at the mount's root."""
+    import subprocess
+
+    from tests.mounts import CasfsMount
+
+    source = write_file(tmp_path / "in", 5 * MIB + 7)
+    digest = run_client(casd.endpoint, lambda c: c.upload_file(source), instance="")
+    with CasfsMount(tmp_path / "mnt", "--remote", casd.endpoint, "--instance", "") as mount:
+        blob = mount.mountpoint / "blobs" / digest.hash / str(digest.size)
+        subprocess.run(["cmp", str(source), str(blob)], check=True)
+        tail = subprocess.run(["tail", "-c", "3", str(blob)], capture_output=True, check=True)
+        assert tail.stdout == source.read_bytes()[-3:]  # casd refuses unclamped limits
+        wrong = mount.mountpoint / "blobs" / digest.hash / "12"
+        assert not wrong.exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -12,6 +13,8 @@ from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
 from casfs.resource import BlobName, Compressor, parse_read_name, parse_write_name
 from casfs.server.instances import Instances
 from casfs.server.status import RequestError, grpc_errors
+
+log = logging.getLogger("casfs.server")
 
 # One Read response message; 1 MiB messages move about three times the bytes per second
 # of 64 KiB ones over grpcio.
@@ -66,6 +69,9 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
             if request.read_limit:
                 remaining = min(remaining, request.read_limit)
             compress = _compressor(name.compressor)
+            log.debug(
+                "Read %s offset=%d length=%d", name.read_name(), request.read_offset, remaining
+            )
             with instance.blobs.open(name.digest) as file:
                 file.seek(request.read_offset)
                 while True:
