@@ -11,6 +11,8 @@ Concurrency notes:
   cache's own nursery and every reader of that block waits on it. A reader that is
   cancelled stops waiting; the flight goes on for the others (and fills the cache).
 - A failed flight caches nothing: each waiter gets the error, the next read tries again.
+- A random read (the window is closed) that no cached block covers fetches just its own
+  range, outside the cache and without a flight: its bytes go to the kernel's page cache.
 - Prefetch flights run under a ``CapacityLimiter`` so readahead cannot starve demand
   reads or hold more than ``prefetch_concurrency`` blocks in flight. Memory is bounded by
   ``capacity`` plus the blocks in flight.
@@ -43,6 +45,7 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     prefetches: int = 0
+    direct_reads: int = 0
     fetched_bytes: int = 0
     evictions: int = 0
 
@@ -204,13 +207,28 @@ class BlockCache:
             pieces.append(memoryview(data)[start:stop])
         return b"".join(pieces)
 
-    async def read_sequentially(
+    async def read_file(
         self, fetch: Fetch, digest: Digest, offset: int, size: int, readahead: Readahead
     ) -> bytes:
-        """``read``, and look ahead as far as the reader's pattern earns."""
+        """A read by an open file, whose pattern so far (``readahead``) decides the fetch.
+
+        Sequential: whole blocks, and the blocks ahead as far as the window goes. Random:
+        the cached blocks if they hold the range, else exactly the bytes asked for (a whole
+        block would cost several times the request; the kernel's page cache keeps them).
+        """
         window = readahead.advance(
             offset, size, max_window=self.max_window, slack=max(size, self.block_size)
         )
         if window:
             self.prefetch(fetch, digest, (offset + size - 1) // self.block_size + 1, window)
-        return await self.read(fetch, digest, offset, size)
+            return await self.read(fetch, digest, offset, size)
+        end = min(offset + size, digest.size)
+        if offset >= end:
+            return b""
+        touched = range(offset // self.block_size, (end - 1) // self.block_size + 1)
+        if all((digest, i) in self._blocks or (digest, i) in self._flights for i in touched):
+            return await self.read(fetch, digest, offset, size)
+        self.stats.direct_reads += 1
+        data = await fetch(digest, offset, end - offset)
+        self.stats.fetched_bytes += len(data)
+        return data

@@ -235,7 +235,7 @@ class CasOperations(pyfuse3.Operations):
         blob = self._open[fh]
         client = self.clients[blob.node.instance]
         try:
-            data = await self.cache.read_sequentially(
+            data = await self.cache.read_file(
                 client.read_range, blob.node.digest, off, size, blob.readahead
             )
         except NotFound as error:
