@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,7 +222,11 @@ def test_server_down_then_back_under_the_mount(tmp_path: Path) -> None:
             giving_up = [line for line in mount.log_text().splitlines() if "giving up" in line]
             assert giving_up and "UNAVAILABLE" in giving_up[-1]
             server.start()
-            sh("cmp", str(source), str(blob))
+            # The channel reconnects within its backoff (at most a second): reads work again.
+            deadline = time.monotonic() + 10
+            while sh("cmp", str(source), str(blob), check=False).returncode != 0:
+                assert time.monotonic() < deadline, "reads did not recover"
+                time.sleep(0.2)
 
 
 @pytest.mark.parametrize("how", ["fusermount", "SIGTERM", "SIGINT"])

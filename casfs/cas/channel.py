@@ -23,7 +23,7 @@ _CHANNEL_OPTIONS = [
     # Reconnect soon after a server restart; casfs's own retries pace the calls.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 
