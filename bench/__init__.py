@@ -1,0 +1,1 @@
+"""Benchmarks of casfs against the direct client and local files; see bench/README.md."""
