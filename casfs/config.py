@@ -19,6 +19,12 @@ def default_data_dir() -> Path:
     return Path(base) / "casfs"
 
 
+def default_cache_dir() -> Path:
+    """Where a mount spools uploads: ``$XDG_CACHE_HOME/casfs``."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "casfs"
+
+
 def default_store_dir() -> Path:
     """The embedded CAS's default store; ``casfs serve`` and ``casfs mount`` share it."""
     return default_data_dir() / "store"
@@ -160,6 +166,7 @@ class MountConfig:
     remote: RemoteConfig | None
     instances: tuple[str, ...] = (DEFAULT_INSTANCE,)
     store: Path = field(default_factory=default_store_dir)
+    cache_dir: Path = field(default_factory=default_cache_dir)
     read_only: bool = False
     allow_other: bool = False
     fuse_options: tuple[str, ...] = ()
@@ -167,6 +174,7 @@ class MountConfig:
     block_size: int = 1 * MIB
     readahead_kb: int = 1024
     max_tasks: int = 64
+    drain_timeout: float = 300.0
 
     def __post_init__(self) -> None:
         if self.block_size < 4096 or self.block_size & (self.block_size - 1):

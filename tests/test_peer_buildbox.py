@@ -143,3 +143,33 @@ def test_mount_over_casd(casd: Casd, tmp_path: Path) -> None:
         assert tail.stdout == source.read_bytes()[-3:]  # casd refuses unclamped limits
         wrong = mount.mountpoint / "blobs" / digest.hash / "12"
         assert not wrong.exists()
+
+
+def test_cp_into_a_mount_over_casd(casd: Casd, tmp_path: Path) -> None:
+    """Uploads through the mount to casd (no QueryWriteStatus, no advertised batch limit)."""
+    import subprocess
+
+    from tests.mounts import CasfsMount
+
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    sizes = {"empty": 0, "one": 1, "block": MIB + 1, "sub/big": 20 * MIB + 3}
+    for name, size in sizes.items():
+        write_file(tree / name, size)
+    args = ["--remote", casd.endpoint, "--instance", "", "--cache-dir", str(tmp_path / "c")]
+    fetched = tmp_path / "fetched"
+    with CasfsMount(tmp_path / "mnt", *args) as mount:
+        subprocess.run(["cp", "-r", str(tree), str(mount.mountpoint / "uploads")], check=True)
+        for name in sizes:
+            uploaded = mount.mountpoint / "uploads" / "tree" / name
+            digest = Digest(sha256_file(tree / name), sizes[name])
+            got = subprocess.run(
+                ["getfattr", "--only-values", "-n", "user.casfs.digest", str(uploaded)],
+                capture_output=True,
+                check=True,
+            )
+            assert got.stdout.decode() == str(digest)
+            blob = mount.mountpoint / "blobs" / digest.hash / str(digest.size)
+            subprocess.run(["cmp", str(tree / name), str(blob)], check=True)
+            run_client(casd.endpoint, lambda c, d=digest: download(c, d, fetched), instance="")
+            assert sha256_file(fetched) == digest.hash

@@ -60,6 +60,12 @@ class Catalog:
         self.note(instance, digest)
         return True
 
+    def found(self, instance: str, digest: Digest) -> None:
+        """Record a blob known to exist (this mount just uploaded it)."""
+        self._present[(instance, digest)] = True
+        self._absent.pop((instance, digest), None)
+        self.note(instance, digest)
+
     def verify(self, instance: str, digest: Digest) -> None:
         """Record that the blob's last byte was read: its size is certain."""
         self._verified[(instance, digest.function, digest.hash)] = digest.size

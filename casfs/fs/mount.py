@@ -32,6 +32,7 @@ from casfs.fs.blockcache import BlockCache
 from casfs.fs.errors import MountError
 from casfs.fs.namespace import Namespace
 from casfs.fs.operations import CasOperations
+from casfs.fs.uploads import Spool, UploadError, Uploads
 
 log = logging.getLogger("casfs.fs")
 PR_SET_PDEATHSIG = 1
@@ -135,12 +136,36 @@ async def _digest_functions(clients: dict[str, CasClient]) -> set[DigestFunction
     return functions
 
 
-async def _watch_signals(cancel: Callable[[], None]) -> None:
+async def _watch_signals(uploads: Uploads, drain_timeout: float) -> None:
+    """On SIGTERM, SIGINT or SIGHUP: let uploads in flight finish (bounded), then stop."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("%s: unmounting", signal.Signals(signum).name)
-            cancel()
+            if uploads.active:
+                log.info("waiting up to %.0fs for %d upload(s)", drain_timeout, uploads.active)
+                with trio.move_on_after(drain_timeout):
+                    await uploads.idle.wait()
+                if uploads.active:
+                    log.warning("%d upload(s) left spooled for the next mount", uploads.active)
+            pyfuse3.terminate()
             return
+
+
+async def _finish_leftovers(operations: CasOperations) -> None:
+    """Upload what a previous mount of this cache directory left in the spool."""
+    leftovers = operations.uploads.recover()
+    if not leftovers:
+        return
+    log.info("finishing %d upload(s) left by a previous mount", len(leftovers))
+    for entry in leftovers:
+        operations.adopt(entry)
+    for entry in leftovers:
+        try:
+            digest = await operations.uploads.finalize(entry)
+        except (CasError, UploadError, OSError) as error:
+            log.warning("left-over upload %s: %s (still spooled)", entry.path() or "blob", error)
+        else:
+            operations.catalog.found(entry.instance, digest)
 
 
 async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable[[], None]) -> None:
@@ -148,11 +173,16 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     clients = {
         name: CasClient(dataclasses.replace(remote, instance=name)) for name in config.instances
     }
+    spool: Spool | None = None
     try:
         namespace = Namespace(config.instances, await _digest_functions(clients))
+        spool = Spool(config.cache_dir)
         async with trio.open_nursery() as nursery:
             cache = BlockCache(nursery, block_size=config.block_size, capacity=config.cache_size)
-            operations = CasOperations(clients, namespace, cache, read_only=config.read_only)
+            uploads = Uploads(clients, spool)
+            operations = CasOperations(
+                clients, namespace, cache, uploads, read_only=config.read_only
+            )
             try:
                 pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
             except RuntimeError as error:
@@ -167,7 +197,9 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
                 log.info("mounted %s on %s", remote.endpoint, config.mountpoint)
                 ready()
                 nursery.start_soon(after_init)
-                nursery.start_soon(_watch_signals, pyfuse3.terminate)
+                nursery.start_soon(_watch_signals, uploads, config.drain_timeout)
+                if not config.read_only:
+                    nursery.start_soon(_finish_leftovers, operations)
                 await pyfuse3.main(min_tasks=2, max_tasks=config.max_tasks)
             finally:
                 nursery.cancel_scope.cancel()
@@ -176,6 +208,8 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     finally:
         for client in clients.values():
             await client.aclose()
+        if spool is not None:
+            spool.close()
 
 
 def _return_freed_blocks_to_the_system() -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from casfs.digest import Digest, DigestError, DigestFunction
 
 BLOBS = "blobs"
+UPLOADS = "uploads"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,22 @@ class HashDir:
 
 
 @dataclass(frozen=True, slots=True)
+class UploadsDir:
+    """``<instance>/uploads/``: writable; files become blobs when closed."""
+
+    instance: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadNode:
+    """A file, directory or symlink below ``uploads/`` (or a direct write into blobs/),
+    named by the id of its entry in ``fs/uploads.py``."""
+
+    instance: str
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
 class BlobFile:
     """``<instance>/blobs/[<fn>/]<hash>/<size>``: the blob, read-only."""
 
@@ -61,7 +78,7 @@ class BlobFile:
     digest: Digest
 
 
-Node = InstanceDir | BlobsDir | FunctionDir | HashDir | BlobFile
+Node = InstanceDir | BlobsDir | FunctionDir | HashDir | BlobFile | UploadsDir | UploadNode
 ROOT = InstanceDir("")
 
 
@@ -92,6 +109,7 @@ class Namespace:
             ]
             if node.path in self.instances:
                 entries.append((BLOBS, BlobsDir(node.path)))
+                entries.append((UPLOADS, UploadsDir(node.path)))
             return entries
         if isinstance(node, BlobsDir):
             return [
@@ -102,7 +120,9 @@ class Namespace:
         return []
 
     def child(self, parent: Node, name: str) -> Node | None:
-        """The node ``name`` names inside ``parent``, or None if it cannot exist."""
+        """The node ``name`` names inside ``parent``, or None if it cannot exist.
+
+        Names inside ``uploads/`` are not decided here but by the upload trees."""
         if isinstance(parent, InstanceDir):
             return dict(self.static_children(parent)).get(name)
         if isinstance(parent, BlobsDir):

@@ -1,11 +1,16 @@
 """pyfuse3 operations: the second border, where casfs errors become errno values.
 
-Every handler is wrapped by ``_fuse_errors``: ``FUSEError`` passes, a ``CasError`` becomes
-its errno (logged in one line), anything else becomes EIO and is logged with its traceback.
-Nothing else may escape into pyfuse3, which would end the mount.
+Every handler is wrapped by ``_fuse_errors``: ``FUSEError`` passes, a ``CasError`` or
+``UploadError`` becomes its errno and an ``OSError`` (the spool disk) its own, each logged
+in one line; anything else becomes EIO and is logged with its traceback. Nothing else may
+escape into pyfuse3, which would end the mount.
+
+Uploads finish in ``flush`` (every ``close()``) and ``fsync``, where an error still reaches
+the program; ``release`` only cleans up, since its errors reach no one.
 
 Concurrency notes: pyfuse3 runs each request as a trio task in one thread, so the inode
-table, handle tables and catalog need no locks; handlers interleave only at ``await``.
+table, handle tables, catalog and upload trees need no locks; handlers interleave only at
+``await``. A file being finalized holds its own lock (see ``uploads.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import logging
 import os
 import stat
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
@@ -26,6 +32,7 @@ import trio
 
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError, NotFound
+from casfs.digest import Digest
 from casfs.fs.blockcache import BlockCache, Readahead
 from casfs.fs.catalog import Catalog
 from casfs.fs.inodes import InodeTable
@@ -37,7 +44,10 @@ from casfs.fs.namespace import (
     InstanceDir,
     Namespace,
     Node,
+    UploadNode,
+    UploadsDir,
 )
+from casfs.fs.uploads import DirEntry, Entry, FileEntry, SymlinkEntry, UploadError, Uploads
 from casfs.resource import BlobName
 
 log = logging.getLogger("casfs.fs")
@@ -47,6 +57,8 @@ R = TypeVar("R")
 # Blobs never change, and the namespace only changes on remount: let the kernel cache both.
 STATIC_TIMEOUT = 3600.0
 BLOB_TIMEOUT = 24 * 3600.0
+# Files under uploads/ change: the kernel asks again soon.
+UPLOAD_TIMEOUT = 1.0
 XATTR_DIGEST = b"user.casfs.digest"
 XATTR_FUNCTION = b"user.casfs.digest_function"
 XATTR_RESOURCE = b"user.casfs.resource_name"
@@ -63,9 +75,12 @@ def _fuse_errors(
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except CasError as error:
+        except (CasError, UploadError) as error:
             log.warning("%s: %s", fn.__name__, error)
             raise pyfuse3.FUSEError(error.errno) from None
+        except OSError as error:
+            log.warning("%s: %s", fn.__name__, error)
+            raise pyfuse3.FUSEError(error.errno or errno.EIO) from None
         except Exception:
             log.exception("%s failed unexpectedly", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -79,8 +94,15 @@ class _OpenBlob:
     readahead: Readahead
 
 
+@dataclass
+class _OpenUpload:
+    entry: FileEntry
+    writable: bool
+    readahead: Readahead
+
+
 class CasOperations(pyfuse3.Operations):
-    """The read side of the mount: instances, ``blobs/`` and blob files."""
+    """The mount: instances, ``blobs/`` (read-only blobs) and ``uploads/`` (new blobs)."""
 
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -91,6 +113,7 @@ class CasOperations(pyfuse3.Operations):
         clients: Mapping[str, CasClient],
         namespace: Namespace,
         cache: BlockCache,
+        uploads: Uploads,
         *,
         read_only: bool = False,
     ) -> None:
@@ -98,11 +121,13 @@ class CasOperations(pyfuse3.Operations):
         self.clients = clients
         self.namespace = namespace
         self.cache = cache
+        self.uploads = uploads
         self.catalog = Catalog()
         self.inodes = InodeTable()
         self.read_only = read_only
+        self._entries: weakref.WeakValueDictionary[int, Entry] = weakref.WeakValueDictionary()
         self._handles = itertools.count(1)
-        self._open: dict[int, _OpenBlob] = {}
+        self._open: dict[int, _OpenBlob | _OpenUpload] = {}
         self._listings: dict[int, list[tuple[str, Node]]] = {}
         self._uid = os.getuid()
         self._gid = os.getgid()
@@ -120,13 +145,55 @@ class CasOperations(pyfuse3.Operations):
         """The kernel's INIT is being answered (the reply goes out when this returns)."""
         self.initialized.set()
 
-    # -- attributes -------------------------------------------------------------------------
+    # -- nodes and entries ------------------------------------------------------------------
 
     def _node(self, inode: int) -> Node:
         try:
             return self.inodes.node(inode)
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    def _upload_node(self, instance: str, entry: Entry) -> Node:
+        if entry is self.uploads.roots.get(instance):
+            return UploadsDir(instance)
+        self._entries[entry.id] = entry
+        return UploadNode(instance, entry.id)
+
+    def adopt(self, entry: FileEntry) -> None:
+        """Make a recovered spool file reachable by inode."""
+        self._entries[entry.id] = entry
+
+    def _entry(self, node: Node) -> Entry | None:
+        """The upload entry behind a node, or None for the read-only namespace."""
+        if isinstance(node, UploadsDir):
+            return self.uploads.roots[node.instance]
+        if isinstance(node, UploadNode):
+            entry = self._entries.get(node.id)
+            if entry is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return entry
+        return None
+
+    def _directory(self, inode: int) -> tuple[str, DirEntry]:
+        """The instance and upload directory of a parent inode; read-only places refuse."""
+        node = self._node(inode)
+        entry = self._entry(node)
+        if entry is None:
+            raise self._refused()
+        if not isinstance(entry, DirEntry):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        assert isinstance(node, UploadsDir | UploadNode)
+        return node.instance, entry
+
+    def _refused(self) -> pyfuse3.FUSEError:
+        """The error for a change to the read-only namespace."""
+        return pyfuse3.FUSEError(errno.EROFS if self.read_only else errno.EACCES)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    # -- attributes -------------------------------------------------------------------------
 
     def _attributes(self, node: Node, inode: int) -> pyfuse3.EntryAttributes:
         attrs = pyfuse3.EntryAttributes()
@@ -135,6 +202,9 @@ class CasOperations(pyfuse3.Operations):
         attrs.st_gid = self._gid
         attrs.st_atime_ns = attrs.st_mtime_ns = attrs.st_ctime_ns = self._time_ns
         attrs.st_blksize = self.cache.block_size
+        entry = self._entry(node)
+        if entry is not None:
+            return self._upload_attributes(entry, attrs)
         if isinstance(node, BlobFile):
             attrs.st_mode = stat.S_IFREG | 0o444
             attrs.st_nlink = 1
@@ -147,9 +217,62 @@ class CasOperations(pyfuse3.Operations):
             attrs.entry_timeout = attrs.attr_timeout = STATIC_TIMEOUT
         return attrs
 
+    def _upload_attributes(
+        self, entry: Entry, attrs: pyfuse3.EntryAttributes
+    ) -> pyfuse3.EntryAttributes:
+        attrs.entry_timeout = attrs.attr_timeout = UPLOAD_TIMEOUT
+        attrs.st_mtime_ns = attrs.st_ctime_ns = entry.mtime_ns
+        if isinstance(entry, FileEntry):
+            # Committed files are blobs now: read-only, keeping their executable bits.
+            mode = entry.mode & 0o555 if entry.committed else entry.mode
+            if not entry.committed:  # its size and mode change until it is committed
+                attrs.entry_timeout = attrs.attr_timeout = 0
+            attrs.st_mode = stat.S_IFREG | mode
+            attrs.st_nlink = 1
+            attrs.st_size = entry.size
+            attrs.st_blocks = (entry.size + 511) // 512
+        elif isinstance(entry, SymlinkEntry):
+            attrs.st_mode = stat.S_IFLNK | 0o777
+            attrs.st_nlink = 1
+            attrs.st_size = len(os.fsencode(entry.target))
+        else:
+            attrs.st_mode = stat.S_IFDIR | (0o555 if self.read_only else 0o755)
+            attrs.st_nlink = 2
+        return attrs
+
     @_fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._attributes(self._node(inode), inode)
+
+    @_fuse_errors
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        """Truncate and chmod files in uploads/; everything else is read-only."""
+        node = self._node(inode)
+        entry = self._entry(node)
+        if entry is None:
+            raise self._refused()
+        self._writable()
+        if fields.update_size:
+            if not isinstance(entry, FileEntry):
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            self.uploads.truncate(entry, attr.st_size)
+        if fields.update_mode and isinstance(entry, FileEntry):
+            entry.mode = stat.S_IMODE(attr.st_mode)
+            entry.touch()
+            if entry.spool is not None and entry.expected is None:
+                self.uploads.spool.record(entry)
+        if fields.update_mtime:
+            entry.mtime_ns = attr.st_mtime_ns
+        return self._attributes(node, inode)
+
+    # -- names ------------------------------------------------------------------------------
 
     @_fuse_errors
     async def lookup(
@@ -161,23 +284,151 @@ class CasOperations(pyfuse3.Operations):
             text = name.decode("utf-8")
         except UnicodeDecodeError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
-        node = self.namespace.child(parent, text)
-        if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        if isinstance(node, BlobFile):
-            client = self.clients[node.instance]
-            if not await self.catalog.exists(node.instance, node.digest, client.find_missing):
+        directory = self._entry(parent)
+        if isinstance(directory, DirEntry):
+            assert isinstance(parent, UploadsDir | UploadNode)
+            child = directory.children.get(text)
+            if child is None:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-        inode = self.inodes.lookup(node)
-        return self._attributes(node, inode)
+            node = self._upload_node(parent.instance, child)
+        else:
+            found = self.namespace.child(parent, text)
+            if found is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            node = found
+            if isinstance(node, BlobFile):
+                client = self.clients[node.instance]
+                if not await self.catalog.exists(node.instance, node.digest, client.find_missing):
+                    raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attributes(node, self.inodes.lookup(node))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             self.inodes.forget(inode, count)
 
+    def _new_entry(self, instance: str, entry: Entry) -> pyfuse3.EntryAttributes:
+        node = self._upload_node(instance, entry)
+        return self._attributes(node, self.inodes.lookup(node))
+
+    @_fuse_errors
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        instance, parent = self._directory(parent_inode)
+        self._writable()
+        text = os.fsdecode(name)
+        if text in parent.children:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        entry = DirEntry(name=text, parent=parent)
+        parent.children[text] = entry
+        entry.touch()
+        return self._new_entry(instance, entry)
+
+    @_fuse_errors
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        instance, parent = self._directory(parent_inode)
+        self._writable()
+        text = os.fsdecode(name)
+        if text in parent.children:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        entry = SymlinkEntry(name=text, parent=parent, target=os.fsdecode(target))
+        parent.children[text] = entry
+        entry.touch()
+        return self._new_entry(instance, entry)
+
+    @_fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        entry = self._entry(self._node(inode))
+        if not isinstance(entry, SymlinkEntry):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(entry.target)
+
+    @_fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _, parent = self._directory(parent_inode)
+        self._writable()
+        entry = parent.children.get(os.fsdecode(name))
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if isinstance(entry, DirEntry):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if isinstance(entry, FileEntry) and entry.lock.locked():
+            raise pyfuse3.FUSEError(errno.EBUSY)
+        self.uploads.remove(entry)
+
+    @_fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _, parent = self._directory(parent_inode)
+        self._writable()
+        entry = parent.children.get(os.fsdecode(name))
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if not isinstance(entry, DirEntry):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if entry.children:
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        self.uploads.remove(entry)
+
+    @_fuse_errors
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        """Move within one instance's uploads/ tree (POSIX replace rules)."""
+        instance_old, old_parent = self._directory(parent_inode_old)
+        instance_new, new_parent = self._directory(parent_inode_new)
+        self._writable()
+        if instance_old != instance_new:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        old_name, new_name = os.fsdecode(name_old), os.fsdecode(name_new)
+        entry = old_parent.children.get(old_name)
+        if entry is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        ancestor: DirEntry | None = new_parent
+        while ancestor is not None:  # no moving a directory into itself
+            if ancestor is entry:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            ancestor = ancestor.parent
+        target = new_parent.children.get(new_name)
+        if target is entry:
+            return
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            if isinstance(target, DirEntry):
+                if not isinstance(entry, DirEntry):
+                    raise pyfuse3.FUSEError(errno.EISDIR)
+                if target.children:
+                    raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+            elif isinstance(entry, DirEntry):
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            self.uploads.remove(target)
+        del old_parent.children[old_name]
+        old_parent.touch()
+        entry.name, entry.parent = new_name, new_parent
+        new_parent.children[new_name] = entry
+        entry.touch()
+        self.uploads.rerecord(entry)
+
     # -- directories ------------------------------------------------------------------------
 
-    def _entries(self, node: Node) -> list[tuple[str, Node]]:
+    def _entries_of(self, node: Node) -> list[tuple[str, Node]]:
+        directory = self._entry(node)
+        if isinstance(directory, DirEntry):
+            assert isinstance(node, UploadsDir | UploadNode)
+            return [
+                (name, self._upload_node(node.instance, child))
+                for name, child in sorted(directory.children.items())
+            ]
         entries = self.namespace.static_children(node)
         if isinstance(node, BlobsDir | FunctionDir):
             function = node.function if isinstance(node, FunctionDir) else None
@@ -187,16 +438,19 @@ class CasOperations(pyfuse3.Operations):
                     entries.append((hash_, entry))
         elif isinstance(node, HashDir):
             for size in self.catalog.sizes(node.instance, node.function, node.hash):
-                entries.append((str(size), self.namespace.child(node, str(size))))  # type: ignore[arg-type]
+                blob = self.namespace.child(node, str(size))
+                if blob is not None:
+                    entries.append((str(size), blob))
         return entries
 
     @_fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._node(inode)
-        if isinstance(node, BlobFile):
+        entry = self._entry(node)
+        if isinstance(node, BlobFile) or (entry is not None and not isinstance(entry, DirEntry)):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         handle = next(self._handles)
-        self._listings[handle] = self._entries(node)
+        self._listings[handle] = self._entries_of(node)
         return handle
 
     @_fuse_errors
@@ -206,7 +460,7 @@ class CasOperations(pyfuse3.Operations):
             name, node = entries[index]
             inode = self.inodes.inode(node)
             if not pyfuse3.readdir_reply(
-                token, name.encode(), self._attributes(node, inode), index + 1
+                token, os.fsencode(name), self._attributes(node, inode), index + 1
             ):
                 self.inodes.forget(inode, 0)  # drop it again if the kernel never saw it
                 return
@@ -218,59 +472,166 @@ class CasOperations(pyfuse3.Operations):
 
     # -- files ------------------------------------------------------------------------------
 
+    def _open_upload(self, entry: FileEntry, writable: bool) -> pyfuse3.FileInfo:
+        handle = next(self._handles)
+        self._open[handle] = _OpenUpload(entry, writable, Readahead())
+        if writable:
+            entry.writers += 1
+        return pyfuse3.FileInfo(fh=handle)
+
+    @_fuse_errors
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        """A new file in uploads/, or a direct write of ``blobs/<hash>/<size>``."""
+        self._writable()
+        parent = self._node(parent_inode)
+        text = os.fsdecode(name)
+        if isinstance(parent, HashDir):
+            blob = self.namespace.child(parent, text)
+            if not isinstance(blob, BlobFile):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            entry = self.uploads.new_file(blob.instance, None, text, mode, blob.digest)
+            instance = blob.instance
+        else:
+            instance, directory = self._directory(parent_inode)
+            entry = self.uploads.new_file(instance, directory, text, mode, None)
+        return self._open_upload(entry, True), self._new_entry(instance, entry)
+
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._node(inode)
+        writing = flags & os.O_ACCMODE != os.O_RDONLY
+        entry = self._entry(node)
+        if isinstance(entry, FileEntry):
+            if writing:
+                self._writable()
+                self.uploads.reopen_for_writing(entry, bool(flags & os.O_TRUNC))
+            return self._open_upload(entry, writing)
+        if entry is not None:
+            raise pyfuse3.FUSEError(errno.EISDIR)
         if not isinstance(node, BlobFile):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if flags & os.O_ACCMODE != os.O_RDONLY:
-            raise pyfuse3.FUSEError(errno.EROFS if self.read_only else errno.EACCES)
+        if writing:
+            # Writing an existing blob's name: verified on close like any direct write.
+            self._writable()
+            direct = self.uploads.new_file(node.instance, None, "", 0o444, node.digest)
+            return self._open_upload(direct, True)
         handle = next(self._handles)
         self._open[handle] = _OpenBlob(node, Readahead())
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)
 
-    @_fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        """Serve from the block cache; a blob that vanished from the server is EIO."""
-        blob = self._open[fh]
-        client = self.clients[blob.node.instance]
+    async def _read_blob(
+        self, instance: str, digest: Digest, off: int, size: int, readahead: Readahead
+    ) -> bytes:
+        client = self.clients[instance]
         try:
-            data = await self.cache.read_file(
-                client.read_range, blob.node.digest, off, size, blob.readahead
-            )
+            data = await self.cache.read_file(client.read_range, digest, off, size, readahead)
         except NotFound as error:
-            log.warning("read: %s vanished from the server: %s", blob.node.digest, error)
+            log.warning("read: %s vanished from the server: %s", digest, error)
             raise pyfuse3.FUSEError(errno.EIO) from None
-        if data and off + len(data) == blob.node.digest.size:
-            self.catalog.verify(blob.node.instance, blob.node.digest)
+        if data and off + len(data) == digest.size:
+            self.catalog.verify(instance, digest)
         return data
 
     @_fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        """Blobs from the block cache (a blob that vanished is EIO); pending uploads from
+        their spool file; committed uploads from the CAS."""
+        handle = self._open[fh]
+        if isinstance(handle, _OpenBlob):
+            node = handle.node
+            return await self._read_blob(node.instance, node.digest, off, size, handle.readahead)
+        entry = handle.entry
+        if entry.spool is not None:
+            return self.uploads.read_spool(entry, off, size)
+        assert entry.digest is not None
+        return await self._read_blob(entry.instance, entry.digest, off, size, handle.readahead)
+
+    @_fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._open[fh]
+        if not isinstance(handle, _OpenUpload) or not handle.writable:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return self.uploads.write(handle.entry, off, buf)
+
+    async def _finish(self, entry: FileEntry) -> None:
+        digest = await self.uploads.finalize(entry)
+        self.catalog.found(entry.instance, digest)
+
+    @_fuse_errors
+    async def flush(self, fh: int) -> None:
+        """``close()``: the last writer's close uploads the file and reports the outcome.
+
+        A file closed empty is committed as the empty blob; if a descriptor still open
+        writes to it afterwards (``echo x > f`` closes a duplicate before it writes), the
+        upload starts over and the last close finishes it.
+        """
+        handle = self._open.get(fh)
+        if isinstance(handle, _OpenUpload) and handle.writable:
+            entry = handle.entry
+            if entry.writers == 1 and not entry.committed:
+                await self._finish(entry)
+
+    @_fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        """``fsync()``: upload now, whoever else has the file open (and retry a failed
+        upload: its spool file is still there)."""
+        handle = self._open.get(fh)
+        if isinstance(handle, _OpenUpload) and handle.writable and not handle.entry.committed:
+            await self._finish(handle.entry)
+
+    @_fuse_errors
     async def release(self, fh: int) -> None:
-        self._open.pop(fh, None)
+        """Clean up; a file whose upload failed stays spooled for fsync or the next mount."""
+        handle = self._open.pop(fh, None)
+        if not isinstance(handle, _OpenUpload) or not handle.writable:
+            return
+        entry = handle.entry
+        entry.writers -= 1
+        if not entry.writers and not entry.committed:
+            log.info("%s stays spooled, not uploaded", entry.path() or "a direct write")
 
     # -- extended attributes ----------------------------------------------------------------
 
-    def _xattrs(self, node: Node) -> dict[bytes, bytes]:
-        if not isinstance(node, BlobFile):
-            return {}
-        digest = node.digest
+    def _blob_xattrs(self, instance: str, digest: Digest) -> dict[bytes, bytes]:
         return {
             XATTR_DIGEST: f"{digest.hash}/{digest.size}".encode(),
             XATTR_FUNCTION: digest.function.name_lower.encode(),
-            XATTR_RESOURCE: BlobName(node.instance, digest).read_name().encode(),
+            XATTR_RESOURCE: BlobName(instance, digest).read_name().encode(),
         }
+
+    async def _xattrs(self, node: Node) -> dict[bytes, bytes]:
+        if isinstance(node, BlobFile):
+            return self._blob_xattrs(node.instance, node.digest)
+        entry = self._entry(node)
+        if entry is None or isinstance(entry, SymlinkEntry):
+            return {}
+        assert isinstance(node, UploadsDir | UploadNode)
+        if isinstance(entry, FileEntry):
+            if not entry.committed or entry.digest is None:
+                return {}
+            return self._blob_xattrs(node.instance, entry.digest)
+        assert isinstance(entry, DirEntry)
+        digest = await self.uploads.directory_digest(entry, node.instance)
+        return self._blob_xattrs(node.instance, digest)
 
     @_fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        value = self._xattrs(self._node(inode)).get(name)
+        node = self._node(inode)
+        if isinstance(self._entry(node), DirEntry) and not name.startswith(b"user.casfs."):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # do not upload a tree for other names
+        value = (await self._xattrs(node)).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
 
     @_fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        return list(self._xattrs(self._node(inode)))
+        node = self._node(inode)
+        if isinstance(self._entry(node), DirEntry):
+            return [XATTR_DIGEST, XATTR_FUNCTION, XATTR_RESOURCE]
+        return list(await self._xattrs(node))
 
     @_fuse_errors
     async def setxattr(
@@ -291,58 +652,12 @@ class CasOperations(pyfuse3.Operations):
         data.f_namemax = 255
         return data
 
-    def _refused(self) -> pyfuse3.FUSEError:
-        """The error for a change to the read-only namespace."""
-        return pyfuse3.FUSEError(errno.EROFS if self.read_only else errno.EACCES)
-
-    async def create(
-        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise self._refused()
-
-    async def mkdir(
-        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        raise self._refused()
-
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise self._refused()
-
-    async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        raise self._refused()
+        raise pyfuse3.FUSEError(errno.EPERM)  # no devices, fifos or sockets in a CAS
 
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise self._refused()
-
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise self._refused()
-
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise self._refused()
-
-    async def rename(
-        self,
-        parent_inode_old: int,
-        name_old: bytes,
-        parent_inode_new: int,
-        name_new: bytes,
-        flags: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> None:
-        raise self._refused()
-
-    async def setattr(
-        self,
-        inode: int,
-        attr: pyfuse3.EntryAttributes,
-        fields: pyfuse3.SetattrFields,
-        fh: int | None,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        raise self._refused()
+        raise pyfuse3.FUSEError(errno.EPERM)

@@ -1,0 +1,281 @@
+"""The mount's write side: cp into uploads/, finalize on close, resume, recovery."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from casfs._proto import remote_execution_pb2 as re_pb2
+from casfs.cas.client import CasClient
+from casfs.digest import Digest
+from tests.mounts import CasfsMount, peak_rss_bytes
+from tests.servers import CasfsServer
+from tests.test_client_server import MIB, download, run_client, sha256_file, write_file
+
+
+def sh(*args: str, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(list(args), capture_output=True, timeout=300, check=check, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+def xattr(path: Path, name: str) -> str:
+    return sh("getfattr", "--only-values", "-n", name, str(path)).stdout.decode()
+
+
+class Fixture:
+    def __init__(self, root: Path, server: CasfsServer, mount: CasfsMount) -> None:
+        self.root = root
+        self.server = server
+        self.mount = mount
+        self.uploads = mount.mountpoint / "main" / "uploads"
+        self.blobs = mount.mountpoint / "main" / "blobs"
+
+    def on_server(self, digest: Digest) -> bytes:
+        out = self.root / f"from-server-{digest.hash[:12]}"
+        run_client(self.server.endpoint, lambda c: download(c, digest, out))
+        return out.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fixture]:
+    root = tmp_path_factory.mktemp("write")
+    with (
+        CasfsServer(root / "store") as server,
+        CasfsMount(
+            root / "mnt", "--remote", server.endpoint, "--cache-dir", str(root / "cache")
+        ) as mount,
+    ):
+        yield Fixture(root, server, mount)
+
+
+@pytest.mark.parametrize("size", [0, 1, MIB - 1, MIB, MIB + 1, 300 * MIB], ids=lambda s: f"{s}B")
+def test_cp_in_and_read_back(fx: Fixture, size: int) -> None:
+    source = write_file(fx.root / f"src-{size}", size)
+    target = fx.uploads / f"file-{size}"
+    sh("cp", str(source), str(target))
+    expected = f"{sha256_file(source)}/{size}"
+    assert xattr(target, "user.casfs.digest") == expected
+    assert xattr(target, "user.casfs.resource_name") == f"main/blobs/{expected}"
+    sh("cmp", str(source), str(target))  # the upload reads back, now from the CAS
+    sh("cmp", str(source), str(fx.blobs / expected))
+    digest = Digest.parse(expected)
+    if size < 4 * MIB:
+        assert fx.on_server(digest) == source.read_bytes()
+    else:
+        assert run_client(fx.server.endpoint, lambda c: c.contains(digest))
+    assert target.stat().st_mode & 0o222 == 0  # committed: read-only now
+    assert not list((fx.root / "cache" / "spool").glob("*.data"))  # nothing left spooled
+
+
+def _directory_digest(path: Path) -> Digest:
+    """The REAPI Directory digest of a local tree, computed independently of casfs."""
+    message = re_pb2.Directory()
+    for child in sorted(path.iterdir(), key=lambda p: p.name):
+        if child.is_symlink():
+            message.symlinks.add(name=child.name, target=os.readlink(child))
+        elif child.is_dir():
+            message.directories.add(name=child.name, digest=_directory_digest(child).to_proto())
+        else:
+            data = child.read_bytes()
+            message.files.add(
+                name=child.name,
+                digest=Digest.of_bytes(data).to_proto(),
+                is_executable=os.access(child, os.X_OK),
+            )
+    return Digest.of_bytes(message.SerializeToString())
+
+
+def test_cp_r_of_a_tree_has_one_digest(fx: Fixture) -> None:
+    tree = fx.root / "tree"
+    (tree / "src" / "lib").mkdir(parents=True)
+    (tree / "README").write_text("a tree\n")
+    (tree / "src" / "main.c").write_text("int main() { return 0; }\n")
+    (tree / "src" / "lib" / "big.bin").write_bytes(os.urandom(5 * MIB))
+    (tree / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (tree / "run.sh").chmod(0o755)
+    (tree / "empty").mkdir()
+    os.symlink("src/main.c", tree / "link")
+    sh("cp", "-r", str(tree), str(fx.uploads))
+    uploaded = fx.uploads / "tree"
+    expected = _directory_digest(tree)
+    assert xattr(uploaded, "user.casfs.digest") == str(expected)
+    assert os.readlink(uploaded / "link") == "src/main.c"
+    assert os.access(uploaded / "run.sh", os.X_OK)
+    sh("diff", "-r", str(tree), str(uploaded))
+
+    async def tree_on_server(client: CasClient) -> int:
+        root = re_pb2.Directory.FromString(await client.read_blob(expected))
+        return len(root.files) + len(root.directories) + len(root.symlinks)
+
+    assert run_client(fx.server.endpoint, tree_on_server) == 5
+
+
+def test_everyday_file_operations(fx: Fixture) -> None:
+    work = fx.uploads / "ops"
+    work.mkdir()
+    sh("sh", "-c", f"echo hello > {work / 'greeting'}")  # closes a dup before writing
+    assert (work / "greeting").read_text() == "hello\n"
+    sh("dd", "if=/dev/urandom", f"of={work / 'dd.bin'}", "bs=64k", "count=40", "status=none")
+    assert (work / "dd.bin").stat().st_size == 40 * 65536
+    # Writes in any order, a truncate, then close: rehashed, uploaded as written.
+    data = bytearray(os.urandom(3 * MIB))
+    with open(work / "scattered", "wb") as file:
+        for offset in (2 * MIB, 0, MIB):
+            file.seek(offset)
+            file.write(data[offset : offset + MIB])
+        file.truncate(3 * MIB - 10)
+    del data[3 * MIB - 10 :]
+    assert (work / "scattered").read_bytes() == bytes(data)
+    assert xattr(work / "scattered", "user.casfs.digest") == str(Digest.of_bytes(bytes(data)))
+    sh("touch", str(work / "empty"))
+    assert xattr(work / "empty", "user.casfs.digest") == str(Digest.empty())
+    os.rename(work / "greeting", work / "renamed")
+    assert sorted(os.listdir(work)) == ["dd.bin", "empty", "renamed", "scattered"]
+    os.unlink(work / "renamed")
+    (work / "sub").mkdir()
+    with pytest.raises(OSError, match="Directory not empty"):
+        os.rmdir(work)
+    os.rmdir(work / "sub")
+    # A committed file can be replaced (O_TRUNC), not modified in place.
+    sh("sh", "-c", f"echo again > {work / 'dd.bin'}")
+    assert (work / "dd.bin").read_text() == "again\n"
+    appended = sh("sh", "-c", f"echo more >> {work / 'dd.bin'}", check=False)
+    assert appended.returncode != 0
+
+
+def test_direct_writes_are_verified(fx: Fixture) -> None:
+    data = os.urandom(2 * MIB + 3)
+    digest = Digest.of_bytes(data)
+    good = fx.root / "good"
+    good.write_bytes(data)
+    bad = fx.root / "bad"
+    bad.write_bytes(os.urandom(len(data)))
+    target = fx.blobs / digest.hash / str(digest.size)
+    failed = sh("cp", str(bad), str(target), check=False)
+    assert failed.returncode != 0 and b"Input/output error" in failed.stderr
+    assert not run_client(fx.server.endpoint, lambda c: c.contains(digest))
+    sh("cp", str(good), str(target))
+    assert fx.on_server(digest) == data
+    sh("cp", str(good), str(target))  # already there: success without an upload
+    assert target.read_bytes() == data
+
+
+def test_bad_names_and_places(fx: Fixture) -> None:
+    source = fx.root / "small"
+    source.write_bytes(b"x")
+    for place in [fx.blobs / "newfile", fx.mount.mountpoint / "main" / "x", fx.blobs / "abc"]:
+        assert sh("cp", str(source), str(place), check=False).returncode != 0
+    with pytest.raises(OSError):
+        os.mkdir(fx.blobs / "dir")
+
+
+def test_server_killed_mid_upload_resumes(tmp_path: Path) -> None:
+    size = 300 * MIB
+    source = write_file(tmp_path / "big", size)
+    parts = tmp_path / "store" / "uploads"
+    with CasfsServer(tmp_path / "store") as server:
+        with CasfsMount(
+            tmp_path / "mnt", "--remote", server.endpoint, "--cache-dir", str(tmp_path / "c")
+        ) as mount:
+            killed_at: list[int] = []
+
+            def killer() -> None:
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    sizes = [p.stat().st_size for p in parts.glob("*.part")]
+                    if sizes and sizes[0] > 32 * MIB:
+                        server.kill(signal.SIGKILL)
+                        killed_at.append(sizes[0])
+                        server.start()
+                        return
+                    time.sleep(0.001)
+
+            thread = threading.Thread(target=killer)
+            thread.start()
+            sh("cp", str(source), str(mount.mountpoint / "main" / "uploads" / "big"))
+            thread.join()
+            assert killed_at and killed_at[0] < size, "the upload finished before the kill"
+            resumed = re.findall(r"resuming at offset (\d+)", mount.log_text())
+            assert resumed and int(resumed[0]) > 0, mount.log_text()[-2000:]
+        digest = Digest(sha256_file(source), size)
+        run_client(server.endpoint, lambda c: download(c, digest, tmp_path / "back"))
+    assert sha256_file(tmp_path / "back") == digest.hash
+
+
+def test_server_down_for_good_then_next_mount_finishes(tmp_path: Path) -> None:
+    source = write_file(tmp_path / "src", 5 * MIB)
+    digest = Digest(sha256_file(source), 5 * MIB)
+    cache = tmp_path / "cache"
+    mountpoint = tmp_path / "mnt"
+    with CasfsServer(tmp_path / "store") as server:
+        args = ["--cache-dir", str(cache), "--retries", "2"]
+        with CasfsMount(mountpoint, "--remote", server.endpoint, *args) as mount:
+            server.kill()
+            failed = sh("cp", str(source), str(mountpoint / "main" / "uploads" / "f"), check=False)
+            assert failed.returncode != 0
+            assert b"Input/output error" in failed.stderr
+            assert "stays spooled" in mount.log_text()
+        assert len(list((cache / "spool").glob("*.data"))) == 1  # kept for the next mount
+        server.start()
+        with CasfsMount(mountpoint, "--remote", server.endpoint, *args) as mount:
+            deadline = time.monotonic() + 30
+            while not run_client(server.endpoint, lambda c: c.contains(digest)):
+                assert time.monotonic() < deadline, mount.log_text()[-2000:]
+                time.sleep(0.1)
+            assert "finishing 1 upload(s) left by a previous mount" in mount.log_text()
+            sh("cmp", str(source), str(mountpoint / "main" / "uploads" / "f"))
+        assert not list((cache / "spool").glob("*.data"))
+
+
+def test_rss_while_writing_2gib(tmp_path: Path) -> None:
+    with CasfsServer(tmp_path / "store", "--no-fsync") as server, CasfsMount(
+        tmp_path / "mnt",
+        "--remote", server.endpoint, "--cache-size", "64M", "--cache-dir", str(tmp_path / "c"),
+    ) as mount:  # fmt: skip
+        target = mount.mountpoint / "main" / "uploads" / "big"
+        sh("dd", "if=/dev/zero", f"of={target}", "bs=1M", "count=2048", "status=none")
+        assert xattr(target, "user.casfs.digest").endswith("/2147483648")
+        peak = peak_rss_bytes(mount.pid)
+    assert peak < 64 * MIB + 100 * MIB, f"peak RSS {peak / MIB:.0f} MiB"
+
+
+def test_unmount_waits_for_an_upload_in_flight(tmp_path: Path) -> None:
+    source = write_file(tmp_path / "src", 200 * MIB)
+    with CasfsServer(tmp_path / "store") as server:
+        mount = CasfsMount(
+            tmp_path / "mnt", "--remote", server.endpoint, "--cache-dir", str(tmp_path / "c")
+        ).start()
+        try:
+            target = mount.mountpoint / "main" / "uploads" / "f"
+            cp = subprocess.Popen(["cp", str(source), str(target)], stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 60
+            while "uploaded" not in mount.log_text() and not list(
+                (server.store / "uploads").glob("*.part")
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            os.kill(mount.pid, signal.SIGTERM)  # while the upload is in flight
+            _, err = cp.communicate(timeout=120)
+            assert cp.returncode == 0, err
+            assert mount.wait() == 0
+        finally:
+            mount.stop()
+        digest = Digest(sha256_file(source), 200 * MIB)
+        assert run_client(server.endpoint, lambda c: c.contains(digest))
+
+
+def test_spool_files_are_private(fx: Fixture) -> None:
+    spool = fx.root / "cache" / "spool"
+    with open(fx.uploads / "private", "wb") as file:
+        file.write(b"secret")
+        file.flush()
+        spooled = list(spool.glob("*.data"))
+        assert spooled and all(p.stat().st_mode & 0o777 == 0o600 for p in spooled)
+        assert (fx.root / "cache").stat().st_mode & 0o777 == 0o700
