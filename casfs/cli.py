@@ -33,6 +33,7 @@ from casfs.config import (
     default_cache_dir,
     default_store_dir,
     load_serve_config,
+    mount_cache_dir,
     parse_size,
 )
 from casfs.digest import Digest, DigestError, DigestFunction
@@ -174,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         " name, whose blobs/ sits at the mount's root)",
     )
     mount.add_argument("--store", type=Path, help=f"embedded store ({default_store_dir()})")
-    mount.add_argument("--cache-dir", type=Path, help=f"spool for uploads ({default_cache_dir()})")
+    mount.add_argument(
+        "--cache-dir", type=Path, help=f"upload spool (one per mountpoint in {default_cache_dir()})"
+    )
     mount.add_argument("--read-only", action="store_true", help="mount read-only")
     mount.add_argument("--allow-other", action="store_true", help="let other users in")
     mount.add_argument("--cache-size", type=_size, default=512 * MIB, help="block cache (512M)")
@@ -290,7 +293,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         remote=_remote_config(args, "") if args.remote else None,
         instances=tuple(dict.fromkeys(args.instance or [DEFAULT_INSTANCE])),
         store=args.store or default_store_dir(),
-        cache_dir=args.cache_dir or default_cache_dir(),
+        cache_dir=args.cache_dir or mount_cache_dir(args.mountpoint.resolve()),
         read_only=args.read_only or "ro" in options,
         allow_other=args.allow_other,
         fuse_options=tuple(o for o in options if o != "ro"),

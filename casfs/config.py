@@ -25,6 +25,13 @@ def default_cache_dir() -> Path:
     return Path(base) / "casfs"
 
 
+def mount_cache_dir(mountpoint: Path) -> Path:
+    """The default cache directory of a mountpoint: the next mount there finds the
+    uploads the last one could not finish."""
+    name = str(mountpoint).strip("/").replace("/", "-") or "root"
+    return default_cache_dir() / "mounts" / name
+
+
 def default_store_dir() -> Path:
     """The embedded CAS's default store; ``casfs serve`` and ``casfs mount`` share it."""
     return default_data_dir() / "store"
@@ -166,7 +173,7 @@ class MountConfig:
     remote: RemoteConfig | None
     instances: tuple[str, ...] = (DEFAULT_INSTANCE,)
     store: Path = field(default_factory=default_store_dir)
-    cache_dir: Path = field(default_factory=default_cache_dir)
+    cache_dir: Path = field(default_factory=default_cache_dir)  # the CLI picks per mountpoint
     read_only: bool = False
     allow_other: bool = False
     fuse_options: tuple[str, ...] = ()

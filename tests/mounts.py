@@ -25,6 +25,8 @@ class CasfsMount:
 
     def __init__(self, mountpoint: Path, *args: str) -> None:
         self.mountpoint = mountpoint
+        if "--cache-dir" not in args:  # never the user's own cache directory
+            args = (*args, "--cache-dir", str(mountpoint.parent / f"{mountpoint.name}-cache"))
         self.args = args
         self.log = mountpoint.parent / f"{mountpoint.name}-mount.log"
         self.process: subprocess.Popen[bytes] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -156,12 +157,14 @@ def test_listings(fx: Fixture) -> None:
     assert sh("ls", "-la", str(fx.blobs)).returncode == 0
 
 
-def test_blobs_are_read_only(fx: Fixture) -> None:
+def test_blobs_cannot_change(fx: Fixture) -> None:
     source, blob = fx.upload("ro", 10)
     assert sh("cp", str(source), str(fx.blobs / "x"), check=False).returncode != 0
-    with pytest.raises(PermissionError):
-        open(blob, "r+b")  # noqa: SIM115
     assert sh("touch", str(blob), check=False).returncode != 0
+    with pytest.raises(OSError) as caught, open(blob, "r+b") as file:
+        file.write(b"other data")  # verified on close, like any write to a blob's name
+    assert caught.value.errno == errno.EIO
+    assert blob.read_bytes() == source.read_bytes()
 
 
 def test_blake3_path(fx: Fixture) -> None:
@@ -256,6 +259,7 @@ def test_daemon_returns_once_mounted(tmp_path: Path) -> None:
             started = sh(
                 sys.executable, "-m", "casfs", "mount", str(mountpoint), "--daemon",
                 "--remote", server.endpoint, "--log-file", str(log),
+                "--cache-dir", str(tmp_path / "cache"),
             )  # fmt: skip
             assert started.returncode == 0
             assert is_mounted(mountpoint)  # usable as soon as the command returns
@@ -283,7 +287,7 @@ def test_embedded_store_and_nested_instances(tmp_path: Path) -> None:
     args = ["--store", str(store), "--instance", "", "--instance", "team/linux"]
     with CasfsMount(tmp_path / "mnt", *args) as mount:
         root = mount.mountpoint
-        assert sorted(os.listdir(root)) == ["blobs", "team"]
+        assert sorted(os.listdir(root)) == ["blobs", "team", "uploads"]
         assert os.listdir(root / "team") == ["linux"]
         assert (root / "blobs" / str(a)).read_bytes() == b"root instance"
         assert (root / "team" / "linux" / "blobs" / str(b)).read_bytes() == b"nested"
