@@ -11,19 +11,23 @@ Concurrency notes:
   cache's own nursery and every reader of that block waits on it. A reader that is
   cancelled stops waiting; the flight goes on for the others (and fills the cache).
 - A failed flight caches nothing: each waiter gets the error, the next read tries again.
+- Readahead fetches a *run* of blocks with one streaming ranged Read (a Read per block
+  costs a round trip and about a millisecond of CPU each); every block of the run has its
+  flight, fulfilled as its bytes arrive. At most ``streams`` runs are in flight, and a
+  run starts only when less than half the window ahead is covered, so runs stay long.
 - A random read (the window is closed) that no cached block covers fetches just its own
   range, outside the cache and without a flight: its bytes go to the kernel's page cache.
-- Prefetch flights run under a ``CapacityLimiter`` so readahead cannot starve demand
-  reads or hold more than ``prefetch_concurrency`` blocks in flight. Memory is bounded by
-  ``capacity`` plus the blocks in flight.
+- Memory is bounded by ``capacity``: the LRU gets the capacity less what runs in flight
+  may hold (one block being assembled per run, plus demand fetches).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import cachetools
 import trio
@@ -33,9 +37,15 @@ from casfs.digest import Digest
 
 log = logging.getLogger("casfs.fs")
 
-# fetch(digest, offset, length): the bytes, clamped to the blob's end (CasClient.read_range).
-Fetch = Callable[[Digest, int, int], Awaitable[bytes]]
 _Key = tuple[Digest, int]
+
+
+class BlobSource(Protocol):
+    """Where blocks come from: a ``CasClient`` for one instance."""
+
+    async def read_range(self, digest: Digest, offset: int, length: int) -> bytes: ...
+
+    def stream_range(self, digest: Digest, offset: int, length: int) -> AsyncIterator[bytes]: ...
 
 
 @dataclass
@@ -45,6 +55,7 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     prefetches: int = 0
+    runs: int = 0
     direct_reads: int = 0
     fetched_bytes: int = 0
     evictions: int = 0
@@ -83,7 +94,7 @@ class Readahead:
 
     The window doubles on every read that continues the stream (a little reordering by
     concurrent kernel requests still counts) and collapses to nothing on a seek, so random
-    access fetches only the blocks it touches.
+    access fetches only the bytes it touches.
     """
 
     next_offset: int = 0
@@ -101,7 +112,7 @@ class Readahead:
 
 class BlockCache:
     """Blocks of blobs in memory. Blobs are content-addressed, so a block is the same
-    whichever instance (and so whichever ``fetch``) it came from."""
+    whichever instance (and so whichever source) it came from."""
 
     def __init__(
         self,
@@ -109,21 +120,18 @@ class BlockCache:
         *,
         block_size: int,
         capacity: int,
-        prefetch_concurrency: int = 8,
+        streams: int = 2,
     ) -> None:
-        # Blocks in flight count against the budget too: the LRU gets what is left.
-        in_flight = (prefetch_concurrency + 2) * block_size
-        if block_size <= 0 or capacity < in_flight + block_size:
-            raise ValueError(
-                f"a cache of {capacity} bytes cannot hold {prefetch_concurrency + 3} blocks"
-            )
+        in_flight = (4 * streams + 4) * block_size  # runs, demand reads, transport buffers
+        if block_size <= 0 or capacity < in_flight + 4 * block_size:
+            raise ValueError(f"a cache of {capacity} bytes is too small for {block_size} blocks")
         self.block_size = block_size
         self.capacity = capacity
         self.stats = CacheStats()
         self._nursery = nursery
         self._blocks = _Blocks(capacity - in_flight, self.stats)
         self._flights: dict[_Key, _Flight] = {}
-        self._prefetch_limiter = trio.CapacityLimiter(prefetch_concurrency)
+        self._streams = trio.CapacityLimiter(streams)
         # Never look further ahead than a quarter of the cache or 64 MiB.
         self.max_window = max(1, min(capacity // 4, 64 << 20) // block_size)
 
@@ -131,9 +139,38 @@ class BlockCache:
     def cached_bytes(self) -> int:
         return int(self._blocks.currsize)
 
-    def _flight(
-        self, fetch: Fetch, digest: Digest, index: int, *, prefetch: bool
-    ) -> _Flight | None:
+    def _covered(self, digest: Digest, index: int) -> bool:
+        key = (digest, index)
+        return key in self._blocks or key in self._flights
+
+    def _land(self, key: _Key, flight: _Flight, data: bytes) -> None:
+        self.stats.fetched_bytes += len(data)
+        self._blocks[key] = data
+        flight.data = data
+        del self._flights[key]
+        flight.done.set()
+
+    def _fail(self, key: _Key, flight: _Flight, error: Exception | None) -> None:
+        flight.error = error
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        flight.done.set()
+
+    # -- demand reads -----------------------------------------------------------------------
+
+    async def _fetch_block(self, source: BlobSource, key: _Key, flight: _Flight) -> None:
+        digest, index = key
+        try:
+            data = await source.read_range(digest, index * self.block_size, self.block_size)
+        except Exception as error:  # every waiter sees it; nothing is cached
+            self._fail(key, flight, error)
+        else:
+            self._land(key, flight, data)
+        finally:
+            if not flight.done.is_set():  # cancelled: the mount is ending
+                self._fail(key, flight, None)
+
+    def _flight(self, source: BlobSource, digest: Digest, index: int) -> _Flight | None:
         """The flight for a block: a running one, a new one, or None if it is cached."""
         key = (digest, index)
         if key in self._blocks:
@@ -142,49 +179,22 @@ class BlockCache:
         if flight is None:
             flight = _Flight()
             self._flights[key] = flight
-            if prefetch:
-                self.stats.prefetches += 1
-            else:
-                self.stats.misses += 1
-            self._nursery.start_soon(self._run_flight, fetch, key, flight, prefetch)
+            self.stats.misses += 1
+            self._nursery.start_soon(self._fetch_block, source, key, flight)
         return flight
 
-    async def _run_flight(self, fetch: Fetch, key: _Key, flight: _Flight, prefetch: bool) -> None:
-        digest, index = key
-        limiter = self._prefetch_limiter if prefetch else contextlib.nullcontext()
-        try:
-            async with limiter:
-                data = await fetch(digest, index * self.block_size, self.block_size)
-            self.stats.fetched_bytes += len(data)
-            self._blocks[key] = data
-            flight.data = data
-        except Exception as error:  # every waiter sees it; nothing is cached
-            if prefetch:
-                log.debug("prefetch of %s block %d failed: %s", digest, index, error)
-            flight.error = error
-        finally:
-            del self._flights[key]
-            flight.done.set()
-
-    async def block(self, fetch: Fetch, digest: Digest, index: int) -> bytes:
+    async def block(self, source: BlobSource, digest: Digest, index: int) -> bytes:
         """One block, from the cache or fetched (once, however many readers ask)."""
         data = self._blocks.get((digest, index))
         if data is not None:
             self.stats.hits += 1
             return data
-        flight = self._flight(fetch, digest, index, prefetch=False)
+        flight = self._flight(source, digest, index)
         if flight is None:  # pragma: no cover - the get above saw it missing
             return self._blocks[(digest, index)]
         return await flight.wait()
 
-    def prefetch(self, fetch: Fetch, digest: Digest, first: int, count: int) -> None:
-        """Start fetching ``count`` blocks from ``first`` in the background (past the end:
-        nothing)."""
-        last_block = (digest.size - 1) // self.block_size
-        for index in range(first, min(first + count, last_block + 1)):
-            self._flight(fetch, digest, index, prefetch=True)
-
-    async def read(self, fetch: Fetch, digest: Digest, offset: int, size: int) -> bytes:
+    async def read(self, source: BlobSource, digest: Digest, offset: int, size: int) -> bytes:
         """Bytes ``[offset, offset + size)`` of the blob, clamped to its end."""
         end = min(offset + size, digest.size)
         if offset >= end:
@@ -192,23 +202,83 @@ class BlockCache:
         size_ = self.block_size
         first, last = offset // size_, (end - 1) // size_
         if first == last:
-            data = await self.block(fetch, digest, first)
+            data = await self.block(source, digest, first)
             start = offset - first * size_
             if start == 0 and end - offset == len(data):
                 return data
             return data[start : start + end - offset]
         for index in range(first, last + 1):  # start every fetch before waiting on any
-            self._flight(fetch, digest, index, prefetch=False)
+            self._flight(source, digest, index)
         pieces = []
         for index in range(first, last + 1):
-            data = await self.block(fetch, digest, index)
+            data = await self.block(source, digest, index)
             start = max(offset, index * size_) - index * size_
             stop = min(end, (index + 1) * size_) - index * size_
             pieces.append(memoryview(data)[start:stop])
         return b"".join(pieces)
 
+    # -- readahead ----------------------------------------------------------------------------
+
+    def prefetch(self, source: BlobSource, digest: Digest, first: int, count: int) -> None:
+        """Make sure blocks ``[first, first + count)`` are cached or coming (past the end of
+        the blob: nothing). Starts one streaming run for the missing ones, unless more than
+        half of them are already on their way."""
+        last = min(first + count, (digest.size - 1) // self.block_size + 1)
+        start = first
+        while start < last and self._covered(digest, start):
+            start += 1
+        if start >= last or (start - first >= count // 2 and count > 1):
+            return
+        run: list[tuple[_Key, _Flight]] = []
+        for index in range(start, last):
+            if self._covered(digest, index):
+                break
+            key = (digest, index)
+            flight = _Flight()
+            self._flights[key] = flight
+            run.append((key, flight))
+        self.stats.prefetches += len(run)
+        self.stats.runs += 1
+        self._nursery.start_soon(self._run, source, digest, run)
+
+    async def _run(
+        self, source: BlobSource, digest: Digest, run: list[tuple[_Key, _Flight]]
+    ) -> None:
+        """Fetch a run of consecutive blocks with one streaming Read, landing each block as
+        soon as it is complete."""
+        first = run[0][0][1]
+        offset = first * self.block_size
+        length = len(run) * self.block_size
+        pending = list(run)
+        try:
+            async with self._streams:
+                stream = source.stream_range(digest, offset, length)
+                async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                    buffer = bytearray()
+                    async for chunk in stream:
+                        if not buffer and len(chunk) == self.block_size:
+                            key, flight = pending.pop(0)  # the common case: no copy
+                            self._land(key, flight, chunk)
+                            continue
+                        buffer += chunk
+                        while pending and len(buffer) >= self.block_size:
+                            key, flight = pending.pop(0)
+                            self._land(key, flight, bytes(buffer[: self.block_size]))
+                            del buffer[: self.block_size]
+                    if pending and buffer:  # the blob's last, short block
+                        key, flight = pending.pop(0)
+                        self._land(key, flight, bytes(buffer))
+        except Exception as error:
+            log.debug("readahead of %s from block %d failed: %s", digest, first, error)
+            for key, flight in pending:
+                self._fail(key, flight, error)
+            pending = []
+        finally:
+            for key, flight in pending:  # cancelled, or the stream came up short
+                self._fail(key, flight, None)
+
     async def read_file(
-        self, fetch: Fetch, digest: Digest, offset: int, size: int, readahead: Readahead
+        self, source: BlobSource, digest: Digest, offset: int, size: int, readahead: Readahead
     ) -> bytes:
         """A read by an open file, whose pattern so far (``readahead``) decides the fetch.
 
@@ -219,16 +289,17 @@ class BlockCache:
         window = readahead.advance(
             offset, size, max_window=self.max_window, slack=max(size, self.block_size)
         )
-        if window:
-            self.prefetch(fetch, digest, (offset + size - 1) // self.block_size + 1, window)
-            return await self.read(fetch, digest, offset, size)
         end = min(offset + size, digest.size)
         if offset >= end:
             return b""
         touched = range(offset // self.block_size, (end - 1) // self.block_size + 1)
-        if all((digest, i) in self._blocks or (digest, i) in self._flights for i in touched):
-            return await self.read(fetch, digest, offset, size)
+        if window:
+            # The blocks this read needs and the window after them, in one run if missing.
+            self.prefetch(source, digest, touched.start, len(touched) + window)
+            return await self.read(source, digest, offset, size)
+        if all(self._covered(digest, i) for i in touched):
+            return await self.read(source, digest, offset, size)
         self.stats.direct_reads += 1
-        data = await fetch(digest, offset, end - offset)
+        data = await source.read_range(digest, offset, end - offset)
         self.stats.fetched_bytes += len(data)
         return data

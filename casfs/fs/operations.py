@@ -526,7 +526,7 @@ class CasOperations(pyfuse3.Operations):
     ) -> bytes:
         client = self.clients[instance]
         try:
-            data = await self.cache.read_file(client.read_range, digest, off, size, readahead)
+            data = await self.cache.read_file(client, digest, off, size, readahead)
         except NotFound as error:
             log.warning("read: %s vanished from the server: %s", digest, error)
             raise pyfuse3.FUSEError(errno.EIO) from None
