@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -85,6 +88,34 @@ class CasfsServer:
         if self.process.stdout is not None:
             self.process.stdout.close()
         return self.process.returncode
+
+    @contextlib.contextmanager
+    def killed_mid_upload(self, after: int) -> Iterator[list[int]]:
+        """SIGKILL the server once an upload session holds ``after`` bytes, then start it
+        again on the same port and store. Yields a list that gets the bytes held at the
+        kill (empty if the uploads inside the block finished first)."""
+        parts = self.store / "uploads"
+        killed_at: list[int] = []
+
+        def killer() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not done.is_set():
+                sizes = [p.stat().st_size for p in parts.glob("*.part")]
+                if sizes and sizes[0] > after:
+                    self.kill(signal.SIGKILL)
+                    killed_at.append(sizes[0])
+                    self.start()
+                    return
+                time.sleep(0.001)
+
+        done = threading.Event()
+        thread = threading.Thread(target=killer)
+        thread.start()
+        try:
+            yield killed_at
+        finally:
+            done.set()
+            thread.join()
 
     def __enter__(self) -> CasfsServer:
         return self.start()

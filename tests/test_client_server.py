@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -200,26 +198,9 @@ def test_resume_after_server_killed_mid_upload(tmp_path: Path) -> None:
     size = 384 * MIB
     source = write_file(tmp_path / "big", size)
     digest = Digest(sha256_file(source), size)
-    parts = tmp_path / "store" / "uploads"
     with CasfsServer(tmp_path / "store") as server:
-        killed_at: list[int] = []
-
-        def killer() -> None:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                sizes = [p.stat().st_size for p in parts.glob("*.part")]
-                if sizes and sizes[0] > 32 * MIB:
-                    server.kill(signal.SIGKILL)
-                    killed_at.append(sizes[0])
-                    server.start()
-                    return
-                time.sleep(0.001)
-
-        thread = threading.Thread(target=killer)
-        thread.start()
-        with trio_log_capture() as log_lines:
+        with server.killed_mid_upload(after=32 * MIB) as killed_at, trio_log_capture() as log_lines:
             run_client(server.endpoint, lambda c: c.write(digest, source))
-        thread.join()
         assert killed_at and killed_at[0] < size, "the upload finished before the kill"
         resumed = [line for line in log_lines if "resuming at offset" in line]
         assert resumed, log_lines

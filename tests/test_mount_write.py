@@ -6,7 +6,6 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,28 +178,12 @@ def test_bad_names_and_places(fx: Fixture) -> None:
 def test_server_killed_mid_upload_resumes(tmp_path: Path) -> None:
     size = 300 * MIB
     source = write_file(tmp_path / "big", size)
-    parts = tmp_path / "store" / "uploads"
     with CasfsServer(tmp_path / "store") as server:
         with CasfsMount(
             tmp_path / "mnt", "--remote", server.endpoint, "--cache-dir", str(tmp_path / "c")
         ) as mount:
-            killed_at: list[int] = []
-
-            def killer() -> None:
-                deadline = time.monotonic() + 120
-                while time.monotonic() < deadline:
-                    sizes = [p.stat().st_size for p in parts.glob("*.part")]
-                    if sizes and sizes[0] > 32 * MIB:
-                        server.kill(signal.SIGKILL)
-                        killed_at.append(sizes[0])
-                        server.start()
-                        return
-                    time.sleep(0.001)
-
-            thread = threading.Thread(target=killer)
-            thread.start()
-            sh("cp", str(source), str(mount.mountpoint / "main" / "uploads" / "big"))
-            thread.join()
+            with server.killed_mid_upload(after=32 * MIB) as killed_at:
+                sh("cp", str(source), str(mount.mountpoint / "main" / "uploads" / "big"))
             assert killed_at and killed_at[0] < size, "the upload finished before the kill"
             resumed = re.findall(r"resuming at offset (\d+)", mount.log_text())
             assert resumed and int(resumed[0]) > 0, mount.log_text()[-2000:]

@@ -310,33 +310,31 @@ class CasOperations(pyfuse3.Operations):
         node = self._upload_node(instance, entry)
         return self._attributes(node, self.inodes.lookup(node))
 
+    def _add(
+        self, parent_inode: int, name: bytes, entry: DirEntry | SymlinkEntry
+    ) -> pyfuse3.EntryAttributes:
+        """Put a new directory or symlink in an upload directory (EEXIST if taken)."""
+        instance, parent = self._directory(parent_inode)
+        self._writable()
+        entry.name, entry.parent = os.fsdecode(name), parent
+        if entry.name in parent.children:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        parent.children[entry.name] = entry
+        entry.touch()
+        return self._new_entry(instance, entry)
+
     @_fuse_errors
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        instance, parent = self._directory(parent_inode)
-        self._writable()
-        text = os.fsdecode(name)
-        if text in parent.children:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        entry = DirEntry(name=text, parent=parent)
-        parent.children[text] = entry
-        entry.touch()
-        return self._new_entry(instance, entry)
+        return self._add(parent_inode, name, DirEntry(name="", parent=None))
 
     @_fuse_errors
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        instance, parent = self._directory(parent_inode)
-        self._writable()
-        text = os.fsdecode(name)
-        if text in parent.children:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        entry = SymlinkEntry(name=text, parent=parent, target=os.fsdecode(target))
-        parent.children[text] = entry
-        entry.touch()
-        return self._new_entry(instance, entry)
+        entry = SymlinkEntry(name="", parent=None, target=os.fsdecode(target))
+        return self._add(parent_inode, name, entry)
 
     @_fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
