@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -262,3 +265,103 @@ def test_spool_files_are_private(fx: Fixture) -> None:
         spooled = list(spool.glob("*.data"))
         assert spooled and all(p.stat().st_mode & 0o777 == 0o600 for p in spooled)
         assert (fx.root / "cache").stat().st_mode & 0o777 == 0o700
+
+
+def test_every_descriptor_may_write_until_its_close(fx: Fixture) -> None:
+    work = fx.uploads / "descriptors"
+    work.mkdir()
+    sh("sh", "-c", f"{{ /bin/echo one; /bin/echo two; }} > {work / 'group'}")
+    assert (work / "group").read_text() == "one\ntwo\n"
+    sh("bash", "-c", f"exec 3>{work / 'log'}; echo a >&3; echo b >&3; exec 3>&-")
+    assert (work / "log").read_text() == "a\nb\n"
+    path = work / "fsynced"
+    with open(path, "wb") as file:
+        file.write(b"first ")
+        file.flush()
+        os.fsync(file.fileno())  # commits "first "
+        file.write(b"second")  # pending again; the close commits the whole
+    assert xattr(path, "user.casfs.digest") == str(Digest.of_bytes(b"first second"))
+    fd = os.open(work / "dup", os.O_WRONLY | os.O_CREAT)
+    copy = os.dup(fd)
+    os.close(fd)  # the first close commits the empty file
+    os.write(copy, b"through the duplicate")
+    os.close(copy)
+    assert (work / "dup").read_bytes() == b"through the duplicate"
+    assert xattr(work / "dup", "user.casfs.digest") == str(
+        Digest.of_bytes(b"through the duplicate")
+    )
+
+
+def test_concurrent_closes_all_commit(fx: Fixture) -> None:
+    work = fx.uploads / "closes"
+    work.mkdir()
+
+    def writer(i: int) -> None:
+        with open(work / f"f{i}", "wb") as file:
+            file.write(os.urandom(100_000))
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i in range(16):
+        data = (work / f"f{i}").read_bytes()
+        assert xattr(work / f"f{i}", "user.casfs.digest") == str(Digest.of_bytes(data))
+
+
+def test_unlinked_open_file_keeps_working(fx: Fixture) -> None:
+    path = fx.uploads / "scratch"
+    with open(path, "w+b") as file:
+        file.write(b"temporary")
+        os.unlink(path)
+        file.write(b" data")
+        file.seek(0)
+        assert file.read() == b"temporary data"
+    assert not path.exists()
+
+
+def test_rename_keeps_mtime_and_bad_names_are_refused(fx: Fixture) -> None:
+    path = fx.uploads / "dated"
+    path.write_bytes(b"old")
+    os.utime(path, (978307200, 978307200))  # 2001-01-01
+    os.rename(path, fx.uploads / "dated2")
+    time.sleep(1.2)  # past the attribute timeout
+    assert (fx.uploads / "dated2").stat().st_mtime == 978307200
+    with pytest.raises(OSError) as caught:
+        open(os.fsencode(fx.uploads) + b"/\xfe.bin", "wb").close()
+    assert caught.value.errno == errno.EINVAL
+
+
+def test_failed_direct_write_leaves_nothing(fx: Fixture) -> None:
+    digest = Digest.of_bytes(b"the real content")
+    bad = fx.root / "bad-direct"
+    bad.write_bytes(b"not the content!")
+    before = sorted((fx.root / "cache" / "spool").iterdir())
+    result = sh("cp", str(bad), str(fx.blobs / digest.hash / str(digest.size)), check=False)
+    assert result.returncode != 0
+    assert sorted((fx.root / "cache" / "spool").iterdir()) == before
+
+
+def test_a_file_never_closed_is_not_uploaded_after_a_crash(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with CasfsServer(tmp_path / "store") as server:
+        mountpoint = tmp_path / "mnt"
+        mount = CasfsMount(mountpoint, "--remote", server.endpoint, "--cache-dir", str(cache))
+        mount.start()
+        try:
+            writer = open(mountpoint / "main" / "uploads" / "half", "wb")  # noqa: SIM115
+            writer.write(b"half of what was meant")
+            writer.flush()  # to the mount, not closed
+            os.kill(mount.pid, signal.SIGKILL)
+            mount.wait()
+            with contextlib.suppress(OSError):
+                writer.close()
+        finally:
+            mount.stop()
+        with CasfsMount(mountpoint, "--remote", server.endpoint, "--cache-dir", str(cache)) as m:
+            half = mountpoint / "main" / "uploads" / "half"
+            assert half.read_bytes() == b"half of what was meant"  # kept, pending
+            assert "was never closed" in m.log_text()
+            digest = Digest.of_bytes(b"half of what was meant")
+            assert not run_client(server.endpoint, lambda c: c.contains(digest))

@@ -64,6 +64,14 @@ XATTR_FUNCTION = b"user.casfs.digest_function"
 XATTR_RESOURCE = b"user.casfs.resource_name"
 
 
+def _name(raw: bytes) -> str:
+    """A new name in uploads/: it must be UTF-8 (REAPI names are strings)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise pyfuse3.FUSEError(errno.EINVAL) from None
+
+
 def _fuse_errors(
     fn: Callable[P, Coroutine[Any, Any, R]],
 ) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -264,10 +272,9 @@ class CasOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EISDIR)
             self.uploads.truncate(entry, attr.st_size)
         if fields.update_mode and isinstance(entry, FileEntry):
-            entry.mode = stat.S_IMODE(attr.st_mode)
-            entry.touch()
-            if entry.spool is not None and entry.expected is None:
-                self.uploads.spool.record(entry)
+            entry.mode = stat.S_IMODE(attr.st_mode)  # committed files show it read-only
+            entry.invalidate()  # the executable bit is part of the Directory digest
+            self.uploads.spool.record(entry)
         if fields.update_mtime:
             entry.mtime_ns = attr.st_mtime_ns
         return self._attributes(node, inode)
@@ -316,11 +323,11 @@ class CasOperations(pyfuse3.Operations):
         """Put a new directory or symlink in an upload directory (EEXIST if taken)."""
         instance, parent = self._directory(parent_inode)
         self._writable()
-        entry.name, entry.parent = os.fsdecode(name), parent
+        entry.name, entry.parent = _name(name), parent
         if entry.name in parent.children:
             raise pyfuse3.FUSEError(errno.EEXIST)
         parent.children[entry.name] = entry
-        entry.touch()
+        entry.modified()
         return self._new_entry(instance, entry)
 
     @_fuse_errors
@@ -352,8 +359,6 @@ class CasOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         if isinstance(entry, DirEntry):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if isinstance(entry, FileEntry) and entry.lock.locked():
-            raise pyfuse3.FUSEError(errno.EBUSY)
         self.uploads.remove(entry)
 
     @_fuse_errors
@@ -387,10 +392,12 @@ class CasOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EXDEV)
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
-        old_name, new_name = os.fsdecode(name_old), os.fsdecode(name_new)
+        old_name, new_name = os.fsdecode(name_old), _name(name_new)
         entry = old_parent.children.get(old_name)
         if entry is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        if isinstance(entry, FileEntry):
+            self.uploads.check_idle(entry)
         ancestor: DirEntry | None = new_parent
         while ancestor is not None:  # no moving a directory into itself
             if ancestor is entry:
@@ -411,11 +418,11 @@ class CasOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             self.uploads.remove(target)
         del old_parent.children[old_name]
-        old_parent.touch()
+        old_parent.modified()
         entry.name, entry.parent = new_name, new_parent
         new_parent.children[new_name] = entry
-        entry.touch()
-        self.uploads.rerecord(entry)
+        new_parent.modified()
+        self.uploads.moved(entry)
 
     # -- directories ------------------------------------------------------------------------
 
@@ -456,6 +463,10 @@ class CasOperations(pyfuse3.Operations):
         entries = self._listings.get(fh, [])
         for index in range(start_id, len(entries)):
             name, node = entries[index]
+            try:
+                self._entry(node)
+            except pyfuse3.FUSEError:
+                continue  # removed since the listing began
             inode = self.inodes.inode(node)
             if not pyfuse3.readdir_reply(
                 token, os.fsencode(name), self._attributes(node, inode), index + 1
@@ -470,11 +481,10 @@ class CasOperations(pyfuse3.Operations):
 
     # -- files ------------------------------------------------------------------------------
 
-    def _open_upload(self, entry: FileEntry, writable: bool) -> pyfuse3.FileInfo:
+    def _open_upload(self, entry: FileEntry, writable: bool, truncate: bool) -> pyfuse3.FileInfo:
+        self.uploads.open(entry, write=writable, truncate=truncate)
         handle = next(self._handles)
         self._open[handle] = _OpenUpload(entry, writable, Readahead())
-        if writable:
-            entry.writers += 1
         return pyfuse3.FileInfo(fh=handle)
 
     @_fuse_errors
@@ -484,7 +494,7 @@ class CasOperations(pyfuse3.Operations):
         """A new file in uploads/, or a direct write of ``blobs/<hash>/<size>``."""
         self._writable()
         parent = self._node(parent_inode)
-        text = os.fsdecode(name)
+        text = _name(name)
         if isinstance(parent, HashDir):
             blob = self.namespace.child(parent, text)
             if not isinstance(blob, BlobFile):
@@ -494,7 +504,7 @@ class CasOperations(pyfuse3.Operations):
         else:
             instance, directory = self._directory(parent_inode)
             entry = self.uploads.new_file(instance, directory, text, mode, None)
-        return self._open_upload(entry, True), self._new_entry(instance, entry)
+        return self._open_upload(entry, True, False), self._new_entry(instance, entry)
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -504,8 +514,7 @@ class CasOperations(pyfuse3.Operations):
         if isinstance(entry, FileEntry):
             if writing:
                 self._writable()
-                self.uploads.reopen_for_writing(entry, bool(flags & os.O_TRUNC))
-            return self._open_upload(entry, writing)
+            return self._open_upload(entry, writing, bool(flags & os.O_TRUNC))
         if entry is not None:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if not isinstance(node, BlobFile):
@@ -514,7 +523,7 @@ class CasOperations(pyfuse3.Operations):
             # Writing an existing blob's name: verified on close like any direct write.
             self._writable()
             direct = self.uploads.new_file(node.instance, None, "", 0o444, node.digest)
-            return self._open_upload(direct, True)
+            return self._open_upload(direct, True, False)
         handle = next(self._handles)
         self._open[handle] = _OpenBlob(node, Readahead())
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)
@@ -553,42 +562,42 @@ class CasOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         return self.uploads.write(handle.entry, off, buf)
 
-    async def _finish(self, entry: FileEntry) -> None:
+    async def _commit(self, fh: int) -> None:
+        handle = self._open.get(fh)
+        if not isinstance(handle, _OpenUpload) or not handle.writable:
+            return
+        entry = handle.entry
+        if entry.committed or entry.unlinked:
+            return
         digest = await self.uploads.finalize(entry)
         self.catalog.found(entry.instance, digest)
 
     @_fuse_errors
     async def flush(self, fh: int) -> None:
-        """``close()``: the last writer's close uploads the file and reports the outcome.
+        """``close()``: commit what was written, and report the outcome to the program.
 
-        A file closed empty is committed as the empty blob; if a descriptor still open
-        writes to it afterwards (``echo x > f`` closes a duplicate before it writes), the
-        upload starts over and the last close finishes it.
+        Every close of a changed file commits it (a close cannot tell whether it is the
+        last: duplicates, forked children and the kernel's late releases all look alike).
+        A write through a descriptor still open makes it pending again, and its close
+        commits it again.
         """
-        handle = self._open.get(fh)
-        if isinstance(handle, _OpenUpload) and handle.writable:
-            entry = handle.entry
-            if entry.writers == 1 and not entry.committed:
-                await self._finish(entry)
+        await self._commit(fh)
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        """``fsync()``: upload now, whoever else has the file open (and retry a failed
-        upload: its spool file is still there)."""
-        handle = self._open.get(fh)
-        if isinstance(handle, _OpenUpload) and handle.writable and not handle.entry.committed:
-            await self._finish(handle.entry)
+        """``fsync()``: commit now, and retry a failed upload (its spool is still there)."""
+        await self._commit(fh)
 
     @_fuse_errors
     async def release(self, fh: int) -> None:
         """Clean up; a file whose upload failed stays spooled for fsync or the next mount."""
         handle = self._open.pop(fh, None)
-        if not isinstance(handle, _OpenUpload) or not handle.writable:
+        if not isinstance(handle, _OpenUpload):
             return
         entry = handle.entry
-        entry.writers -= 1
-        if not entry.writers and not entry.committed:
-            log.info("%s stays spooled, not uploaded", entry.path() or "a direct write")
+        self.uploads.release(entry, wrote=handle.writable)
+        if handle.writable and not entry.opens and not entry.committed and not entry.unlinked:
+            log.info("%s stays spooled, not uploaded", entry.label())
 
     # -- extended attributes ----------------------------------------------------------------
 

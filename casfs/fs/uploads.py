@@ -5,16 +5,21 @@ errno values.
 
 A file written under ``<instance>/uploads/`` is spooled to ``<cache dir>/spool/<id>.data``
 (mode 0600), hashed as it is written when the writes are sequential (rehashed otherwise),
-and finalized when its last writer closes it: FindMissingBlobs first, then
-BatchUpdateBlobs for small blobs or a resumable ByteStream Write. Next to each spool file a
-``<id>.json`` says where the file belongs, so that a mount that ends (or dies) before an
-upload is committed leaves it to the next mount of the same cache directory, which
-finishes it.
+and committed at every ``close()`` (and ``fsync``) that finds it changed: FindMissingBlobs
+first, then BatchUpdateBlobs for small blobs or a resumable ByteStream Write. A write after
+a commit (through a descriptor still open: a duplicate, a forked child, mmap) makes the
+file pending again, and the next close commits it again, so every close reports on the
+data written so far. The spool file lives until the last open handle is released.
+
+Next to each spool file a ``<id>.json`` says where the file belongs and whether a close
+asked for it (``closed``). A mount that ends or dies before a closed file is committed
+leaves it to the next mount of the same cache directory, which uploads it; a file that
+was never closed (its writer died with the mount) comes back pending and is not uploaded.
 
 Concurrency notes: everything runs in the mount's trio thread. Each file has a
-``trio.Lock`` held while it is finalized, so concurrent flushes of one file upload it
-once; writes to a file being finalized are refused (EBUSY). ``Uploads.active`` counts
-finalizations in progress, so that an unmount can wait for them.
+``trio.Lock`` held while it is finalized, so concurrent closes upload it once; writes,
+truncates, unlinks and renames of a file being finalized are refused (EBUSY).
+``Uploads.active`` counts finalizations in progress, so that an unmount can wait for them.
 """
 
 from __future__ import annotations
@@ -69,12 +74,17 @@ class Entry:
             entry = entry.parent
         return "/".join(reversed(parts))
 
-    def touch(self) -> None:
-        self.mtime_ns = time.time_ns()
+    def invalidate(self) -> None:
+        """Something below changed: no Directory digest above holds any more."""
         directory = self.parent
-        while directory is not None:  # a change below invalidates every Directory digest
+        while directory is not None:
             directory.digest = None
             directory = directory.parent
+
+    def modified(self) -> None:
+        """The content changed: a new mtime, and the digests above are stale."""
+        self.mtime_ns = time.time_ns()
+        self.invalidate()
 
 
 @dataclass(eq=False)
@@ -90,22 +100,25 @@ class SymlinkEntry(Entry):
 
 @dataclass(eq=False)
 class FileEntry(Entry):
-    """A file being written (``spool`` set) or committed (``digest`` set)."""
+    """A file: pending (``digest`` None) or committed; spooled while open or pending."""
 
     instance: str = ""
     spool: Path | None = None
+    fd: int | None = None
     size: int = 0
     mode: int = 0o644
     digest: Digest | None = None
     expected: Digest | None = None  # direct writes to blobs/<hash>/<size>
+    opens: int = 0
     writers: int = 0
-    fd: int | None = None
-    hasher: DigestBuilder | None = field(default_factory=DigestBuilder)
+    closed: bool = False  # a close asked for this content to be committed
+    unlinked: bool = False
+    hasher: DigestBuilder | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
     def committed(self) -> bool:
-        return self.digest is not None and self.spool is None
+        return self.digest is not None
 
     @property
     def function(self) -> DigestFunction:
@@ -113,6 +126,9 @@ class FileEntry(Entry):
 
     def restart_hash(self) -> None:
         self.hasher = DigestBuilder(self.function)
+
+    def label(self) -> str:
+        return self.path() or (f"blobs/{self.expected}" if self.expected else self.name)
 
 
 class Spool:
@@ -134,33 +150,43 @@ class Spool:
 
     def create(self, entry: FileEntry) -> None:
         """Give ``entry`` a new, empty spool file and record where it belongs."""
-        key = uuid.uuid4().hex
-        entry.spool = self.dir / f"{key}.data"
-        entry.fd = os.open(entry.spool, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        path = self.dir / f"{uuid.uuid4().hex}.data"
+        entry.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        entry.spool = path
+        entry.size = 0
+        entry.closed = False
+        entry.restart_hash()
         self.record(entry)
 
     def record(self, entry: FileEntry) -> None:
-        """(Re)write the metadata of a spooled file: its instance and path, or digest."""
-        assert entry.spool is not None
+        """(Re)write the metadata of a spooled file."""
+        if entry.spool is None or entry.unlinked:
+            return
         meta = {
             "instance": entry.instance,
             "path": entry.path() if entry.expected is None else None,
             "expected": str(entry.expected) if entry.expected is not None else None,
-            "function": (entry.expected.function.name_lower if entry.expected else "sha256"),
+            "function": entry.function.name_lower,
             "mode": entry.mode,
+            "closed": entry.closed,
         }
         tmp = entry.spool.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(meta))
         os.chmod(tmp, 0o600)
         tmp.replace(entry.spool.with_suffix(".json"))
 
+    def forget(self, entry: FileEntry) -> None:
+        """Drop the metadata, so that no later mount brings the file back."""
+        if entry.spool is not None:
+            entry.spool.with_suffix(".json").unlink(missing_ok=True)
+
     def discard(self, entry: FileEntry) -> None:
-        """Forget a spool file: it was committed, or its entry removed."""
+        """Remove a spool file and its metadata."""
         if entry.fd is not None:
             os.close(entry.fd)
             entry.fd = None
         if entry.spool is not None:
-            entry.spool.with_suffix(".json").unlink(missing_ok=True)
+            self.forget(entry)
             entry.spool.unlink(missing_ok=True)
             entry.spool = None
 
@@ -199,67 +225,72 @@ class Uploads:
         entry = FileEntry(
             name=name, parent=parent, instance=instance, mode=mode & 0o777, expected=expected
         )
-        entry.restart_hash()
+        self.spool.create(entry)
         if parent is not None:
             old = parent.children.get(name)
             if isinstance(old, DirEntry):
+                self.spool.discard(entry)
                 raise UploadError(errno.EISDIR, f"{name} is a directory")
-            if isinstance(old, FileEntry):
+            if old is not None:
                 self.remove(old)
             parent.children[name] = entry
-        self.spool.create(entry)
-        entry.touch()
+        entry.modified()
         return entry
 
-    def reopen_for_writing(self, entry: FileEntry, truncate: bool) -> None:
-        """Open a file for writing: pending files as they are; committed ones only to be
-        replaced (O_TRUNC), which starts a new upload."""
+    def check_idle(self, entry: FileEntry) -> None:
         if entry.lock.locked():
-            raise UploadError(errno.EBUSY, f"{entry.path()} is being uploaded")
-        if entry.committed:
-            if not truncate and entry.size:
-                raise UploadError(errno.EACCES, f"{entry.path()} is committed and read-only")
-            self._respool(entry)
-        elif truncate:
-            self.truncate(entry, 0)
-        elif entry.fd is None and entry.spool is not None:
-            entry.fd = os.open(entry.spool, os.O_RDWR)
+            raise UploadError(errno.EBUSY, f"{entry.label()} is being uploaded")
 
-    def _respool(self, entry: FileEntry) -> None:
-        """Start a committed file over as a new, empty upload."""
+    def open(self, entry: FileEntry, *, write: bool, truncate: bool) -> None:
+        """Count an open handle. Writing a committed file whose spool is gone starts it over
+        (only with O_TRUNC: casfs keeps no copy of committed content to modify)."""
+        if write:
+            self.check_idle(entry)
+            if entry.spool is None:
+                if not truncate:
+                    raise UploadError(errno.EACCES, f"{entry.label()} is committed and read-only")
+                entry.digest = None
+                self.spool.create(entry)
+                entry.modified()
+            elif truncate:
+                self.truncate(entry, 0)
+            if entry.fd is None and entry.spool is not None:
+                entry.fd = os.open(entry.spool, os.O_RDWR)
+            entry.writers += 1
+        entry.opens += 1
+
+    def _changed(self, entry: FileEntry) -> None:
+        """The content changed: pending again, and not closed since."""
         entry.digest = None
-        entry.size = 0
-        entry.restart_hash()
-        self.spool.create(entry)
+        if entry.closed:
+            entry.closed = False
+            self.spool.record(entry)
+        entry.modified()
 
     def write(self, entry: FileEntry, offset: int, data: bytes) -> int:
-        if entry.committed and entry.size == 0 and not entry.lock.locked():
-            # `echo x > f` closes a duplicate descriptor (and so commits the empty file)
-            # before it writes: the first write starts the upload over.
-            self._respool(entry)
-        if entry.fd is None or entry.lock.locked():
-            raise UploadError(errno.EBUSY, f"{entry.path()} is being uploaded")
+        self.check_idle(entry)
+        if entry.fd is None:
+            raise UploadError(errno.EBADF, f"{entry.label()} is not open for writing")
         written = os.pwrite(entry.fd, data, offset)
         if entry.hasher is not None and offset == entry.hasher.size:
             entry.hasher.update(data[:written])
         else:
             entry.hasher = None  # not sequential: rehash at finalize
         entry.size = max(entry.size, offset + written)
-        entry.digest = None
-        entry.touch()
+        self._changed(entry)
         return written
 
     def truncate(self, entry: FileEntry, size: int) -> None:
-        if entry.committed or entry.spool is None:
-            raise UploadError(errno.EACCES, f"{entry.path()} is committed and read-only")
+        self.check_idle(entry)
+        if entry.spool is None:
+            raise UploadError(errno.EACCES, f"{entry.label()} is committed and read-only")
         os.truncate(entry.spool, size)
         if size == 0:
             entry.restart_hash()
         elif entry.hasher is None or size != entry.hasher.size:
             entry.hasher = None
         entry.size = size
-        entry.digest = None
-        entry.touch()
+        self._changed(entry)
 
     def read_spool(self, entry: FileEntry, offset: int, size: int) -> bytes:
         assert entry.spool is not None
@@ -269,24 +300,44 @@ class Uploads:
             file.seek(offset)
             return file.read(size)
 
-    def remove(self, entry: Entry) -> None:
-        """Drop an entry (a committed blob stays in the CAS; a pending upload is cancelled)."""
-        if isinstance(entry, FileEntry):
+    def release(self, entry: FileEntry, *, wrote: bool) -> None:
+        """A handle is gone. The last one drops the spool of a committed or unlinked file;
+        a pending one keeps it (a failed upload: for fsync or the next mount)."""
+        entry.opens -= 1
+        if wrote:
+            entry.writers -= 1
+        if entry.opens:
+            return
+        if entry.committed or entry.unlinked:
             self.spool.discard(entry)
+        elif entry.fd is not None:
+            os.close(entry.fd)
+            entry.fd = None
+
+    def remove(self, entry: Entry) -> None:
+        """Take an entry out of its tree (a committed blob stays in the CAS). An open file
+        keeps its spool until released; its upload is abandoned."""
+        if isinstance(entry, FileEntry):
+            self.check_idle(entry)
+            entry.unlinked = True
+            self.spool.forget(entry)
+            if not entry.opens:
+                self.spool.discard(entry)
         elif isinstance(entry, DirEntry):
             for child in list(entry.children.values()):
                 self.remove(child)
         if entry.parent is not None and entry.parent.children.get(entry.name) is entry:
             del entry.parent.children[entry.name]
-            entry.parent.touch()
+            entry.parent.modified()
 
-    def rerecord(self, entry: Entry) -> None:
-        """After a rename: pending files below record their new paths."""
-        if isinstance(entry, FileEntry) and entry.spool is not None and entry.expected is None:
+    def moved(self, entry: Entry) -> None:
+        """After a rename: digests above are stale and pending files record their paths."""
+        entry.invalidate()
+        if isinstance(entry, FileEntry):
             self.spool.record(entry)
         elif isinstance(entry, DirEntry):
             for child in entry.children.values():
-                self.rerecord(child)
+                self.moved(child)
 
     # -- finalize ---------------------------------------------------------------------------
 
@@ -304,19 +355,25 @@ class Uploads:
     async def finalize(self, entry: FileEntry) -> Digest:
         """Hash and upload a file unless the server has it; return its digest.
 
-        On success the spool file is gone and the file reads from the CAS. On failure the
-        spool file stays, so a later flush, fsync or mount can finish it. A direct write
-        whose content does not match its name fails with EIO and stores nothing.
-        Cancellation leaves the file pending.
+        On failure the file stays pending and spooled, so a later close, fsync or mount can
+        finish it. A direct write whose content does not match its name fails with EIO and
+        is discarded. Cancellation leaves the file pending.
         """
         async with entry.lock:
-            if entry.committed:
-                assert entry.digest is not None
+            if entry.digest is not None:
                 return entry.digest
             with self._busy():
-                return await self._finalize(entry)
+                if not entry.closed:
+                    entry.closed = True
+                    self.spool.record(entry)
+                digest = await self._upload(entry)
+            entry.digest = digest
+            self.spool.forget(entry)  # committed: nothing for a later mount to do
+            if not entry.opens:
+                self.spool.discard(entry)
+            return digest
 
-    async def _finalize(self, entry: FileEntry) -> Digest:
+    async def _upload(self, entry: FileEntry) -> Digest:
         assert entry.spool is not None
         spool = entry.spool
         function = entry.function
@@ -325,6 +382,8 @@ class Uploads:
         else:
             digest = await trio.to_thread.run_sync(digest_file, spool, function)
         if entry.expected is not None and digest != entry.expected:
+            self.spool.discard(entry)
+            entry.unlinked = True
             raise UploadError(
                 errno.EIO, f"content is {digest}, not {entry.expected}: nothing was stored"
             )
@@ -334,20 +393,15 @@ class Uploads:
             if digest.size <= (await client.capabilities()).batch_budget():
                 data = await trio.to_thread.run_sync(spool.read_bytes)
                 if Digest.of_bytes(data, function) != digest:
-                    raise UploadError(errno.EIO, f"{entry.path()} changed during its upload")
+                    raise UploadError(errno.EIO, f"{entry.label()} changed during its upload")
                 await client.batch_update([(digest, data)])
             else:
                 await client.write(digest, spool)
             log.info(
-                "uploaded %s as %s in %.2fs",
-                entry.path() or "a direct write",
-                digest,
-                time.monotonic() - started,
+                "uploaded %s as %s in %.2fs", entry.label(), digest, time.monotonic() - started
             )
         else:
-            log.info("%s: the server already has %s", entry.path() or "direct write", digest)
-        entry.digest = digest
-        self.spool.discard(entry)
+            log.info("%s: the server already has %s", entry.label(), digest)
         return digest
 
     async def directory_digest(self, directory: DirEntry, instance: str) -> Digest:
@@ -379,18 +433,18 @@ class Uploads:
     # -- recovery ---------------------------------------------------------------------------
 
     def recover(self) -> list[FileEntry]:
-        """Put files a previous mount left in the spool back in place; return them."""
-        recovered = []
+        """Put files a previous mount left in the spool back in place; return those a
+        close had asked to commit (the others come back pending, to be written again)."""
+        closed = []
         for data, meta in self.spool.leftovers():
             instance = str(meta.get("instance", ""))
             if instance not in self.roots:
                 log.warning("spool: %s belongs to instance %r, not mounted", data.name, instance)
                 continue
             expected = None
+            function = DigestFunction.from_name(str(meta.get("function", "sha256")))
             if meta.get("expected"):
-                expected = Digest.parse(
-                    str(meta["expected"]), DigestFunction.from_name(str(meta["function"]))
-                )
+                expected = Digest.parse(str(meta["expected"]), function)
             parent: DirEntry | None = None
             name = data.name
             if expected is None:
@@ -411,9 +465,14 @@ class Uploads:
                 expected=expected,
                 spool=data,
                 size=data.stat().st_size,
-                hasher=None,
+                closed=meta.get("closed") is True,
             )
             if parent is not None:
                 parent.children[name] = entry
-            recovered.append(entry)
-        return recovered
+            if entry.closed:
+                closed.append(entry)
+            elif expected is not None:
+                self.spool.discard(entry)  # a direct write cut short can never match
+            else:
+                log.warning("%s was never closed: kept, pending, not uploaded", entry.label())
+        return closed
