@@ -33,7 +33,6 @@ from casfs.config import (
     default_cache_dir,
     default_store_dir,
     load_serve_config,
-    mount_cache_dir,
     parse_size,
 )
 from casfs.digest import Digest, DigestError, DigestFunction
@@ -293,7 +292,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         remote=_remote_config(args, "") if args.remote else None,
         instances=tuple(dict.fromkeys(args.instance or [DEFAULT_INSTANCE])),
         store=args.store or default_store_dir(),
-        cache_dir=args.cache_dir or mount_cache_dir(args.mountpoint.resolve()),
+        cache_dir=args.cache_dir,
         read_only=args.read_only or "ro" in options,
         allow_other=args.allow_other,
         fuse_options=tuple(o for o in options if o != "ro"),

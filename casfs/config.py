@@ -173,7 +173,7 @@ class MountConfig:
     remote: RemoteConfig | None
     instances: tuple[str, ...] = (DEFAULT_INSTANCE,)
     store: Path = field(default_factory=default_store_dir)
-    cache_dir: Path = field(default_factory=default_cache_dir)  # the CLI picks per mountpoint
+    cache_dir: Path | None = None  # None: mount_cache_dir(mountpoint)
     read_only: bool = False
     allow_other: bool = False
     fuse_options: tuple[str, ...] = ()

@@ -26,7 +26,7 @@ import trio
 
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
-from casfs.config import MountConfig, RemoteConfig
+from casfs.config import MountConfig, RemoteConfig, mount_cache_dir
 from casfs.digest import DigestFunction
 from casfs.fs.blockcache import BlockCache
 from casfs.fs.errors import MountError
@@ -176,7 +176,7 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     spool: Spool | None = None
     try:
         namespace = Namespace(config.instances, await _digest_functions(clients))
-        spool = Spool(config.cache_dir)
+        spool = Spool(config.cache_dir or mount_cache_dir(config.mountpoint))
         async with trio.open_nursery() as nursery:
             cache = BlockCache(nursery, block_size=config.block_size, capacity=config.cache_size)
             uploads = Uploads(clients, spool)
