@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1024, help="MiB (1024)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="256 MiB, one run")
+    parser.add_argument(
+        "--spool", type=Path, help="the mount's --cache-dir (default: on the scratch disk)"
+    )
     args = parser.parse_args(argv)
     size = (256 if args.quick else args.size) * MIB
     runs = 1 if args.quick else args.runs
@@ -88,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             for run in range(runs):
                 progress(f"run {run + 1}/{runs}: casfs mount")
                 _new_content(source, 2 * run)
-                with CasfsMount(root / "mnt", "--remote", server.endpoint) as mount:
+                spool = ["--cache-dir", str(args.spool / f"run-{run}")] if args.spool else []
+                with CasfsMount(root / "mnt", "--remote", server.endpoint, *spool) as mount:
                     drop_caches()
                     target = mount.mountpoint / "main" / "uploads" / f"copy-{run}"
                     started = time.perf_counter()
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"- machine: {machine()}")
     print(f"- command: `{command_line()}`")
     print(f"- file: {size // MIB} MiB of random data, new content each run; runs: {runs}")
+    print(f"- the mount's spool: {args.spool or 'next to the mountpoint, on the scratch disk'}")
     print()
     print(
         markdown_table(
