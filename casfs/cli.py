@@ -241,10 +241,10 @@ def serve(args: argparse.Namespace) -> int:
     address = config.listen
     if not address.startswith("unix:"):
         address = f"{address.rpartition(':')[0]}:{port}"
-    print(f"casfs serve: listening on {address}", flush=True)
     stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before "listening": a supervisor may
+        signal.signal(signum, lambda *_: stop.set())  # signal as soon as it reads it
+    print(f"casfs serve: listening on {address}", flush=True)
     stop.wait()
     log.info("stopping")
     server.stop(grace=5).wait()

@@ -7,9 +7,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 
-from tests.servers import REPO
+from tests.servers import REPO, Managed
 
 
 def is_mounted(mountpoint: Path) -> bool:
@@ -20,7 +19,7 @@ def is_mounted(mountpoint: Path) -> bool:
         return any(line.split()[4] == target for line in mountinfo)
 
 
-class CasfsMount:
+class CasfsMount(Managed):
     """A mount process; as a context manager it always unmounts, even when a test fails."""
 
     def __init__(self, mountpoint: Path, *args: str) -> None:
@@ -77,17 +76,6 @@ class CasfsMount:
         if is_mounted(self.mountpoint):  # last resort: never leave a mount behind
             subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True)
         return code
-
-    def __enter__(self) -> CasfsMount:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def peak_rss_bytes(pid: int) -> int:

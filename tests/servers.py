@@ -12,11 +12,33 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-class CasfsServer:
+class Managed:
+    """A process a test starts and must always stop: ``with`` guarantees the stop."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> int | None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class CasfsServer(Managed):
     """``casfs serve`` on 127.0.0.1; keeps its port across ``kill()`` and ``start()``.
 
     Used as a context manager, it never leaves a process behind, even when a test fails.
@@ -116,14 +138,3 @@ class CasfsServer:
         finally:
             done.set()
             thread.join()
-
-    def __enter__(self) -> CasfsServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
