@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pyfuse3
@@ -136,19 +136,20 @@ async def _digest_functions(clients: dict[str, CasClient]) -> set[DigestFunction
     return functions
 
 
-async def _watch_signals(uploads: Uploads, drain_timeout: float) -> None:
+async def _watch_signals(
+    signals: AsyncIterator[int], uploads: Uploads, drain_timeout: float
+) -> None:
     """On SIGTERM, SIGINT or SIGHUP: let uploads in flight finish (bounded), then stop."""
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("%s: unmounting", signal.Signals(signum).name)
+    async for signum in signals:
+        log.info("%s: unmounting", signal.Signals(signum).name)
+        if uploads.active:
+            log.info("waiting up to %.0fs for %d upload(s)", drain_timeout, uploads.active)
+            with trio.move_on_after(drain_timeout):
+                await uploads.idle.wait()
             if uploads.active:
-                log.info("waiting up to %.0fs for %d upload(s)", drain_timeout, uploads.active)
-                with trio.move_on_after(drain_timeout):
-                    await uploads.idle.wait()
-                if uploads.active:
-                    log.warning("%d upload(s) left spooled for the next mount", uploads.active)
-            pyfuse3.terminate()
-            return
+                log.warning("%d upload(s) left spooled for the next mount", uploads.active)
+        pyfuse3.terminate()
+        return
 
 
 async def _finish_leftovers(operations: CasOperations) -> None:
@@ -177,39 +178,56 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     try:
         namespace = Namespace(config.instances, await _digest_functions(clients))
         spool = Spool(config.cache_dir or mount_cache_dir(config.mountpoint))
-        async with trio.open_nursery() as nursery:
-            cache = BlockCache(nursery, block_size=config.block_size, capacity=config.cache_size)
-            uploads = Uploads(clients, spool)
-            operations = CasOperations(
-                clients, namespace, cache, uploads, read_only=config.read_only
-            )
-            try:
-                pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
-            except RuntimeError as error:
-                raise MountError(f"cannot mount on {config.mountpoint}: {error}") from None
-
-            async def after_init() -> None:
-                # The kernel sets the readahead from INIT's reply: raise it after that.
-                await operations.initialized.wait()
-                set_readahead(config.mountpoint, config.readahead_kb)
-
-            try:
-                log.info("mounted %s on %s", remote.endpoint, config.mountpoint)
-                ready()
-                nursery.start_soon(after_init)
-                nursery.start_soon(_watch_signals, uploads, config.drain_timeout)
-                if not config.read_only:
-                    nursery.start_soon(_finish_leftovers, operations)
-                await pyfuse3.main(min_tasks=2, max_tasks=config.max_tasks)
-            finally:
-                nursery.cancel_scope.cancel()
-                pyfuse3.close(unmount=True)
-                log.info("unmounted %s", config.mountpoint)
+        # Signals are caught from before the mount exists: one that comes as soon as a
+        # supervisor sees the mount must not kill the process and leave the mount stale.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+                cache = BlockCache(
+                    nursery, block_size=config.block_size, capacity=config.cache_size
+                )
+                uploads = Uploads(clients, spool)
+                operations = CasOperations(
+                    clients, namespace, cache, uploads, read_only=config.read_only
+                )
+                await _serve(config, remote.endpoint, operations, nursery, signals, ready)
     finally:
         for client in clients.values():
             await client.aclose()
         if spool is not None:
             spool.close()
+
+
+async def _serve(
+    config: MountConfig,
+    endpoint: str,
+    operations: CasOperations,
+    nursery: trio.Nursery,
+    signals: AsyncIterator[int],
+    ready: Callable[[], None],
+) -> None:
+    """Mount ``operations``, run the FUSE loop until it ends, and always unmount."""
+    try:
+        pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
+    except RuntimeError as error:
+        raise MountError(f"cannot mount on {config.mountpoint}: {error}") from None
+
+    async def after_init() -> None:
+        # The kernel sets the readahead from INIT's reply: raise it after that.
+        await operations.initialized.wait()
+        set_readahead(config.mountpoint, config.readahead_kb)
+
+    try:
+        log.info("mounted %s on %s", endpoint, config.mountpoint)
+        ready()
+        nursery.start_soon(after_init)
+        nursery.start_soon(_watch_signals, signals, operations.uploads, config.drain_timeout)
+        if not config.read_only:
+            nursery.start_soon(_finish_leftovers, operations)
+        await pyfuse3.main(min_tasks=2, max_tasks=config.max_tasks)
+    finally:
+        nursery.cancel_scope.cancel()
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s", config.mountpoint)
 
 
 def _return_freed_blocks_to_the_system() -> None:
