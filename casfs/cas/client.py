@@ -74,7 +74,6 @@ class Capabilities:
 
     digest_functions: frozenset[DigestFunction]
     compressors: frozenset[Compressor]
-    batch_compressors: frozenset[Compressor]
     max_batch_bytes: int  # 0: no limit advertised
     raw: re_pb2.ServerCapabilities
 
@@ -88,11 +87,6 @@ class Capabilities:
             or frozenset({DigestFunction.SHA256}),
             compressors=frozenset(
                 Compressor(v) for v in cache.supported_compressors if v in _KNOWN_COMPRESSORS
-            ),
-            batch_compressors=frozenset(
-                Compressor(v)
-                for v in cache.supported_batch_update_compressors
-                if v in _KNOWN_COMPRESSORS
             ),
             max_batch_bytes=cache.max_batch_total_size_bytes,
             raw=caps,

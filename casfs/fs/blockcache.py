@@ -135,10 +135,6 @@ class BlockCache:
         # Never look further ahead than a quarter of the cache or 64 MiB.
         self.max_window = max(1, min(capacity // 4, 64 << 20) // block_size)
 
-    @property
-    def cached_bytes(self) -> int:
-        return int(self._blocks.currsize)
-
     def _covered(self, digest: Digest, index: int) -> bool:
         key = (digest, index)
         return key in self._blocks or key in self._flights
