@@ -365,3 +365,18 @@ def test_a_file_never_closed_is_not_uploaded_after_a_crash(tmp_path: Path) -> No
             assert "was never closed" in m.log_text()
             digest = Digest.of_bytes(b"half of what was meant")
             assert not run_client(server.endpoint, lambda c: c.contains(digest))
+
+
+def test_a_bad_spool_file_does_not_stop_the_mount(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (cache / "spool").mkdir(parents=True)
+    (cache / "spool" / "junk.data").write_bytes(b"x")
+    (cache / "spool" / "junk.json").write_text('{"instance": "main", "expected": "zz"}')
+    (cache / "spool" / "orphan.data").write_bytes(b"no metadata")
+    with CasfsServer(tmp_path / "store") as server:
+        args = ["--remote", server.endpoint, "--cache-dir", str(cache)]
+        with CasfsMount(tmp_path / "mnt", *args) as mount:
+            (mount.mountpoint / "main" / "uploads" / "ok").write_bytes(b"works")
+            assert "cannot bring back junk.data" in mount.log_text()
+            assert mount.process is not None and mount.process.poll() is None
+    assert not (cache / "spool" / "orphan.data").exists()

@@ -164,7 +164,9 @@ async def _finish_leftovers(operations: CasOperations) -> None:
         try:
             digest = await operations.uploads.finalize(entry)
         except (CasError, UploadError, OSError) as error:
-            log.warning("left-over upload %s: %s (still spooled)", entry.path() or "blob", error)
+            log.warning("left-over upload %s: %s (still spooled)", entry.label(), error)
+        except Exception:  # a background task: nothing may end the mount
+            log.exception("left-over upload %s failed unexpectedly (still spooled)", entry.label())
         else:
             operations.catalog.found(entry.instance, digest)
 

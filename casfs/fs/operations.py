@@ -552,7 +552,8 @@ class CasOperations(pyfuse3.Operations):
         entry = handle.entry
         if entry.spool is not None:
             return self.uploads.read_spool(entry, off, size)
-        assert entry.digest is not None
+        if entry.digest is None:  # a direct write refused for its content: nothing to read
+            raise pyfuse3.FUSEError(errno.EIO)
         return await self._read_blob(entry.instance, entry.digest, off, size, handle.readahead)
 
     @_fuse_errors

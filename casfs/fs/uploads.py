@@ -145,6 +145,12 @@ class Spool:
             os.close(self._lock_fd)
             raise MountError(f"cache directory {cache_dir} is in use by another mount") from None
 
+        for orphan in self.dir.glob("*.json.tmp"):  # a crash in the middle of record()
+            orphan.unlink()
+        for data in self.dir.glob("*.data"):  # a crash between create() and record()
+            if not data.with_suffix(".json").exists():
+                data.unlink()
+
     def close(self) -> None:
         os.close(self._lock_fd)
 
@@ -225,12 +231,13 @@ class Uploads:
         entry = FileEntry(
             name=name, parent=parent, instance=instance, mode=mode & 0o777, expected=expected
         )
+        old = parent.children.get(name) if parent is not None else None
+        if isinstance(old, DirEntry):
+            raise UploadError(errno.EISDIR, f"{name} is a directory")
+        if isinstance(old, FileEntry):
+            self.check_idle(old)
         self.spool.create(entry)
         if parent is not None:
-            old = parent.children.get(name)
-            if isinstance(old, DirEntry):
-                self.spool.discard(entry)
-                raise UploadError(errno.EISDIR, f"{name} is a directory")
             if old is not None:
                 self.remove(old)
             parent.children[name] = entry
@@ -362,6 +369,8 @@ class Uploads:
         async with entry.lock:
             if entry.digest is not None:
                 return entry.digest
+            if entry.spool is None:  # refused (a direct write's content) while we waited
+                raise UploadError(errno.EIO, f"{entry.label()}: its content was refused")
             with self._busy():
                 if not entry.closed:
                     entry.closed = True
@@ -437,42 +446,52 @@ class Uploads:
         close had asked to commit (the others come back pending, to be written again)."""
         closed = []
         for data, meta in self.spool.leftovers():
-            instance = str(meta.get("instance", ""))
-            if instance not in self.roots:
-                log.warning("spool: %s belongs to instance %r, not mounted", data.name, instance)
+            try:
+                entry = self._recovered(data, meta)
+            except (ValueError, KeyError, TypeError, AttributeError, OSError) as error:
+                log.warning("spool: cannot bring back %s (%s); left alone", data.name, error)
                 continue
-            expected = None
-            function = DigestFunction.from_name(str(meta.get("function", "sha256")))
-            if meta.get("expected"):
-                expected = Digest.parse(str(meta["expected"]), function)
-            parent: DirEntry | None = None
-            name = data.name
-            if expected is None:
-                parent = self.roots[instance]
-                *dirs, name = str(meta["path"]).split("/")
-                for part in dirs:
-                    child = parent.children.get(part)
-                    if not isinstance(child, DirEntry):
-                        child = DirEntry(name=part, parent=parent)
-                        parent.children[part] = child
-                    parent = child
-            mode = meta.get("mode", 0o644)
-            entry = FileEntry(
-                name=name,
-                parent=parent,
-                instance=instance,
-                mode=mode if isinstance(mode, int) else 0o644,
-                expected=expected,
-                spool=data,
-                size=data.stat().st_size,
-                closed=meta.get("closed") is True,
-            )
-            if parent is not None:
-                parent.children[name] = entry
-            if entry.closed:
+            if entry is not None and entry.closed:
                 closed.append(entry)
-            elif expected is not None:
-                self.spool.discard(entry)  # a direct write cut short can never match
-            else:
-                log.warning("%s was never closed: kept, pending, not uploaded", entry.label())
         return closed
+
+    def _recovered(self, data: Path, meta: dict[str, object]) -> FileEntry | None:
+        """One left-over spool file back in its tree (None: it is not for this mount)."""
+        instance = str(meta.get("instance", ""))
+        if instance not in self.roots:
+            log.warning("spool: %s belongs to instance %r, not mounted", data.name, instance)
+            return None
+        expected = None
+        function = DigestFunction.from_name(str(meta.get("function", "sha256")))
+        if meta.get("expected"):
+            expected = Digest.parse(str(meta["expected"]), function)
+        parent: DirEntry | None = None
+        name = data.name
+        if expected is None:
+            parent = self.roots[instance]
+            *dirs, name = str(meta["path"]).split("/")
+            for part in dirs:
+                child = parent.children.get(part)
+                if not isinstance(child, DirEntry):
+                    child = DirEntry(name=part, parent=parent)
+                    parent.children[part] = child
+                parent = child
+        mode = meta.get("mode", 0o644)
+        entry = FileEntry(
+            name=name,
+            parent=parent,
+            instance=instance,
+            mode=mode if isinstance(mode, int) else 0o644,
+            expected=expected,
+            spool=data,
+            size=data.stat().st_size,
+            closed=meta.get("closed") is True,
+        )
+        if parent is not None:
+            parent.children[name] = entry
+        if not entry.closed:
+            if expected is not None:
+                self.spool.discard(entry)  # a direct write cut short can never match
+                return None
+            log.warning("%s was never closed: kept, pending, not uploaded", entry.label())
+        return entry
