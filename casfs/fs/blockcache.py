@@ -289,11 +289,15 @@ class BlockCache:
         if offset >= end:
             return b""
         touched = range(offset // self.block_size, (end - 1) // self.block_size + 1)
+        covered = all(self._covered(digest, i) for i in touched)
         if window:
             # The blocks this read needs and the window after them, in one run if missing.
             self.prefetch(source, digest, touched.start, len(touched) + window)
-            return await self.read(source, digest, offset, size)
-        if all(self._covered(digest, i) for i in touched):
+            if covered or end - offset >= self.block_size:
+                return await self.read(source, digest, offset, size)
+            # A small first read (the kernel starts with 16 KiB) need not wait for a whole
+            # block to stream in: its own bytes come sooner on their own.
+        elif covered:
             return await self.read(source, digest, offset, size)
         self.stats.direct_reads += 1
         data = await source.read_range(digest, offset, end - offset)
