@@ -151,6 +151,13 @@ class CasClient:
         self._metadata = call_metadata(config)
         self._channel = open_channel(config)
         self._bytestream = bytestream_pb2_grpc.ByteStreamStub(self._channel)
+        # ByteStream.Read answering undecoded messages: the data is cut out of them by
+        # _read_response_data, one copy fewer per message than a parse and a field access.
+        self._raw_read = self._channel.unary_stream(
+            "/google.bytestream.ByteStream/Read",
+            request_serializer=bytestream_pb2.ReadRequest.SerializeToString,
+            response_deserializer=None,
+        )
         self._cas = re_grpc.ContentAddressableStorageStub(self._channel)
         self._capabilities_stub = re_grpc.CapabilitiesStub(self._channel)
         self._limiter = trio.CapacityLimiter(config.max_concurrent_streams)
@@ -345,7 +352,7 @@ class CasClient:
         request = bytestream_pb2.ReadRequest(
             resource_name=name, read_offset=offset, read_limit=limit
         )
-        call = self._bytestream.Read(
+        call = self._raw_read(
             request, timeout=self._stream_timeout(end - offset), metadata=self._metadata
         )
         decompress = _decompressor(compressor)
@@ -360,7 +367,7 @@ class CasClient:
                     if tail:
                         yield tail
                     return
-                data = decompress(response.data, False)
+                data = decompress(_read_response_data(response), False)
                 if data:
                     yield data
         finally:
@@ -541,6 +548,31 @@ class CasClient:
             return Compressor.IDENTITY
         advertised = (await self.capabilities()).compressors
         return next((c for c in preferred if c in advertised), Compressor.IDENTITY)
+
+
+_DATA_TAG = 0x52  # ReadResponse.data: field 10, length-delimited
+
+
+def _read_response_data(message: bytes) -> bytes:
+    """The ``data`` of a serialized ReadResponse.
+
+    A ReadResponse holds only ``data`` (field 10): a tag byte, a varint length, the bytes.
+    Anything else (fields a newer server adds) goes through the protobuf parser.
+    """
+    if message and message[0] == _DATA_TAG:
+        length, shift, position = 0, 0, 1
+        while position < len(message) and position < 11:
+            byte = message[position]
+            length |= (byte & 0x7F) << shift
+            position += 1
+            if not byte & 0x80:
+                if position + length == len(message):
+                    return message[position:]
+                break
+            shift += 7
+    if not message:
+        return b""
+    return bytestream_pb2.ReadResponse.FromString(message).data
 
 
 def _group_by_function(batch: list[Digest]) -> Iterator[list[Digest]]:
