@@ -512,3 +512,18 @@ def test_read_responses_are_cut_out_without_a_parse() -> None:
     # A field the message may grow one day: the parser's path, same answer.
     extra = bytestream_pb2.ReadResponse(data=b"payload").SerializeToString() + b"\x58\x01"
     assert _read_response_data(extra) == b"payload"
+
+
+def test_batches_of_mixed_digest_functions(server: CasfsServer) -> None:
+    blobs = [os.urandom(1000 + i) for i in range(6)]
+    digests = [
+        Digest.of_bytes(b, DigestFunction.BLAKE3 if i % 2 else DigestFunction.SHA256)
+        for i, b in enumerate(blobs)
+    ]
+
+    async def scenario(client: CasClient) -> dict[Digest, bytes]:
+        await client.batch_update(list(zip(digests, blobs, strict=True)))
+        assert not await client.find_missing(digests)
+        return await client.batch_read(digests)
+
+    assert run_client(server.endpoint, scenario) == dict(zip(digests, blobs, strict=True))

@@ -123,19 +123,29 @@ async def _await_future(future: _Future, what: str) -> Any:
         raise from_rpc_error(error, what) from None
 
 
-def _batches(digests: Sequence[Digest], budget: int) -> Iterator[list[Digest]]:
-    """Group digests into runs whose sizes (plus per-blob overhead) fit in ``budget``."""
-    batch: list[Digest] = []
-    used = 0
+def _by_function(digests: Iterable[Digest]) -> dict[DigestFunction, list[Digest]]:
+    """Digests grouped by digest function (a request names one function)."""
+    groups: dict[DigestFunction, list[Digest]] = {}
     for digest in digests:
-        cost = digest.size + _PER_BLOB_OVERHEAD
-        if batch and used + cost > budget:
+        groups.setdefault(digest.function, []).append(digest)
+    return groups
+
+
+def _batches(digests: Iterable[Digest], budget: int) -> Iterator[list[Digest]]:
+    """Runs of digests of one function whose sizes (plus per-blob overhead) fit in
+    ``budget``."""
+    for group in _by_function(digests).values():
+        batch: list[Digest] = []
+        used = 0
+        for digest in group:
+            cost = digest.size + _PER_BLOB_OVERHEAD
+            if batch and used + cost > budget:
+                yield batch
+                batch, used = [], 0
+            batch.append(digest)
+            used += cost
+        if batch:
             yield batch
-            batch, used = [], 0
-        batch.append(digest)
-        used += cost
-    if batch:
-        yield batch
 
 
 class CasClient:
@@ -227,11 +237,8 @@ class CasClient:
 
     async def find_missing(self, digests: Iterable[Digest]) -> set[Digest]:
         """The digests the server does not have, asked in requests of at most 10,000."""
-        by_function: dict[DigestFunction, list[Digest]] = {}
-        for digest in digests:
-            by_function.setdefault(digest.function, []).append(digest)
         missing: set[Digest] = set()
-        for function, group in by_function.items():
+        for function, group in _by_function(digests).items():
             for start in range(0, len(group), FIND_MISSING_CHUNK):
                 chunk = group[start : start + FIND_MISSING_CHUNK]
                 request = re_pb2.FindMissingBlobsRequest(
@@ -394,31 +401,29 @@ class CasClient:
                 result[digest] = await self.read_range(digest, 0, digest.size)
         for batch in _batches(small, budget):
             function = batch[0].function
-            for same in _group_by_function(batch):
-                function = same[0].function
-                request = re_pb2.BatchReadBlobsRequest(
-                    instance_name=self.instance,
-                    digests=[d.to_proto() for d in same],
-                    digest_function=function.name,
-                )
-                response = await self._retrying_unary(
-                    self._cas.BatchReadBlobs, request, f"BatchReadBlobs ({len(same)})"
-                )
-                wanted = set(same)
-                for item in response.responses:
-                    digest = Digest.from_proto(item.digest, function)
-                    if digest not in wanted:
-                        continue
-                    error = from_status(item.status.code, item.status.message, f"read {digest}")
-                    if error is not None:
-                        raise error
-                    data = _decompressor(Compressor(item.compressor))(item.data, True)
-                    if Digest.of_bytes(data, function) != digest:
-                        raise DataLoss(f"BatchReadBlobs: {digest} arrived with other content")
-                    result[digest] = data
-                for digest in same:
-                    if digest not in result:
-                        raise NotFound(f"BatchReadBlobs: no answer for {digest}")
+            request = re_pb2.BatchReadBlobsRequest(
+                instance_name=self.instance,
+                digests=[d.to_proto() for d in batch],
+                digest_function=function.name,
+            )
+            response = await self._retrying_unary(
+                self._cas.BatchReadBlobs, request, f"BatchReadBlobs ({len(batch)})"
+            )
+            wanted = set(batch)
+            for item in response.responses:
+                digest = Digest.from_proto(item.digest, function)
+                if digest not in wanted:
+                    continue
+                error = from_status(item.status.code, item.status.message, f"read {digest}")
+                if error is not None:
+                    raise error
+                data = _decompressor(Compressor(item.compressor))(item.data, True)
+                if Digest.of_bytes(data, function) != digest:
+                    raise DataLoss(f"BatchReadBlobs: {digest} arrived with other content")
+                result[digest] = data
+            for digest in batch:
+                if digest not in result:
+                    raise NotFound(f"BatchReadBlobs: no answer for {digest}")
         return result
 
     # -- writes -----------------------------------------------------------------------------
@@ -430,24 +435,24 @@ class CasClient:
         for digest, data in data_of.items():
             if len(data) != digest.size:
                 raise ValueError(f"{digest}: got {len(data)} bytes")
-        for batch in _batches(list(data_of), budget):
-            for same in _group_by_function(batch):
-                request = re_pb2.BatchUpdateBlobsRequest(
-                    instance_name=self.instance,
-                    requests=[
-                        re_pb2.BatchUpdateBlobsRequest.Request(digest=d.to_proto(), data=data_of[d])
-                        for d in same
-                    ],
-                    digest_function=same[0].function.name,
-                )
-                response = await self._retrying_unary(
-                    self._cas.BatchUpdateBlobs, request, f"BatchUpdateBlobs ({len(same)})"
-                )
-                for item in response.responses:
-                    digest = Digest.from_proto(item.digest, same[0].function)
-                    error = from_status(item.status.code, item.status.message, f"upload {digest}")
-                    if error is not None:
-                        raise error
+        for batch in _batches(data_of, budget):
+            function = batch[0].function
+            request = re_pb2.BatchUpdateBlobsRequest(
+                instance_name=self.instance,
+                requests=[
+                    re_pb2.BatchUpdateBlobsRequest.Request(digest=d.to_proto(), data=data_of[d])
+                    for d in batch
+                ],
+                digest_function=function.name,
+            )
+            response = await self._retrying_unary(
+                self._cas.BatchUpdateBlobs, request, f"BatchUpdateBlobs ({len(batch)})"
+            )
+            for item in response.responses:
+                digest = Digest.from_proto(item.digest, function)
+                error = from_status(item.status.code, item.status.message, f"upload {digest}")
+                if error is not None:
+                    raise error
 
     async def write(self, digest: Digest, path: os.PathLike[str] | str) -> None:
         """Upload the file at ``path`` as ``digest`` by ByteStream Write, resumably.
@@ -573,13 +578,6 @@ def _read_response_data(message: bytes) -> bytes:
     if not message:
         return b""
     return bytestream_pb2.ReadResponse.FromString(message).data
-
-
-def _group_by_function(batch: list[Digest]) -> Iterator[list[Digest]]:
-    groups: dict[DigestFunction, list[Digest]] = {}
-    for digest in batch:
-        groups.setdefault(digest.function, []).append(digest)
-    yield from groups.values()
 
 
 def _decompressor(compressor: Compressor) -> Callable[[bytes, bool], bytes]:

@@ -30,9 +30,10 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 import pytest
+
+from tests.servers import Managed
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install-buildbox.sh"
@@ -161,7 +162,7 @@ def _kill_leftovers() -> None:
         server.stop()
 
 
-class Casd:
+class Casd(Managed):
     """A ``buildbox-casd`` listening on a free ``127.0.0.1`` port, as a context manager.
 
     ``tmp_path``: a directory owned by the test; the cache dir (``<name>-cache``) and the
@@ -364,17 +365,6 @@ class Casd:
         finally:
             if reservation is not None:
                 reservation.close()
-
-    def __enter__(self) -> Casd:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         process = self._process
