@@ -251,6 +251,9 @@ def test_unmount_waits_for_an_upload_in_flight(tmp_path: Path) -> None:
             _, err = cp.communicate(timeout=120)
             assert cp.returncode == 0, err
             assert mount.wait() == 0
+            log = mount.log_text()
+            if log.index("SIGTERM: unmounting") < log.index("uploaded f"):
+                assert "waiting up to" in log, log[-2000:]  # it waited, and said so
         finally:
             mount.stop()
         digest = Digest(sha256_file(source), 200 * MIB)
