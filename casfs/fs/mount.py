@@ -36,7 +36,8 @@ from casfs.fs.uploads import Spool, UploadError, Uploads
 
 log = logging.getLogger("casfs.fs")
 PR_SET_PDEATHSIG = 1
-M_MMAP_THRESHOLD = -3  # mallopt parameters, from glibc's malloc.h
+M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
+M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
 
@@ -232,26 +233,32 @@ async def _serve(
         log.info("unmounted %s", config.mountpoint)
 
 
-def _return_freed_blocks_to_the_system() -> None:
-    """Make glibc give back the memory of freed blocks at once.
+def _tune_malloc_for_blocks() -> None:
+    """Keep 1 MiB blocks in one reused heap instead of fresh memory each time.
 
-    Blocks of 1 MiB come and go all the time. glibc's default raises its mmap threshold
-    after the first free and then keeps such blocks in per-thread arenas, so the RSS
-    grows well past the configured cache. A fixed threshold and two arenas keep it bounded.
+    Blocks of 1 MiB come and go all the time, allocated by grpc's threads and freed by
+    trio's. glibc's defaults keep them in per-thread arenas, so the RSS grows well past the
+    configured cache; mapping each block on its own (a low mmap threshold) bounds the RSS
+    but costs 256 page faults per block, a quarter of the mount's CPU on a cold read. One
+    arena, blocks kept in the heap (the threshold's maximum is 32 MiB) and freed memory
+    trimmed only past 64 MiB give both: the LRU's evictions leave holes the next blocks
+    fill, and the RSS stays within the cache's bound (measured: 2 GiB streamed through a
+    64 MiB cache peaks at about 120 MiB).
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    libc.mallopt(M_MMAP_THRESHOLD, 128 << 10)
-    libc.mallopt(M_ARENA_MAX, 2)
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+    libc.mallopt(M_ARENA_MAX, 1)
 
 
 def mount(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:
     """Mount in the foreground until unmounted; raises ``MountError`` if it cannot."""
     if not config.mountpoint.is_dir():
         raise MountError(f"mountpoint {config.mountpoint} is not a directory")
-    _return_freed_blocks_to_the_system()
+    _tune_malloc_for_blocks()
     with contextlib.ExitStack() as stack:
         remote = config.remote
         if remote is None:
