@@ -82,6 +82,22 @@ def test_sequential_reads_look_further_ahead_each_time() -> None:
     run(scenario)
 
 
+def test_sequential_reads_leave_consumed_blocks_to_the_page_cache() -> None:
+    async def scenario(cache: BlockCache, source: Source) -> None:
+        readahead = Readahead()
+        half = BLOCK // 2
+        for offset in range(0, 8 * BLOCK + half, half):  # 8.5 blocks, half a block at a time
+            data = await cache.read_file(source, DIGEST, offset, half, readahead)
+            assert data == DATA[offset : offset + half]
+        # Blocks 0-7 were read to their end: the kernel has them and the cache let them go.
+        # Block 8, read halfway, and the readahead past it are still there.
+        assert not any((DIGEST, index) in cache._blocks for index in range(8))
+        assert (DIGEST, 8) in cache._blocks
+        assert cache._blocks.currsize < cache._blocks.maxsize
+
+    run(scenario)
+
+
 def test_random_reads_fetch_only_their_range() -> None:
     async def scenario(cache: BlockCache, source: Source) -> None:
         readahead = Readahead()

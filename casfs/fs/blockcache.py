@@ -17,6 +17,8 @@ Concurrency notes:
   run starts only when less than half the window ahead is covered, so runs stay long.
 - A random read (the window is closed) that no cached block covers fetches just its own
   range, outside the cache and without a flight: its bytes go to the kernel's page cache.
+- A block that a sequential reader has read to its end leaves the cache at once: the
+  kernel's page cache has it (``keep_cache``), and its memory goes to the next block.
 - Memory is bounded by ``capacity``: the LRU gets the capacity less what runs in flight
   may hold (one block being assembled per run, plus demand fetches).
 """
@@ -273,6 +275,18 @@ class BlockCache:
             for key, flight in pending:  # cancelled, or the stream came up short
                 self._fail(key, flight, None)
 
+    def _release(self, digest: Digest, touched: range, end: int) -> None:
+        """Drop the blocks a sequential read has consumed up to their end.
+
+        The kernel's page cache holds them now (blobs are opened with ``keep_cache``), so
+        keeping them too would only double the memory. Dropping them at once lets the next
+        blocks reuse their memory instead of faulting in fresh pages, which cost about a
+        fifth of the mount's CPU on a cold read. A block that the read ends inside stays.
+        """
+        for index in touched:
+            if min((index + 1) * self.block_size, digest.size) <= end:
+                self._blocks.pop((digest, index), None)
+
     async def read_file(
         self, source: BlobSource, digest: Digest, offset: int, size: int, readahead: Readahead
     ) -> bytes:
@@ -294,7 +308,9 @@ class BlockCache:
             # The blocks this read needs and the window after them, in one run if missing.
             self.prefetch(source, digest, touched.start, len(touched) + window)
             if covered or end - offset >= self.block_size:
-                return await self.read(source, digest, offset, size)
+                data = await self.read(source, digest, offset, size)
+                self._release(digest, touched, end)
+                return data
             # A small first read (the kernel starts with 16 KiB) need not wait for a whole
             # block to stream in: its own bytes come sooner on their own.
         elif covered:
