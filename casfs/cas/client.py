@@ -26,7 +26,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 import trio
@@ -53,6 +53,8 @@ from casfs.resource import BlobName, Compressor
 
 log = logging.getLogger("casfs.cas")
 T = TypeVar("T")
+# A piece of a blob as it arrived: bytes, or a view into the received message (no copy).
+Chunk: TypeAlias = bytes | memoryview
 
 # gRPC's usual message limit is 4 MiB; batches stay well under it whatever is advertised.
 BATCH_LIMIT = 4 << 20
@@ -289,7 +291,7 @@ class CasClient:
 
         return await with_retries(attempt, self.config.retry, what)
 
-    async def stream(self, digest: Digest, offset: int = 0) -> AsyncIterator[bytes]:
+    async def stream(self, digest: Digest, offset: int = 0) -> AsyncIterator[Chunk]:
         """Yield the blob from ``offset`` to its end in the chunks the server sends.
 
         A stream broken by a transient error resumes where it stopped. zstd on the wire is
@@ -302,7 +304,7 @@ class CasClient:
             raise ValueError(f"negative offset {offset}")
         hashable = offset == 0 and digest.function.hashable
         verify = DigestBuilder(digest.function) if hashable else None
-        pending = b""
+        pending: Chunk = b""
         async for chunk in self._stream(digest, offset, digest.size):
             if verify is None:
                 yield chunk
@@ -317,7 +319,7 @@ class CasClient:
             if pending:
                 yield pending
 
-    async def stream_range(self, digest: Digest, offset: int, length: int) -> AsyncIterator[bytes]:
+    async def stream_range(self, digest: Digest, offset: int, length: int) -> AsyncIterator[Chunk]:
         """Yield bytes ``[offset, offset + length)`` of a blob (clamped to its end) as the
         server sends them: one ranged, streaming Read instead of one Read per piece, resumed
         where it broke after a transient error. Not verified (it is part of a blob)."""
@@ -326,7 +328,7 @@ class CasClient:
         async for chunk in self._stream(digest, offset, min(digest.size, offset + length)):
             yield chunk
 
-    async def _stream(self, digest: Digest, offset: int, end: int) -> AsyncIterator[bytes]:
+    async def _stream(self, digest: Digest, offset: int, end: int) -> AsyncIterator[Chunk]:
         position = offset
         compressor = Compressor.IDENTITY
         if end == digest.size:  # compressed reads take no read_limit (REAPI)
@@ -354,7 +356,7 @@ class CasClient:
 
     async def _read_stream(
         self, name: str, offset: int, end: int, compressor: Compressor
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[Chunk]:
         limit = 0 if compressor is not Compressor.IDENTITY else end - offset
         request = bytestream_pb2.ReadRequest(
             resource_name=name, read_offset=offset, read_limit=limit
@@ -417,7 +419,7 @@ class CasClient:
                 error = from_status(item.status.code, item.status.message, f"read {digest}")
                 if error is not None:
                     raise error
-                data = _decompressor(Compressor(item.compressor))(item.data, True)
+                data = bytes(_decompressor(Compressor(item.compressor))(item.data, True))
                 if Digest.of_bytes(data, function) != digest:
                     raise DataLoss(f"BatchReadBlobs: {digest} arrived with other content")
                 result[digest] = data
@@ -558,7 +560,7 @@ class CasClient:
 _DATA_TAG = 0x52  # ReadResponse.data: field 10, length-delimited
 
 
-def _read_response_data(message: bytes) -> bytes:
+def _read_response_data(message: bytes) -> Chunk:
     """The ``data`` of a serialized ReadResponse.
 
     A ReadResponse holds only ``data`` (field 10): a tag byte, a varint length, the bytes.
@@ -572,7 +574,7 @@ def _read_response_data(message: bytes) -> bytes:
             position += 1
             if not byte & 0x80:
                 if position + length == len(message):
-                    return message[position:]
+                    return memoryview(message)[position:]
                 break
             shift += 7
     if not message:
@@ -580,7 +582,7 @@ def _read_response_data(message: bytes) -> bytes:
     return bytestream_pb2.ReadResponse.FromString(message).data
 
 
-def _decompressor(compressor: Compressor) -> Callable[[bytes, bool], bytes]:
+def _decompressor(compressor: Compressor) -> Callable[[Chunk, bool], Chunk]:
     """A function ``(chunk, final) -> bytes`` undoing the wire compression."""
     if compressor is Compressor.IDENTITY:
         return lambda data, final: data

@@ -34,6 +34,7 @@ from typing import Protocol
 import cachetools
 import trio
 
+from casfs.cas.client import Chunk
 from casfs.cas.errors import CasError
 from casfs.digest import Digest
 
@@ -47,7 +48,7 @@ class BlobSource(Protocol):
 
     async def read_range(self, digest: Digest, offset: int, length: int) -> bytes: ...
 
-    def stream_range(self, digest: Digest, offset: int, length: int) -> AsyncIterator[bytes]: ...
+    def stream_range(self, digest: Digest, offset: int, length: int) -> AsyncIterator[Chunk]: ...
 
 
 @dataclass
@@ -68,10 +69,10 @@ class _Flight:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.data: bytes | None = None
+        self.data: Chunk | None = None
         self.error: Exception | None = None
 
-    async def wait(self) -> bytes:
+    async def wait(self) -> Chunk:
         await self.done.wait()
         if self.data is not None:
             return self.data
@@ -80,12 +81,12 @@ class _Flight:
         raise CasError("the fetch was cancelled (the mount is shutting down)")
 
 
-class _Blocks(cachetools.LRUCache[_Key, bytes]):
+class _Blocks(cachetools.LRUCache[_Key, Chunk]):
     def __init__(self, capacity: int, stats: CacheStats) -> None:
         super().__init__(maxsize=capacity, getsizeof=len)
         self._stats = stats
 
-    def popitem(self) -> tuple[_Key, bytes]:
+    def popitem(self) -> tuple[_Key, Chunk]:
         self._stats.evictions += 1
         return super().popitem()
 
@@ -141,7 +142,7 @@ class BlockCache:
         key = (digest, index)
         return key in self._blocks or key in self._flights
 
-    def _land(self, key: _Key, flight: _Flight, data: bytes) -> None:
+    def _land(self, key: _Key, flight: _Flight, data: Chunk) -> None:
         self.stats.fetched_bytes += len(data)
         self._blocks[key] = data
         flight.data = data
@@ -181,7 +182,7 @@ class BlockCache:
             self._nursery.start_soon(self._fetch_block, source, key, flight)
         return flight
 
-    async def block(self, source: BlobSource, digest: Digest, index: int) -> bytes:
+    async def block(self, source: BlobSource, digest: Digest, index: int) -> Chunk:
         """One block, from the cache or fetched (once, however many readers ask)."""
         data = self._blocks.get((digest, index))
         if data is not None:
@@ -192,7 +193,7 @@ class BlockCache:
             return self._blocks[(digest, index)]
         return await flight.wait()
 
-    async def read(self, source: BlobSource, digest: Digest, offset: int, size: int) -> bytes:
+    async def read(self, source: BlobSource, digest: Digest, offset: int, size: int) -> Chunk:
         """Bytes ``[offset, offset + size)`` of the blob, clamped to its end."""
         end = min(offset + size, digest.size)
         if offset >= end:
@@ -289,7 +290,7 @@ class BlockCache:
 
     async def read_file(
         self, source: BlobSource, digest: Digest, offset: int, size: int, readahead: Readahead
-    ) -> bytes:
+    ) -> Chunk:
         """A read by an open file, whose pattern so far (``readahead``) decides the fetch.
 
         Sequential: whole blocks, and the blocks ahead as far as the window goes. Random:

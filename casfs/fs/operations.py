@@ -30,7 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from casfs.cas.client import CasClient
+from casfs.cas.client import CasClient, Chunk
 from casfs.cas.errors import CasError, NotFound
 from casfs.digest import Digest
 from casfs.fs.blockcache import BlockCache, Readahead
@@ -530,7 +530,7 @@ class CasOperations(pyfuse3.Operations):
 
     async def _read_blob(
         self, instance: str, digest: Digest, off: int, size: int, readahead: Readahead
-    ) -> bytes:
+    ) -> Chunk:
         client = self.clients[instance]
         try:
             data = await self.cache.read_file(client, digest, off, size, readahead)
@@ -542,9 +542,12 @@ class CasOperations(pyfuse3.Operations):
         return data
 
     @_fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> Chunk:  # type: ignore[override]
         """Blobs from the block cache (a blob that vanished is EIO); pending uploads from
-        their spool file; committed uploads from the CAS."""
+        their spool file; committed uploads from the CAS.
+
+        A block is returned as a view into the message it arrived in, without a copy:
+        pyfuse3 replies with any buffer, although its stub says ``bytes``."""
         handle = self._open[fh]
         if isinstance(handle, _OpenBlob):
             node = handle.node
