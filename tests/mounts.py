@@ -38,6 +38,14 @@ class CasfsMount(Managed):
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def wait_for_log(self, text: str, timeout: float = 10) -> None:
+        """Wait until the log says ``text`` (what the kernel sends after a close, such as
+        RELEASE, comes a moment after the program's close returned)."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text():
+            assert time.monotonic() < deadline, f"no {text!r} in:\n{self.log_text()[-2000:]}"
+            time.sleep(0.05)
+
     def start(self) -> CasfsMount:
         self.mountpoint.mkdir(exist_ok=True)
         with open(self.log, "ab") as log:

@@ -207,7 +207,7 @@ def test_server_down_for_good_then_next_mount_finishes(tmp_path: Path) -> None:
             failed = sh("cp", str(source), str(mountpoint / "main" / "uploads" / "f"), check=False)
             assert failed.returncode != 0
             assert b"Input/output error" in failed.stderr
-            assert "stays spooled" in mount.log_text()
+            mount.wait_for_log("stays spooled")
         assert len(list((cache / "spool").glob("*.data"))) == 1  # kept for the next mount
         server.start()
         with CasfsMount(mountpoint, "--remote", server.endpoint, *args) as mount:

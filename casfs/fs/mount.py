@@ -188,7 +188,7 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
                 cache = BlockCache(
                     nursery, block_size=config.block_size, capacity=config.cache_size
                 )
-                uploads = Uploads(clients, spool)
+                uploads = Uploads(clients, spool, nursery)
                 operations = CasOperations(
                     clients, namespace, cache, uploads, read_only=config.read_only
                 )

@@ -564,7 +564,7 @@ class CasOperations(pyfuse3.Operations):
         handle = self._open[fh]
         if not isinstance(handle, _OpenUpload) or not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return self.uploads.write(handle.entry, off, buf)
+        return await self.uploads.write(handle.entry, off, buf)
 
     async def _commit(self, fh: int) -> None:
         handle = self._open.get(fh)

@@ -41,8 +41,9 @@ import trio
 
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs.cas.client import CasClient
-from casfs.digest import Digest, DigestBuilder, DigestFunction, digest_file
+from casfs.digest import Digest, DigestFunction, digest_file
 from casfs.fs.errors import MountError
+from casfs.fs.hashbehind import HashBehind
 
 log = logging.getLogger("casfs.fs")
 _ids = itertools.count(1)
@@ -113,7 +114,7 @@ class FileEntry(Entry):
     writers: int = 0
     closed: bool = False  # a close asked for this content to be committed
     unlinked: bool = False
-    hasher: DigestBuilder | None = None
+    hasher: HashBehind | None = None  # None: the writes were not sequential
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -123,9 +124,6 @@ class FileEntry(Entry):
     @property
     def function(self) -> DigestFunction:
         return self.expected.function if self.expected is not None else DigestFunction.SHA256
-
-    def restart_hash(self) -> None:
-        self.hasher = DigestBuilder(self.function)
 
     def label(self) -> str:
         return self.path() or (f"blobs/{self.expected}" if self.expected else self.name)
@@ -161,7 +159,6 @@ class Spool:
         entry.spool = path
         entry.size = 0
         entry.closed = False
-        entry.restart_hash()
         self.record(entry)
 
     def record(self, entry: FileEntry) -> None:
@@ -214,9 +211,12 @@ class Spool:
 class Uploads:
     """The ``uploads/`` trees of all instances and the finalize logic."""
 
-    def __init__(self, clients: Mapping[str, CasClient], spool: Spool) -> None:
+    def __init__(
+        self, clients: Mapping[str, CasClient], spool: Spool, nursery: trio.Nursery
+    ) -> None:
         self.clients = clients
         self.spool = spool
+        self._nursery = nursery  # where files' hashing workers run
         self.roots = {name: DirEntry(name="", parent=None) for name in clients}
         self.active = 0
         self.idle = trio.Event()
@@ -236,7 +236,7 @@ class Uploads:
             raise UploadError(errno.EISDIR, f"{name} is a directory")
         if isinstance(old, FileEntry):
             self.check_idle(old)
-        self.spool.create(entry)
+        self._create_spool(entry)
         if parent is not None:
             if old is not None:
                 self.remove(old)
@@ -257,7 +257,7 @@ class Uploads:
                 if not truncate:
                     raise UploadError(errno.EACCES, f"{entry.label()} is committed and read-only")
                 entry.digest = None
-                self.spool.create(entry)
+                self._create_spool(entry)
                 entry.modified()
             elif truncate:
                 self.truncate(entry, 0)
@@ -265,6 +265,13 @@ class Uploads:
                 entry.fd = os.open(entry.spool, os.O_RDWR)
             entry.writers += 1
         entry.opens += 1
+
+    def _create_spool(self, entry: FileEntry) -> None:
+        self.spool.create(entry)
+        self._restart_hash(entry)
+
+    def _restart_hash(self, entry: FileEntry) -> None:
+        entry.hasher = HashBehind(entry.function, self._nursery)
 
     def _changed(self, entry: FileEntry) -> None:
         """The content changed: pending again, and not closed since."""
@@ -274,17 +281,20 @@ class Uploads:
             self.spool.record(entry)
         entry.modified()
 
-    def write(self, entry: FileEntry, offset: int, data: bytes) -> int:
+    async def write(self, entry: FileEntry, offset: int, data: bytes) -> int:
+        """Spool a write. Sequential writes are hashed behind (see ``hashbehind``); the
+        state is updated before any wait, so a close that comes meanwhile sees it all."""
         self.check_idle(entry)
         if entry.fd is None:
             raise UploadError(errno.EBADF, f"{entry.label()} is not open for writing")
         written = os.pwrite(entry.fd, data, offset)
-        if entry.hasher is not None and offset == entry.hasher.size:
-            entry.hasher.update(data[:written])
-        else:
-            entry.hasher = None  # not sequential: rehash at finalize
+        hasher = entry.hasher
+        if hasher is None or offset != hasher.size:
+            entry.hasher = hasher = None  # not sequential: rehash at finalize
         entry.size = max(entry.size, offset + written)
         self._changed(entry)
+        if hasher is not None:
+            await hasher.feed(data if written == len(data) else data[:written])
         return written
 
     def truncate(self, entry: FileEntry, size: int) -> None:
@@ -293,7 +303,7 @@ class Uploads:
             raise UploadError(errno.EACCES, f"{entry.label()} is committed and read-only")
         os.truncate(entry.spool, size)
         if size == 0:
-            entry.restart_hash()
+            self._restart_hash(entry)
         elif entry.hasher is None or size != entry.hasher.size:
             entry.hasher = None
         entry.size = size
@@ -386,9 +396,10 @@ class Uploads:
         assert entry.spool is not None
         spool = entry.spool
         function = entry.function
+        digest = None
         if entry.hasher is not None and entry.hasher.size == entry.size:
-            digest = entry.hasher.digest()
-        else:
+            digest = await entry.hasher.digest()
+        if digest is None:
             digest = await trio.to_thread.run_sync(digest_file, spool, function)
         if entry.expected is not None and digest != entry.expected:
             self.spool.discard(entry)
