@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from casfs.cas.retry import RetryPolicy
+from casfs.resource import validate_instance_name
 
 DEFAULT_LISTEN = "127.0.0.1:8980"
 DEFAULT_INSTANCE = "main"
@@ -100,6 +103,92 @@ class ServeConfig:
     instances: dict[str, StoreConfig] = field(default_factory=dict)
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a ``ConfigError`` naming it."""
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+class Table:
+    """One TOML table, read key by key: every error names ``where`` and the key.
+
+    ``where`` is the file and the table (``/etc/casfs/config.toml: [remotes.'work']``).
+    Unknown keys are refused up front. Paths are relative to the file's directory.
+    """
+
+    def __init__(self, where: str, data: object, known: set[str], base: Path) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must be a table")
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(known)})")
+        self.where = where
+        self.data: dict[str, object] = data
+        self.base = base
+
+    def error(self, key: str, should: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {key!r} must be {should}")
+
+    def string(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise self.error(key, "a string")
+        return value
+
+    def boolean(self, key: str) -> bool | None:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise self.error(key, "true or false")
+        return value
+
+    def integer(self, key: str, minimum: int = 0) -> int | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(key, f"a whole number >= {minimum}")
+        return value
+
+    def size(self, key: str) -> int | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise self.error(key, 'a size like "10G"')
+        try:
+            return parse_size(str(value))
+        except ConfigError as error:
+            raise ConfigError(f"{self.where}: {key!r}: {error}") from None
+
+    def path(self, key: str) -> Path | None:
+        value = self.string(key)
+        if value is not None and not value:
+            raise self.error(key, "a path")
+        return self.base / Path(value).expanduser() if value else None
+
+    def strings(self, key: str) -> list[str] | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, 'a list of strings like ["a", "b"]')
+        return value
+
+    def string_table(self, key: str) -> dict[str, str] | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise self.error(key, 'a table of strings like { "x-tenant" = "abc" }')
+        return value
+
+
 _SERVE_KEYS = {"listen", "instances"}
 _STORE_KEYS = {"store", "max_size", "evict", "fsync"}
 
@@ -115,50 +204,180 @@ def load_serve_config(path: Path) -> ServeConfig:
     [instances.""]          # the empty instance name
     store = "/var/lib/casfs"
     """
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"{path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: {error}") from None
-    for key in data:
-        if key not in _SERVE_KEYS:
-            raise ConfigError(f"{path}: unknown key {key!r} (known: {sorted(_SERVE_KEYS)})")
-    listen = data.get("listen", DEFAULT_LISTEN)
-    if not isinstance(listen, str):
-        raise ConfigError(f"{path}: 'listen' must be a string like \"127.0.0.1:8980\"")
-    instances: dict[str, StoreConfig] = {}
-    tables = data.get("instances", {})
+    top = Table(str(path), read_toml(path), _SERVE_KEYS, path.parent)
+    listen = top.string("listen") or DEFAULT_LISTEN
+    tables = top.data.get("instances", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{path}: 'instances' must be a table of [instances.NAME] tables")
-    for name, table in tables.items():
-        where = f"{path}: [instances.{name!r}]"
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where} must be a table")
-        for key in table:
-            if key not in _STORE_KEYS:
-                raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(_STORE_KEYS)})")
-        store = table.get("store")
-        if not isinstance(store, str) or not store:
-            raise ConfigError(f"{where}: 'store' must name a directory")
-        max_size = table.get("max_size")
-        if max_size is not None and not isinstance(max_size, str | int):
-            raise ConfigError(f"{where}: 'max_size' must be a size like \"10G\"")
-        try:
-            size = parse_size(str(max_size)) if max_size is not None else None
-        except ConfigError as error:
-            raise ConfigError(f"{where}: 'max_size': {error}") from None
-        flags = {}
-        for key in ("evict", "fsync"):
-            if key in table and not isinstance(table[key], bool):
-                raise ConfigError(f"{where}: {key!r} must be true or false")
-            flags[key] = table.get(key, key == "fsync")
+    instances: dict[str, StoreConfig] = {}
+    for name, data in tables.items():
+        table = Table(f"{path}: [instances.{name!r}]", data, _STORE_KEYS, path.parent)
+        store = table.path("store")
+        if store is None:
+            raise table.error("store", "set to a directory")
         instances[name] = StoreConfig(
-            Path(store).expanduser(), size, evict=flags["evict"], fsync=flags["fsync"]
+            store,
+            table.size("max_size"),
+            evict=bool(table.boolean("evict")),
+            fsync=table.boolean("fsync") is not False,
         )
     return ServeConfig(listen=listen, instances=instances)
+
+
+SYSTEM_CONFIG = Path("/etc/casfs/config.toml")
+
+
+def default_config_file() -> Path:
+    """The user's config file: ``$XDG_CONFIG_HOME/casfs/config.toml`` (``~/.config``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "casfs" / "config.toml"
+
+
+def config_file(explicit: Path | None) -> Path | None:
+    """The named-remotes file: ``explicit`` (which must exist), else the first that exists
+    of ``default_config_file()`` and ``/etc/casfs/config.toml``; None if neither does."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"{explicit}: no such config file")
+        return explicit
+    for candidate in (default_config_file(), SYSTEM_CONFIG):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+OptionValue = str | int | bool | Path | list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Remote:
+    """One ``[remotes.NAME]`` table of the config file.
+
+    ``options`` holds its settings under the names of ``casfs mount``'s options (argparse
+    destinations: ``remote``, ``instance``, ``cache_size``, ...), for the command line to
+    fill in what its own flags leave unset. ``mountpoint`` is where ``casfs mount NAME``
+    mounts it.
+    """
+
+    name: str
+    source: Path
+    options: dict[str, OptionValue]
+    mountpoint: Path | None = None
+
+
+# key in the file -> how to read it, and the option it sets
+_REMOTE_KEYS: dict[str, tuple[str, str]] = {
+    "endpoint": ("endpoint", "remote"),
+    "store": ("path", "store"),
+    "instances": ("instances", "instance"),
+    "instance": ("instance", "instance"),
+    "ca_file": ("path", "ca_file"),
+    "client_cert": ("path", "client_cert"),
+    "client_key": ("path", "client_key"),
+    "token_file": ("path", "token_file"),
+    "headers": ("string_table", "header"),
+    "retries": ("retries", "retries"),
+    "cache_size": ("size", "cache_size"),
+    "block_size": ("block_size", "block_size"),
+    "readahead": ("readahead", "readahead"),
+    "cache_dir": ("path", "cache_dir"),
+    "read_only": ("boolean", "read_only"),
+    "allow_other": ("boolean", "allow_other"),
+    "options": ("strings", "options"),
+    "log_file": ("path", "log_file"),
+    "mountpoint": ("path", "mountpoint"),
+}
+
+
+def _remote_value(table: Table, key: str, kind: str) -> OptionValue | None:
+    if kind == "endpoint":
+        from casfs.cas.channel import EndpointError, parse_endpoint
+
+        value = table.string(key)
+        if value is not None:
+            try:
+                parse_endpoint(value)
+            except EndpointError as error:
+                raise ConfigError(f"{table.where}: {key!r}: {error}") from None
+        return value
+    if kind == "retries":
+        return table.integer(key, minimum=1)
+    if kind == "readahead":
+        return table.integer(key, minimum=4)
+    if kind == "block_size":
+        size = table.size(key)
+        if size is not None and (size < 4096 or size & (size - 1)):
+            raise table.error(key, "a power of two of at least 4K")
+        return size
+    if kind in ("instance", "instances"):
+        names = table.strings(key) if kind == "instances" else table.string(key)
+        if names is None:
+            return None
+        names = [names] if isinstance(names, str) else names
+        for name in names:
+            try:
+                validate_instance_name(name)
+            except ValueError as error:
+                raise ConfigError(f"{table.where}: {key!r}: {error}") from None
+        return names
+    if kind == "string_table":
+        headers = table.string_table(key)
+        return None if headers is None else [f"{k}={v}" for k, v in headers.items()]
+    readers: dict[str, Callable[[str], OptionValue | None]] = {
+        "path": table.path,
+        "size": table.size,
+        "boolean": table.boolean,
+        "strings": table.strings,
+    }
+    return readers[kind](key)
+
+
+def load_remotes(path: Path) -> dict[str, Remote]:
+    """Read the named remotes of a TOML file like::
+
+    [remotes.work]
+    endpoint = "grpcs://cas.corp:443"
+    instances = ["main", "ci/linux"]
+    token_file = "~/.config/casfs/token"
+    cache_size = "2G"
+    mountpoint = "/mnt/cas"
+    """
+    top = Table(str(path), read_toml(path), {"remotes"}, path.parent)
+    tables = top.data.get("remotes", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{path}: 'remotes' must be a table of [remotes.NAME] tables")
+    remotes: dict[str, Remote] = {}
+    for name, data in tables.items():
+        where = f"{path}: [remotes.{name!r}]"
+        if not name or ":" in name or "/" in name:
+            raise ConfigError(f"{where}: a remote's name needs no ':' or '/'")
+        table = Table(where, data, set(_REMOTE_KEYS), path.parent)
+        if "instance" in table.data and "instances" in table.data:
+            raise ConfigError(f"{where}: set 'instance' or 'instances', not both")
+        if "endpoint" in table.data and "store" in table.data:
+            raise ConfigError(f"{where}: 'endpoint' (a server) or 'store' (embedded), not both")
+        options: dict[str, OptionValue] = {}
+        for key, (kind, option) in _REMOTE_KEYS.items():
+            value = _remote_value(table, key, kind)
+            if value is not None:
+                options[option] = value
+        mountpoint = table.path("mountpoint")
+        options.pop("mountpoint", None)
+        remotes[name] = Remote(name, path, options, mountpoint)
+    return remotes
+
+
+def find_remote(name: str, explicit: Path | None) -> Remote:
+    """The remote called ``name`` in the config file; a ``ConfigError`` if there is none."""
+    path = config_file(explicit)
+    if path is None:
+        raise ConfigError(
+            f"no remote {name!r}: no config file ({default_config_file()} or {SYSTEM_CONFIG})"
+        )
+    remotes = load_remotes(path)
+    if name not in remotes:
+        raise ConfigError(f"{path}: no [remotes.{name!r}] (known: {sorted(remotes)})")
+    return remotes[name]
 
 
 @dataclass(frozen=True, slots=True)
