@@ -216,15 +216,18 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
         # Signals are caught from before the mount exists: one that comes as soon as a
         # supervisor sees the mount must not kill the process and leave the mount stale.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async with trio.open_nursery() as nursery:
-                cache = BlockCache(
-                    nursery, block_size=config.block_size, capacity=config.cache_size
-                )
-                uploads = Uploads(clients, spool)
-                operations = CasOperations(
-                    clients, namespace, cache, uploads, read_only=config.read_only
-                )
-                await _serve(config, remote.endpoint, operations, nursery, signals, ready)
+            try:
+                async with trio.open_nursery() as nursery:
+                    cache = BlockCache(
+                        nursery, block_size=config.block_size, capacity=config.cache_size
+                    )
+                    uploads = Uploads(clients, spool)
+                    operations = CasOperations(
+                        clients, namespace, cache, uploads, read_only=config.read_only
+                    )
+                    await _serve(config, remote.endpoint, operations, nursery, signals, ready)
+            except* MountError as group:  # the mount failed: a message, not a traceback
+                raise group.exceptions[0] from None
     finally:
         for client in clients.values():
             await client.aclose()
@@ -241,10 +244,13 @@ async def _serve(
     ready: Callable[[], None],
 ) -> None:
     """Mount ``operations``, run the FUSE loop until it ends, and always unmount."""
+    options = fuse_options(config)
     try:
-        pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
+        pyfuse3.init(operations, str(config.mountpoint), options)
     except RuntimeError as error:
-        raise MountError(f"cannot mount on {config.mountpoint}: {error}") from None
+        raise MountError(
+            f"cannot mount on {config.mountpoint} with -o {','.join(sorted(options))}: {error}"
+        ) from None
 
     source = endpoint if config.remote else f"the embedded CAS in {config.store}"
 
