@@ -89,12 +89,10 @@ def translate(argv: Sequence[str]) -> tuple[list[str], bool]:
         # -s (sloppy), -n (no mtab), -N, -t: nothing to do
     if _is_endpoint(source):
         command += ["--remote", source, str(target)]
-        fuse.append(f"fsname={source}")  # what mount(8) and df show
     else:
         command += [source.removeprefix("casfs#"), str(target)]
-    if fuse:
-        command += ["-o", ",".join(fuse)]
-    command.append("--daemon")
+    fuse.append(f"fsname={source}")  # what findmnt and df show: the fstab line's source
+    command += ["-o", ",".join(fuse), "--daemon"]
     return (["-v", *command] if verbose else command), not fake
 
 

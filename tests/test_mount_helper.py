@@ -112,6 +112,7 @@ def test_an_fstab_line_with_a_named_remote(
     mounted = _run("mount", "--fstab", fstab, mountpoint)
     assert mounted.returncode == 0, mounted.stderr + (log.read_text() if log.exists() else "")
     assert (mountpoint / "main" / "blobs" / digest).read_bytes() == data
+    assert _run("findmnt", "-n", "-o", "SOURCE", mountpoint).stdout.strip() == "casfs#lab"
     assert _run("umount", mountpoint).returncode == 0
     _wait_for("unmounted", log)
 
@@ -142,13 +143,13 @@ def test_a_mount_that_cannot_work_fails_with_a_message(helper: Path, tmp_path: P
         ),
         (
             ["casfs#lab", "/m", "-n", "-o", "allow_other,cache-size=1G,nosuid,_netdev"],
-            ["mount", "--allow-other", "--cache-size", "1G", "lab", "/m", "-o", "nosuid",
-             "--daemon"],
+            ["mount", "--allow-other", "--cache-size", "1G", "lab", "/m", "-o",
+             "nosuid,fsname=casfs#lab", "--daemon"],
         ),
         (
             ["lab", "/m", "-v", "-o", "header=x-a=b=c,token_file=/t,defaults,comment=x"],
             ["-v", "mount", "--header", "x-a=b=c", "--token-file", "/t", "lab", "/m",
-             "--daemon"],
+             "-o", "fsname=lab", "--daemon"],
         ),
     ],
 )
