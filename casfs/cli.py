@@ -292,16 +292,24 @@ def _apply_remote(args: argparse.Namespace, remote: Remote) -> None:
             setattr(args, option, value)
 
 
-def _named_remote(args: argparse.Namespace) -> None:
+def _named_remote(args: argparse.Namespace) -> Remote | None:
     """``--remote NAME`` (no ':'): a remote of the config file, applied to ``args``."""
-    if args.remote is not None and ":" not in args.remote:
-        name, args.remote = args.remote, None
-        _apply_remote(args, find_remote(name, args.config))
+    if args.remote is None or ":" in args.remote:
+        return None
+    remote = find_remote(args.remote, args.config)
+    args.remote = None
+    _apply_remote(args, remote)
+    return remote
 
 
 def _client_config(args: argparse.Namespace) -> RemoteConfig:
     """put/get/stat: the remote to talk to, from the flags and a named remote."""
-    _named_remote(args)
+    remote = _named_remote(args)
+    if remote is not None and args.remote is None:
+        raise ConfigError(
+            f"{remote.source}: [remotes.{remote.name!r}] has no 'endpoint' to talk to "
+            "(an embedded store is reached through casfs serve or casfs mount)"
+        )
     return _remote_config(args, DEFAULT_INSTANCE if args.instance is None else args.instance)
 
 

@@ -119,7 +119,7 @@ class Table:
     """One TOML table, read key by key: every error names ``where`` and the key.
 
     ``where`` is the file and the table (``/etc/casfs/config.toml: [remotes.'work']``).
-    Unknown keys are refused up front. Paths are relative to the file's directory.
+    Unknown keys are refused up front. Relative paths are taken relative to ``base``.
     """
 
     def __init__(self, where: str, data: object, known: set[str], base: Path) -> None:
@@ -204,14 +204,15 @@ def load_serve_config(path: Path) -> ServeConfig:
     [instances.""]          # the empty instance name
     store = "/var/lib/casfs"
     """
-    top = Table(str(path), read_toml(path), _SERVE_KEYS, path.parent)
+    # store paths are as they always were: relative to the working directory
+    top = Table(str(path), read_toml(path), _SERVE_KEYS, Path())
     listen = top.string("listen") or DEFAULT_LISTEN
     tables = top.data.get("instances", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{path}: 'instances' must be a table of [instances.NAME] tables")
     instances: dict[str, StoreConfig] = {}
     for name, data in tables.items():
-        table = Table(f"{path}: [instances.{name!r}]", data, _STORE_KEYS, path.parent)
+        table = Table(f"{path}: [instances.{name!r}]", data, _STORE_KEYS, Path())
         store = table.path("store")
         if store is None:
             raise table.error("store", "set to a directory")
@@ -342,7 +343,8 @@ def load_remotes(path: Path) -> dict[str, Remote]:
     cache_size = "2G"
     mountpoint = "/mnt/cas"
     """
-    top = Table(str(path), read_toml(path), {"remotes"}, path.parent)
+    base = path.absolute().parent  # relative paths are relative to the file
+    top = Table(str(path), read_toml(path), {"remotes"}, base)
     tables = top.data.get("remotes", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{path}: 'remotes' must be a table of [remotes.NAME] tables")
@@ -351,7 +353,7 @@ def load_remotes(path: Path) -> dict[str, Remote]:
         where = f"{path}: [remotes.{name!r}]"
         if not name or ":" in name or "/" in name:
             raise ConfigError(f"{where}: a remote's name needs no ':' or '/'")
-        table = Table(where, data, set(_REMOTE_KEYS), path.parent)
+        table = Table(where, data, set(_REMOTE_KEYS), base)
         if "instance" in table.data and "instances" in table.data:
             raise ConfigError(f"{where}: set 'instance' or 'instances', not both")
         if "endpoint" in table.data and "store" in table.data:

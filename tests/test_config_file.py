@@ -45,6 +45,9 @@ def test_put_stat_get_with_a_named_remote(
     got = casfs("get", "--remote", "lab", digest, env=home)
     assert got.stdout == "named"
     assert casfs("stat", "--remote", "lab", "--instance", "other", digest, env=home).returncode == 1
+    _write(home, '[remotes.local]\nstore = "/srv/cas"\n')
+    embedded = casfs("stat", "--remote", "local", digest, env=home)
+    assert embedded.returncode == 2 and "[remotes.'local'] has no 'endpoint'" in embedded.stderr
 
 
 def test_mount_a_named_remote_at_its_mountpoint_flags_override(
@@ -56,11 +59,12 @@ def test_mount_a_named_remote_at_its_mountpoint_flags_override(
     _write(
         home,
         f'[remotes.lab]\nendpoint = "{server.endpoint}"\ninstances = ["main", "ci/linux"]\n'
-        f'read_only = true\ncache_size = "64M"\nmountpoint = "{mountpoint}"\n'
+        f'read_only = true\ncache_size = "64M"\nmountpoint = "../../mnt"\n'
         f'cache_dir = "{tmp_path / "cache"}"\nheaders = {{ "x-team" = "build" }}\n'
         f'log_file = "{log}"\n',
     )
-    # 'lab' has no '/': the remote, at its mountpoint; --no-read-only beats the file
+    # 'lab' has no '/': the remote, at its mountpoint (relative to the file, not to the
+    # working directory); --no-read-only beats the file
     mounted = casfs("mount", "lab", "--no-read-only", "--daemon", env=home)
     try:
         assert mounted.returncode == 0, mounted.stderr + log.read_text()
