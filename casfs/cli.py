@@ -24,24 +24,26 @@ from casfs.cas.retry import RetryPolicy
 from casfs.config import (
     DEFAULT_INSTANCE,
     DEFAULT_LISTEN,
-    SYSTEM_CONFIG,
     ConfigError,
     MountConfig,
-    Remote,
     RemoteConfig,
     ServeConfig,
     StoreConfig,
-    config_file,
     default_cache_dir,
-    default_config_file,
     default_store_dir,
-    find_remote,
-    load_remotes,
     load_serve_config,
     parse_size,
 )
 from casfs.digest import Digest, DigestError, DigestFunction
 from casfs.fs.errors import MountError
+from casfs.remotes import (
+    SYSTEM_CONFIG,
+    Remote,
+    config_file,
+    default_config_file,
+    find_remote,
+    load_remotes,
+)
 from casfs.resource import ResourceNameError, validate_instance_name
 
 log = logging.getLogger("casfs")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from casfs.cli import build_parser
-from casfs.config import load_remotes
+from casfs.remotes import load_remotes
 from tests.servers import REPO
 
 UNITS = REPO / "systemd"
