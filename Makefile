@@ -6,9 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MNT ?= $(HOME)/cas
-SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl attr
+# systemd: for systemd-analyze, which the tests run on the shipped units.
+SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl attr systemd
+# make install: casfs in its own venv under PREFIX, on PATH, as /sbin/mount.casfs, and
+# its systemd units (which run $(PREFIX)/bin/casfs).
+PREFIX ?= /opt/casfs
 
-.PHONY: run serve test lint typecheck proto system-deps clean
+.PHONY: run serve test lint typecheck proto system-deps clean install uninstall
 
 # Debian packages pyfuse3 builds against and fusermount3 comes from.
 system-deps:
@@ -48,6 +52,30 @@ typecheck: $(STAMP)
 # Regenerate casfs/_proto from protos/ (the result is committed).
 proto: $(STAMP)
 	$(PY) protos/generate.py
+
+# As root: casfs into $(PREFIX), /usr/local/bin/casfs, /sbin/mount.casfs, the units into
+# /etc/systemd/system and /etc/systemd/user, an example config into /etc/casfs.
+install: system-deps
+	$(PYTHON) -m venv $(PREFIX)
+	$(PREFIX)/bin/pip install -q -U pip
+	$(PREFIX)/bin/pip install -q '.[fuse]'
+	install -m 644 README.md $(PREFIX)/README.md
+	ln -sf $(PREFIX)/bin/casfs /usr/local/bin/casfs
+	ln -sf $(PREFIX)/bin/mount.casfs /sbin/mount.casfs
+	mkdir -p /etc/systemd/system /etc/systemd/user /etc/casfs
+	for unit in systemd/*.service; do \
+	  sed 's|/opt/casfs|$(PREFIX)|g' $$unit > /etc/systemd/system/$$(basename $$unit); done
+	for unit in systemd/user/*.service; do \
+	  sed 's|/opt/casfs|$(PREFIX)|g' $$unit > /etc/systemd/user/$$(basename $$unit); done
+	install -m 644 systemd/config.example.toml /etc/casfs/config.example.toml
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed casfs in $(PREFIX); next: /etc/casfs/config.toml, then systemctl enable --now casfs@NAME"
+
+uninstall:
+	rm -f /usr/local/bin/casfs /sbin/mount.casfs /etc/casfs/config.example.toml
+	for unit in systemd/*.service; do rm -f /etc/systemd/system/$$(basename $$unit); done
+	for unit in systemd/user/*.service; do rm -f /etc/systemd/user/$$(basename $$unit); done
+	rm -rf $(PREFIX)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import trio
 
-from casfs import __version__
+from casfs import __version__, notify
 from casfs.cas.channel import EndpointError
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
@@ -24,7 +24,6 @@ from casfs.cas.retry import RetryPolicy
 from casfs.config import (
     DEFAULT_INSTANCE,
     DEFAULT_LISTEN,
-    MIB,
     ConfigError,
     MountConfig,
     RemoteConfig,
@@ -37,6 +36,14 @@ from casfs.config import (
 )
 from casfs.digest import Digest, DigestError, DigestFunction
 from casfs.fs.errors import MountError
+from casfs.remotes import (
+    SYSTEM_CONFIG,
+    Remote,
+    config_file,
+    default_config_file,
+    find_remote,
+    load_remotes,
+)
 from casfs.resource import ResourceNameError, validate_instance_name
 
 log = logging.getLogger("casfs")
@@ -46,6 +53,8 @@ EXAMPLES = """\
 examples:
   casfs mount ~/cas                             # the embedded on-disk CAS, no server needed
   casfs mount --remote grpc://cas.corp:8980 --instance main ~/cas
+  casfs mount work ~/cas                        # [remotes.work] of ~/.config/casfs/config.toml
+  casfs mount work                              # ... at the mountpoint it names
   casfs serve                                   # embedded CAS on 127.0.0.1:8980
   casfs serve --store /srv/cas --instance main --instance ci=/srv/ci-cas
   casfs put build.tar                           # prints <hash>/<size>
@@ -70,8 +79,14 @@ def _size(text: str) -> int:
 
 
 def _remote_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--remote", default=DEFAULT_REMOTE, help="CAS endpoint (%(default)s)")
-    parser.add_argument("--instance", default=DEFAULT_INSTANCE, help="instance name (%(default)s)")
+    parser.add_argument(
+        "--remote",
+        help=f"CAS endpoint, or the NAME of a remote in the config file ({DEFAULT_REMOTE})",
+    )
+    parser.add_argument(
+        "--instance",
+        help=f"instance name (the remote's first, else {DEFAULT_INSTANCE!r})",
+    )
     _connection_options(parser)
     parser.add_argument(
         "--digest-function",
@@ -81,6 +96,11 @@ def _remote_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _connection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"the file of named remotes (default {default_config_file()}, else {SYSTEM_CONFIG})",
+    )
     parser.add_argument("--ca-file", type=Path, help="CA certificates for grpcs://")
     parser.add_argument("--client-cert", type=Path, help="client certificate for mutual TLS")
     parser.add_argument("--client-key", type=Path, help="client key for mutual TLS")
@@ -88,12 +108,7 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--header", action="append", default=[], metavar="KEY=VALUE", help="extra call header"
     )
-    parser.add_argument(
-        "--retries",
-        type=int,
-        default=8,
-        help="attempts for a call on transient errors (%(default)s)",
-    )
+    parser.add_argument("--retries", type=int, help="attempts for a call on transient errors (8)")
 
 
 def _remote_config(args: argparse.Namespace, instance: str) -> RemoteConfig:
@@ -103,12 +118,13 @@ def _remote_config(args: argparse.Namespace, instance: str) -> RemoteConfig:
         if not sep or not key:
             raise ConfigError(f"--header needs KEY=VALUE, got {header!r}")
         headers.append((key, value))
-    if args.retries < 1:
+    retries = 8 if args.retries is None else args.retries
+    if retries < 1:
         raise ConfigError("--retries must be at least 1")
     return RemoteConfig(
-        endpoint=args.remote,
+        endpoint=args.remote or DEFAULT_REMOTE,
         instance=instance,
-        retry=RetryPolicy(attempts=args.retries),
+        retry=RetryPolicy(attempts=retries),
         ca_file=args.ca_file,
         client_cert=args.client_cert,
         client_key=args.client_key,
@@ -161,10 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="mount a CAS as a directory",
         description="Mount a CAS: <mountpoint>/<instance>/blobs/<hash>/<size> is a blob. "
-        "Runs in the foreground until unmounted (fusermount3 -u, Ctrl-C, SIGTERM).",
+        "Runs in the foreground until unmounted (fusermount3 -u, Ctrl-C, SIGTERM). "
+        "NAME is a remote of the config file (its settings, overridden by the flags given); "
+        "alone it mounts at the remote's mountpoint. One argument that names no remote, or "
+        "has a '/', is the MOUNTPOINT.",
     )
-    mount.add_argument("mountpoint", type=Path)
-    mount.add_argument("--remote", help="CAS endpoint (default: the embedded CAS on --store)")
+    mount.add_argument("target", metavar="NAME|MOUNTPOINT")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", type=Path)
+    mount.add_argument(
+        "--remote",
+        help="CAS endpoint, or a remote NAME of the config file (default: the embedded CAS)",
+    )
     mount.add_argument(
         "--instance",
         action="append",
@@ -177,13 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument(
         "--cache-dir", type=Path, help=f"upload spool (one per mountpoint in {default_cache_dir()})"
     )
-    mount.add_argument("--read-only", action="store_true", help="mount read-only")
-    mount.add_argument("--allow-other", action="store_true", help="let other users in")
-    mount.add_argument("--cache-size", type=_size, default=512 * MIB, help="block cache (512M)")
-    mount.add_argument("--block-size", type=_size, default=MIB, help="fetch unit (1M)")
-    mount.add_argument(
-        "--readahead", type=int, default=1024, metavar="KIB", help="kernel readahead (1024)"
-    )
+    flag = argparse.BooleanOptionalAction
+    mount.add_argument("--read-only", action=flag, help="mount read-only")
+    mount.add_argument("--allow-other", action=flag, help="let other users in")
+    mount.add_argument("--cache-size", type=_size, help="block cache (512M)")
+    mount.add_argument("--block-size", type=_size, help="fetch unit (1M)")
+    mount.add_argument("--readahead", type=int, metavar="KIB", help="kernel readahead (1024)")
     mount.add_argument(
         "-o", dest="options", action="append", default=[], help="FUSE mount options, a,b,c"
     )
@@ -245,15 +267,57 @@ def serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):  # before "listening": a supervisor may
         signal.signal(signum, lambda *_: stop.set())  # signal as soon as it reads it
     print(f"casfs serve: listening on {address}", flush=True)
+    notify.ready(f"listening on {address}")
     stop.wait()
     log.info("stopping")
+    notify.stopping("stopping")
     server.stop(grace=5).wait()
     return 0
 
 
+def _apply_remote(args: argparse.Namespace, remote: Remote) -> None:
+    """Fill the options the command line left unset from a named remote: flags win; the
+    file's headers and FUSE options come first (a header given on both is the flag's)."""
+    for option, value in remote.options.items():
+        given = getattr(args, option, None)
+        if isinstance(value, list) and isinstance(given, list):  # header, options, instances
+            if option == "header":
+                keys = {header.partition("=")[0] for header in given}
+                value = [header for header in value if header.partition("=")[0] not in keys]
+            elif option == "instance" and given:
+                continue  # --instance replaces the remote's instances
+            setattr(args, option, [*value, *given])
+        elif option == "instance" and isinstance(value, list):  # put/get/stat use one
+            if given is None:
+                args.instance = value[0]
+        elif given is None:
+            setattr(args, option, value)
+
+
+def _named_remote(args: argparse.Namespace) -> Remote | None:
+    """``--remote NAME`` (no ':'): a remote of the config file, applied to ``args``."""
+    if args.remote is None or ":" in args.remote:
+        return None
+    remote = find_remote(args.remote, args.config)
+    args.remote = None
+    _apply_remote(args, remote)
+    return remote
+
+
+def _client_config(args: argparse.Namespace) -> RemoteConfig:
+    """put/get/stat: the remote to talk to, from the flags and a named remote."""
+    remote = _named_remote(args)
+    if remote is not None and args.remote is None:
+        raise ConfigError(
+            f"{remote.source}: [remotes.{remote.name!r}] has no 'endpoint' to talk to "
+            "(an embedded store is reached through casfs serve or casfs mount)"
+        )
+    return _remote_config(args, DEFAULT_INSTANCE if args.instance is None else args.instance)
+
+
 async def _put(args: argparse.Namespace) -> int:
     function = DigestFunction.from_name(args.digest_function)
-    async with CasClient(_remote_config(args, args.instance)) as client:
+    async with CasClient(_client_config(args)) as client:
         for path in args.files:
             digest = await client.upload_file(path, function)
             print(digest, flush=True)
@@ -262,7 +326,7 @@ async def _put(args: argparse.Namespace) -> int:
 
 async def _get(args: argparse.Namespace) -> int:
     digest = Digest.parse(args.digest, DigestFunction.from_name(args.digest_function))
-    async with CasClient(_remote_config(args, args.instance)) as client:
+    async with CasClient(_client_config(args)) as client:
         out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
         try:
             async for chunk in client.stream(digest):
@@ -275,7 +339,7 @@ async def _get(args: argparse.Namespace) -> int:
 
 async def _stat(args: argparse.Namespace) -> int:
     digest = Digest.parse(args.digest, DigestFunction.from_name(args.digest_function))
-    async with CasClient(_remote_config(args, args.instance)) as client:
+    async with CasClient(_client_config(args)) as client:
         if await client.contains(digest):
             print(f"{digest} present")
             return 0
@@ -283,22 +347,52 @@ async def _stat(args: argparse.Namespace) -> int:
         return 1
 
 
+def _mount_target(args: argparse.Namespace) -> Path:
+    """Apply the named remote of ``casfs mount [NAME] MOUNTPOINT``; return the mountpoint."""
+    if args.mountpoint is not None:  # NAME MOUNTPOINT
+        _apply_remote(args, find_remote(args.target, args.config))
+        mountpoint: Path = args.mountpoint
+    else:
+        path = config_file(args.config) if "/" not in args.target else None
+        remote = load_remotes(path).get(args.target) if path else None
+        if remote is None:
+            mountpoint = Path(args.target)
+        elif remote.mountpoint is None:
+            raise ConfigError(
+                f"{remote.source}: [remotes.{remote.name!r}] names no 'mountpoint': "
+                f"casfs mount {remote.name} MOUNTPOINT"
+            )
+        else:
+            _apply_remote(args, remote)
+            mountpoint = remote.mountpoint
+    _named_remote(args)
+    return mountpoint
+
+
 def _mount_config(args: argparse.Namespace) -> MountConfig:
+    mountpoint = _mount_target(args)
     options = tuple(o for group in args.options for o in group.split(",") if o)
     for instance in args.instance:
         validate_instance_name(instance)
+    sizes = {
+        field: value
+        for field, value in (
+            ("cache_size", args.cache_size),
+            ("block_size", args.block_size),
+            ("readahead_kb", args.readahead),
+        )
+        if value is not None
+    }
     return MountConfig(
-        mountpoint=args.mountpoint.resolve(),
+        mountpoint=mountpoint.expanduser().resolve(),
         remote=_remote_config(args, "") if args.remote else None,
         instances=tuple(dict.fromkeys(args.instance or [DEFAULT_INSTANCE])),
         store=args.store or default_store_dir(),
         cache_dir=args.cache_dir,
-        read_only=args.read_only or "ro" in options,
-        allow_other=args.allow_other,
+        read_only=bool(args.read_only) or "ro" in options,
+        allow_other=bool(args.allow_other),
         fuse_options=tuple(o for o in options if o != "ro"),
-        cache_size=args.cache_size,
-        block_size=args.block_size,
-        readahead_kb=args.readahead,
+        **sizes,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from casfs.cas.retry import RetryPolicy
 
@@ -100,6 +101,92 @@ class ServeConfig:
     instances: dict[str, StoreConfig] = field(default_factory=dict)
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a ``ConfigError`` naming it."""
+    import tomllib
+
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+class Table:
+    """One TOML table, read key by key: every error names ``where`` and the key.
+
+    ``where`` is the file and the table (``/etc/casfs/config.toml: [remotes.'work']``).
+    Unknown keys are refused up front. Relative paths are taken relative to ``base``.
+    """
+
+    def __init__(self, where: str, data: object, known: set[str], base: Path) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must be a table")
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(known)})")
+        self.where = where
+        self.data: dict[str, object] = data
+        self.base = base
+
+    def error(self, key: str, should: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {key!r} must be {should}")
+
+    def string(self, key: str) -> str | None:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise self.error(key, "a string")
+        return value
+
+    def boolean(self, key: str) -> bool | None:
+        value = self.data.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise self.error(key, "true or false")
+        return value
+
+    def integer(self, key: str, minimum: int = 0) -> int | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(key, f"a whole number >= {minimum}")
+        return value
+
+    def size(self, key: str) -> int | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise self.error(key, 'a size like "10G"')
+        try:
+            return parse_size(str(value))
+        except ConfigError as error:
+            raise ConfigError(f"{self.where}: {key!r}: {error}") from None
+
+    def path(self, key: str) -> Path | None:
+        value = self.string(key)
+        if value is not None and not value:
+            raise self.error(key, "a path")
+        return self.base / Path(value).expanduser() if value else None
+
+    def strings(self, key: str) -> list[str] | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, 'a list of strings like ["a", "b"]')
+        return value
+
+    def string_table(self, key: str) -> dict[str, str] | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise self.error(key, 'a table of strings like { "x-tenant" = "abc" }')
+        return value
+
+
 _SERVE_KEYS = {"listen", "instances"}
 _STORE_KEYS = {"store", "max_size", "evict", "fsync"}
 
@@ -115,48 +202,23 @@ def load_serve_config(path: Path) -> ServeConfig:
     [instances.""]          # the empty instance name
     store = "/var/lib/casfs"
     """
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"{path}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: {error}") from None
-    for key in data:
-        if key not in _SERVE_KEYS:
-            raise ConfigError(f"{path}: unknown key {key!r} (known: {sorted(_SERVE_KEYS)})")
-    listen = data.get("listen", DEFAULT_LISTEN)
-    if not isinstance(listen, str):
-        raise ConfigError(f"{path}: 'listen' must be a string like \"127.0.0.1:8980\"")
-    instances: dict[str, StoreConfig] = {}
-    tables = data.get("instances", {})
+    # store paths are as they always were: relative to the working directory
+    top = Table(str(path), read_toml(path), _SERVE_KEYS, Path())
+    listen = top.string("listen") or DEFAULT_LISTEN
+    tables = top.data.get("instances", {})
     if not isinstance(tables, dict):
         raise ConfigError(f"{path}: 'instances' must be a table of [instances.NAME] tables")
-    for name, table in tables.items():
-        where = f"{path}: [instances.{name!r}]"
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where} must be a table")
-        for key in table:
-            if key not in _STORE_KEYS:
-                raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(_STORE_KEYS)})")
-        store = table.get("store")
-        if not isinstance(store, str) or not store:
-            raise ConfigError(f"{where}: 'store' must name a directory")
-        max_size = table.get("max_size")
-        if max_size is not None and not isinstance(max_size, str | int):
-            raise ConfigError(f"{where}: 'max_size' must be a size like \"10G\"")
-        try:
-            size = parse_size(str(max_size)) if max_size is not None else None
-        except ConfigError as error:
-            raise ConfigError(f"{where}: 'max_size': {error}") from None
-        flags = {}
-        for key in ("evict", "fsync"):
-            if key in table and not isinstance(table[key], bool):
-                raise ConfigError(f"{where}: {key!r} must be true or false")
-            flags[key] = table.get(key, key == "fsync")
+    instances: dict[str, StoreConfig] = {}
+    for name, data in tables.items():
+        table = Table(f"{path}: [instances.{name!r}]", data, _STORE_KEYS, Path())
+        store = table.path("store")
+        if store is None:
+            raise table.error("store", "set to a directory")
         instances[name] = StoreConfig(
-            Path(store).expanduser(), size, evict=flags["evict"], fsync=flags["fsync"]
+            store,
+            table.size("max_size"),
+            evict=bool(table.boolean("evict")),
+            fsync=table.boolean("fsync") is not False,
         )
     return ServeConfig(listen=listen, instances=instances)
 

@@ -47,7 +47,8 @@ class CasfsMount(Managed):
             time.sleep(0.05)
 
     def start(self) -> CasfsMount:
-        self.mountpoint.mkdir(exist_ok=True)
+        if not is_mounted(self.mountpoint):  # a stale mount fails even a stat
+            self.mountpoint.mkdir(exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "casfs", "mount", str(self.mountpoint), *self.args],

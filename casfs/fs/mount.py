@@ -5,6 +5,11 @@ Lifecycle: ``mount()`` runs in the foreground until the file system is unmounted
 and returns normally, so the process exits 0. With no remote configured it first starts a
 private ``casfs serve`` on the default store, over a unix socket, and stops it at the end
 (the child also dies with us through PR_SET_PDEATHSIG if we are killed).
+
+Under a service manager (``$NOTIFY_SOCKET``, see ``casfs.notify``) it sends READY=1 once
+the kernel's INIT is answered, so the mount answers by then, and STOPPING=1 when it
+begins to unmount. A stale mount left on the mountpoint by a process that died (stat
+fails with ENOTCONN) is lazily unmounted first, so a restart after a crash works.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -24,6 +31,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from casfs import notify
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
 from casfs.config import MountConfig, RemoteConfig, mount_cache_dir
@@ -61,6 +69,7 @@ def embedded_server(config: MountConfig) -> Iterator[str]:
         text=True,
         preexec_fn=_die_with_parent,
         start_new_session=True,  # Ctrl-C at a terminal must reach only the mount
+        env=notify.without_notify_socket(dict(os.environ)),  # its READY=1 is not ours
     )
     try:
         assert process.stdout is not None
@@ -117,14 +126,35 @@ def set_readahead(mountpoint: Path, kilobytes: int) -> None:
 
 
 def fuse_options(config: MountConfig) -> set[str]:
+    """The FUSE mount options; an ``fsname=``/``subtype=`` given by the user replaces ours
+    (``mount.casfs`` names the mount after its source, as ``mount`` and ``df`` show it)."""
     options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    options |= {"fsname=casfs", "subtype=casfs"}
+    given = {option.partition("=")[0] for option in config.fuse_options}
+    options |= {f"{key}=casfs" for key in ("fsname", "subtype") if key not in given}
     if config.read_only:
         options.add("ro")
     if config.allow_other:
         options.add("allow_other")
     options.update(config.fuse_options)
     return options
+
+
+def clear_stale_mount(mountpoint: Path) -> None:
+    """Lazily unmount a FUSE mount whose process died (stat says ENOTCONN), and nothing
+    else: a live mount answers stat and is left alone (mounting fails on top of it)."""
+    try:
+        mountpoint.stat()
+    except OSError as error:
+        if error.errno != errno.ENOTCONN:
+            return
+    else:
+        return
+    log.warning("%s: a stale mount (its process died); unmounting it", mountpoint)
+    result = subprocess.run(
+        ["fusermount3", "-uz", str(mountpoint)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise MountError(f"cannot clear the stale mount on {mountpoint}: {result.stderr.strip()}")
 
 
 async def _digest_functions(clients: dict[str, CasClient]) -> set[DigestFunction]:
@@ -138,13 +168,15 @@ async def _digest_functions(clients: dict[str, CasClient]) -> set[DigestFunction
 
 
 async def _watch_signals(
-    signals: AsyncIterator[int], uploads: Uploads, drain_timeout: float
+    signals: AsyncIterator[int], uploads: Uploads, drain_timeout: float, mountpoint: Path
 ) -> None:
     """On SIGTERM, SIGINT or SIGHUP: let uploads in flight finish (bounded), then stop."""
     async for signum in signals:
         log.info("%s: unmounting", signal.Signals(signum).name)
+        notify.stopping(f"unmounting {mountpoint}")
         if uploads.active:
             log.info("waiting up to %.0fs for %d upload(s)", drain_timeout, uploads.active)
+            notify.status(f"unmounting {mountpoint}: waiting for {uploads.active} upload(s)")
             with trio.move_on_after(drain_timeout):
                 await uploads.idle.wait()
             if uploads.active:
@@ -173,7 +205,8 @@ async def _finish_leftovers(operations: CasOperations) -> None:
 
 
 async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable[[], None]) -> None:
-    """Mount, call ``ready()``, serve until unmounted or signalled, then unmount."""
+    """Mount, call ``ready()`` once the mount answers, serve until unmounted or signalled,
+    then unmount."""
     clients = {
         name: CasClient(dataclasses.replace(remote, instance=name)) for name in config.instances
     }
@@ -184,15 +217,18 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
         # Signals are caught from before the mount exists: one that comes as soon as a
         # supervisor sees the mount must not kill the process and leave the mount stale.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async with trio.open_nursery() as nursery:
-                cache = BlockCache(
-                    nursery, block_size=config.block_size, capacity=config.cache_size
-                )
-                uploads = Uploads(clients, spool, nursery)
-                operations = CasOperations(
-                    clients, namespace, cache, uploads, read_only=config.read_only
-                )
-                await _serve(config, remote.endpoint, operations, nursery, signals, ready)
+            try:
+                async with trio.open_nursery() as nursery:
+                    cache = BlockCache(
+                        nursery, block_size=config.block_size, capacity=config.cache_size
+                    )
+                    uploads = Uploads(clients, spool, nursery)
+                    operations = CasOperations(
+                        clients, namespace, cache, uploads, read_only=config.read_only
+                    )
+                    await _serve(config, remote.endpoint, operations, nursery, signals, ready)
+            except* MountError as group:  # the mount failed: a message, not a traceback
+                raise group.exceptions[0] from None
     finally:
         for client in clients.values():
             await client.aclose()
@@ -209,26 +245,36 @@ async def _serve(
     ready: Callable[[], None],
 ) -> None:
     """Mount ``operations``, run the FUSE loop until it ends, and always unmount."""
+    options = fuse_options(config)
     try:
-        pyfuse3.init(operations, str(config.mountpoint), fuse_options(config))
+        pyfuse3.init(operations, str(config.mountpoint), options)
     except RuntimeError as error:
-        raise MountError(f"cannot mount on {config.mountpoint}: {error}") from None
+        raise MountError(
+            f"cannot mount on {config.mountpoint} with -o {','.join(sorted(options))}: {error}"
+        ) from None
+
+    source = endpoint if config.remote else f"the embedded CAS in {config.store}"
 
     async def after_init() -> None:
-        # The kernel sets the readahead from INIT's reply: raise it after that.
+        # INIT's reply has gone out once this task runs: from here on the mount answers.
+        # The kernel sets the readahead from that reply: raise it after that.
         await operations.initialized.wait()
         set_readahead(config.mountpoint, config.readahead_kb)
+        ready()
+        notify.ready(f"mounted {source} at {config.mountpoint}")
 
     try:
         log.info("mounted %s on %s", endpoint, config.mountpoint)
-        ready()
         nursery.start_soon(after_init)
-        nursery.start_soon(_watch_signals, signals, operations.uploads, config.drain_timeout)
+        nursery.start_soon(
+            _watch_signals, signals, operations.uploads, config.drain_timeout, config.mountpoint
+        )
         if not config.read_only:
             nursery.start_soon(_finish_leftovers, operations)
         await pyfuse3.main(min_tasks=2, max_tasks=config.max_tasks)
     finally:
         nursery.cancel_scope.cancel()
+        notify.stopping(f"unmounting {config.mountpoint}")
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", config.mountpoint)
 
@@ -256,6 +302,7 @@ def _tune_malloc_for_blocks() -> None:
 
 def mount(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:
     """Mount in the foreground until unmounted; raises ``MountError`` if it cannot."""
+    clear_stale_mount(config.mountpoint)
     if not config.mountpoint.is_dir():
         raise MountError(f"mountpoint {config.mountpoint} is not a directory")
     _tune_malloc_for_blocks()
