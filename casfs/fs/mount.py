@@ -30,9 +30,12 @@ from casfs.config import MountConfig, RemoteConfig, mount_cache_dir
 from casfs.digest import DigestFunction
 from casfs.fs.blockcache import BlockCache
 from casfs.fs.errors import MountError
+from casfs.fs.metrics import MountCollector
 from casfs.fs.namespace import Namespace
 from casfs.fs.operations import CasOperations
 from casfs.fs.uploads import Spool, UploadError, Uploads
+from casfs.metrics import RpcCollector, serve_metrics
+from casfs.rpcstats import RpcStats
 
 log = logging.getLogger("casfs.fs")
 PR_SET_PDEATHSIG = 1
@@ -173,8 +176,10 @@ async def _finish_leftovers(operations: CasOperations) -> None:
 
 async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable[[], None]) -> None:
     """Mount, call ``ready()``, serve until unmounted or signalled, then unmount."""
+    rpc_stats = RpcStats() if config.metrics else None
     clients = {
-        name: CasClient(dataclasses.replace(remote, instance=name)) for name in config.instances
+        name: CasClient(dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats)
+        for name in config.instances
     }
     spool: Spool | None = None
     try:
@@ -189,9 +194,23 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
                 )
                 uploads = Uploads(clients, spool)
                 operations = CasOperations(
-                    clients, namespace, cache, uploads, read_only=config.read_only
+                    clients,
+                    namespace,
+                    cache,
+                    uploads,
+                    read_only=config.read_only,
+                    remote=remote.endpoint if config.remote else f"embedded CAS on {config.store}",
                 )
-                await _serve(config, remote.endpoint, operations, nursery, signals, ready)
+                with contextlib.ExitStack() as metrics:
+                    if config.metrics and rpc_stats is not None:
+                        metrics.enter_context(
+                            serve_metrics(
+                                config.metrics,
+                                MountCollector(operations),
+                                RpcCollector(rpc_stats, "client"),
+                            )
+                        )
+                    await _serve(config, remote.endpoint, operations, nursery, signals, ready)
     finally:
         for client in clients.values():
             await client.aclose()
