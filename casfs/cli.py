@@ -369,7 +369,8 @@ async def _put(args: argparse.Namespace) -> int:
         for name in args.files:
             try:
                 source = _spooled_stdin() if name == "-" else contextlib.nullcontext(Path(name))
-                with source as path, progress(name, os.stat(path).st_size) as bar:
+                label = "stdin" if name == "-" else Path(name).name
+                with source as path, progress(label, os.stat(path).st_size) as bar:
                     digest = await client.upload_file(path, function, bar.update)
             except OSError as error:
                 print(f"casfs: put {name}: {error.strerror or error}", file=sys.stderr)
