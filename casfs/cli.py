@@ -439,7 +439,7 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, indent=2))
     else:
-        print(format_status(args.mountpoint, document))
+        print(format_status(Path(os.path.abspath(args.mountpoint)), document))
     return 0
 
 
