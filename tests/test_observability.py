@@ -198,3 +198,31 @@ def test_metrics_address_in_use_fails_cleanly(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert b"cannot serve metrics on 127.0.0.1" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_status_of_a_mount_whose_process_died(tmp_path: Path, server: CasfsServer) -> None:
+    with CasfsMount(tmp_path / "mnt", "--remote", server.endpoint) as mount:
+        assert mount.process is not None
+        mount.process.kill()
+        mount.wait()
+        result = casfs("status", str(mount.mountpoint))
+        assert result.returncode == 1
+        assert b"process is gone" in result.stderr and b"fusermount3 -u" in result.stderr
+
+
+def test_server_metrics_count_refused_calls(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret\n")
+    with CasfsServer(
+        tmp_path / "store", "--token-file", str(tokens), "--metrics", "127.0.0.1:0"
+    ) as server:
+        anonymous = casfs("stat", "--remote", server.endpoint, f"{'3' * 64}/1")
+        assert anonymous.returncode == 1
+        allowed = casfs(
+            "stat", "--remote", server.endpoint, "--token-file", str(tokens), f"{'3' * 64}/1"
+        )
+        assert allowed.returncode == 1 and b"missing" in allowed.stdout
+        scrape = Scrape.of(metrics_url(server.log.read_text()))
+    handled = "casfs_grpc_server_handled_total"
+    assert scrape.value(handled, grpc_code="UNAUTHENTICATED") >= 1
+    assert scrape.value(handled, grpc_method="FindMissingBlobs", grpc_code="OK") >= 1
