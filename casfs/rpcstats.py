@@ -69,15 +69,6 @@ class RpcStats:
             calls = self._calls.items()
             return {key: CallStats(s.count, s.seconds, list(s.buckets)) for key, s in calls}
 
-    def count(self, method: str, code: str = "OK") -> int:
-        """Calls of ``method`` (``Service/Method`` or the full name) that ended with ``code``."""
-        with self._lock:
-            return sum(
-                s.count
-                for (full, name), s in self._calls.items()
-                if name == code and full.lstrip("/").endswith(method.lstrip("/"))
-            )
-
     def client_channel(self, channel: grpc.Channel) -> grpc.Channel:
         """``channel``, recording every call made through it."""
         return grpc.intercept_channel(channel, _ClientInterceptor(self))

@@ -207,6 +207,11 @@ def test_server_down_for_good_then_next_mount_finishes(tmp_path: Path) -> None:
             failed = sh("cp", str(source), str(mountpoint / "main" / "uploads" / "f"), check=False)
             assert failed.returncode != 0
             assert b"Input/output error" in failed.stderr
+            # RELEASE comes after cp has exited (the kernel sends it once the file is
+            # closed): wait for its log line rather than race it.
+            deadline = time.monotonic() + 10
+            while "stays spooled" not in mount.log_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert "stays spooled" in mount.log_text()
         assert len(list((cache / "spool").glob("*.data"))) == 1  # kept for the next mount
         server.start()

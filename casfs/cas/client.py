@@ -54,7 +54,7 @@ from casfs.rpcstats import RpcStats
 
 log = logging.getLogger("casfs.cas")
 T = TypeVar("T")
-Progress = Callable[[int], None]  # told the bytes done so far
+ProgressCallback = Callable[[int], None]  # told the bytes done so far
 
 # gRPC's usual message limit is 4 MiB; batches stay well under it whatever is advertised.
 BATCH_LIMIT = 4 << 20
@@ -460,7 +460,7 @@ class CasClient:
                     raise error
 
     async def write(
-        self, digest: Digest, path: os.PathLike[str] | str, progress: Progress | None = None
+        self, digest: Digest, path: os.PathLike[str] | str, progress: ProgressCallback | None = None
     ) -> None:
         """Upload the file at ``path`` as ``digest`` by ByteStream Write, resumably.
         ``progress`` is told the bytes of the file sent so far (from grpc's thread).
@@ -616,7 +616,7 @@ def _plain_requests(
     offset: int,
     size: int,
     chunk_size: int,
-    progress: Progress | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Iterator[bytestream_pb2.WriteRequest]:
     """WriteRequests for ``path[offset:size]``; runs in grpc's request-consuming thread."""
     with open(path, "rb") as file:
@@ -643,7 +643,10 @@ def _plain_requests(
 
 
 def _zstd_requests(
-    name: str, path: os.PathLike[str] | str, chunk_size: int, progress: Progress | None = None
+    name: str,
+    path: os.PathLike[str] | str,
+    chunk_size: int,
+    progress: ProgressCallback | None = None,
 ) -> Iterator[bytestream_pb2.WriteRequest]:
     """WriteRequests carrying ``path`` zstd-compressed; offsets count compressed bytes."""
     compressor = zstandard.ZstdCompressor(level=1).compressobj()
