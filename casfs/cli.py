@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import tempfile
+import textwrap
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -192,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        if "description" in kwargs:  # the formatter keeps text as written: wrap it here
+            kwargs["description"] = textwrap.fill(kwargs["description"], 88)
         return commands.add_parser(
             name,
             parents=[common],
@@ -288,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show a running mount's remote, instances, uptime, block cache, traffic, "
         "uploads and errors (read from the mount's user.casfs.status attribute).",
     )
-    status.add_argument("mountpoint", type=Path)
+    status.add_argument("mountpoint", type=Path, help="the mountpoint itself (its root)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     return parser
 
