@@ -226,3 +226,21 @@ def test_server_metrics_count_refused_calls(tmp_path: Path) -> None:
     handled = "casfs_grpc_server_handled_total"
     assert scrape.value(handled, grpc_code="UNAUTHENTICATED") >= 1
     assert scrape.value(handled, grpc_method="FindMissingBlobs", grpc_code="OK") >= 1
+
+
+def test_status_counts_a_failed_upload(tmp_path: Path) -> None:
+    source = write_file(tmp_path / "src", 2 * MIB)
+    with (
+        CasfsServer(tmp_path / "store") as server,
+        CasfsMount(tmp_path / "mnt", "--remote", server.endpoint, "--retries", "2") as mount,
+    ):
+        server.kill()
+        target = mount.mountpoint / "main" / "uploads" / "f"
+        failed = subprocess.run(["cp", str(source), str(target)], capture_output=True)
+        assert failed.returncode != 0
+        result = casfs("status", "--json", str(mount.mountpoint))
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        assert status["uploads"]["failed"] >= 1
+        assert status["uploads"]["committed"] == 0 and status["uploads"]["in_flight"] == 0
+        assert status["errors"].get("EIO", 0) >= 1
