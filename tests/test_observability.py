@@ -11,6 +11,8 @@ import json
 import re
 import socket
 import subprocess
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,7 +96,13 @@ def test_metrics_count_what_was_done(setup: Setup) -> None:
     missing = casfs("get", "--remote", setup.server.endpoint, f"{'1' * 64}/1")
     assert missing.returncode == 1
 
-    mount = Scrape.of(metrics_url(setup.mount.log_text()))
+    url = metrics_url(setup.mount.log_text())
+    where = urllib.parse.urlsplit(url)
+    with socket.create_connection((where.hostname, where.port)):
+        mount = Scrape.of(url)  # a scraper that says nothing holds up no one
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url.replace("/metrics", "/other"), timeout=10)
+    assert refused.value.code == 404
     assert mount.value("casfs_fuse_read_bytes_total") >= size
     assert mount.value("casfs_fuse_written_bytes_total") >= size
     assert mount.value("casfs_cas_read_bytes_total") >= size

@@ -1,8 +1,8 @@
 """The mount's Prometheus metrics, read from its objects' own counters at scrape time.
 
-Runs in the metrics server's thread while the mount's trio thread changes the counters:
-it only reads integers and copies dictionaries (each read is atomic under the GIL), so a
-scrape never blocks or slows the mount, and its figures may be a request apart.
+Runs in the mount's trio thread (``casfs.metrics.serve_metrics_in_trio``), between two
+requests, so every figure of one scrape is from the same moment; it only reads integers
+and copies small dictionaries.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from casfs.fs.metrics import MountCollector
 from casfs.fs.namespace import Namespace
 from casfs.fs.operations import CasOperations
 from casfs.fs.uploads import Spool, UploadError, Uploads
-from casfs.metrics import RpcCollector, serve_metrics
+from casfs.metrics import RpcCollector, serve_metrics_in_trio
 from casfs.rpcstats import RpcStats
 
 log = logging.getLogger("casfs.fs")
@@ -201,16 +201,14 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
                     read_only=config.read_only,
                     remote=remote.endpoint if config.remote else f"embedded CAS on {config.store}",
                 )
-                with contextlib.ExitStack() as metrics:
-                    if config.metrics and rpc_stats is not None:
-                        metrics.enter_context(
-                            serve_metrics(
-                                config.metrics,
-                                MountCollector(operations),
-                                RpcCollector(rpc_stats, "client"),
-                            )
-                        )
-                    await _serve(config, remote.endpoint, operations, nursery, signals, ready)
+                if config.metrics and rpc_stats is not None:
+                    await nursery.start(
+                        serve_metrics_in_trio,
+                        config.metrics,
+                        MountCollector(operations),
+                        RpcCollector(rpc_stats, "client"),
+                    )
+                await _serve(config, remote.endpoint, operations, nursery, signals, ready)
     finally:
         for client in clients.values():
             await client.aclose()
