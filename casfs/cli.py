@@ -1,18 +1,26 @@
-"""The ``casfs`` command: serve the embedded CAS, and put/get/stat blobs on any CAS.
+"""The ``casfs`` command: mount a CAS, serve the embedded one, put/get/stat blobs, and
+show a running mount's status.
 
-Exit codes: 0 success; 1 a CAS operation failed (missing blob, server error); 2 bad usage
-or configuration.
+Exit codes (also in ``--help``): 0 success; 1 an operation failed (a missing blob, a server
+or network error, an unreadable file, a mount that could not start, not a casfs mount);
+2 bad usage or configuration.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import os
 import signal
 import sys
+import tempfile
+import textwrap
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import trio
 
@@ -36,6 +44,8 @@ from casfs.config import (
 )
 from casfs.digest import Digest, DigestError, DigestFunction
 from casfs.fs.errors import MountError
+from casfs.metrics import RpcCollector, parse_address, serve_metrics
+from casfs.progress import progress
 from casfs.remotes import (
     SYSTEM_CONFIG,
     Remote,
@@ -45,22 +55,71 @@ from casfs.remotes import (
     load_remotes,
 )
 from casfs.resource import ResourceNameError, validate_instance_name
+from casfs.rpcstats import RpcStats
 
 log = logging.getLogger("casfs")
 DEFAULT_REMOTE = f"grpc://{DEFAULT_LISTEN}"
 
-EXAMPLES = """\
+EXIT_STATUS = """\
+exit status:
+  0  success (stat: the blob is present)
+  1  an operation failed: a missing blob, a server or network error, an unreadable file,
+     a mount that could not start; stat: the blob is missing; status: not a casfs mount
+  2  bad usage or configuration: an unknown option, a malformed digest, endpoint or file
+"""
+
+EXAMPLES = f"""\
 examples:
   casfs mount ~/cas                             # the embedded on-disk CAS, no server needed
   casfs mount --remote grpc://cas.corp:8980 --instance main ~/cas
   casfs mount work ~/cas                        # [remotes.work] of ~/.config/casfs/config.toml
   casfs mount work                              # ... at the mountpoint it names
+  casfs status ~/cas                            # what a running mount is doing
   casfs serve                                   # embedded CAS on 127.0.0.1:8980
   casfs serve --store /srv/cas --instance main --instance ci=/srv/ci-cas
   casfs put build.tar                           # prints <hash>/<size>
   casfs get <hash>/<size> out.bin
   casfs stat --remote grpcs://cas.example:443 --token-file ~/.cas-token <hash>/<size>
-"""
+
+{EXIT_STATUS}"""
+
+COMMAND_EXAMPLES = {
+    "serve": """\
+  casfs serve                                   # ~/.local/share/casfs/store on 127.0.0.1:8980
+  casfs serve --store /srv/cas --listen 0.0.0.0:8980 --token-file /etc/casfs/tokens
+  casfs serve --instance main --instance ci=/srv/ci-cas --max-size 100G --evict
+  casfs serve --config /etc/casfs/serve.toml --metrics 127.0.0.1:9101
+""",
+    "mount": """\
+  casfs mount ~/cas                             # the embedded store; Ctrl-C unmounts
+  casfs mount --remote grpc://cas.corp:8980 --instance main --instance ci ~/cas
+  casfs mount --remote grpcs://cas.example:443 --token-file ~/.cas-token --read-only ~/cas
+  casfs mount --daemon --metrics 9100 ~/cas     # detach; Prometheus on 127.0.0.1:9100
+""",
+    "put": """\
+  casfs put build.tar logs/*.txt                # one <hash>/<size> line per file
+  tar c src | casfs put -                       # standard input
+  casfs put --remote grpc://cas.corp:8980 --instance ci --digest-function blake3 out.bin
+""",
+    "get": """\
+  casfs get <hash>/<size> out.bin               # written to out.bin only once verified
+  casfs get <hash>/<size> | tar x               # to standard output
+  casfs get --remote grpc://cas.corp:8980 --instance ci <hash>/<size> out.bin
+""",
+    "stat": """\
+  casfs stat <hash>/<size>                      # exit 0 present, 1 missing
+  casfs stat --remote grpcs://cas.example:443 --token-file ~/.cas-token <hash>/<size>
+""",
+    "status": """\
+  casfs status ~/cas                            # remote, uptime, cache, traffic, uploads, errors
+  casfs status --json ~/cas | jq .cache.hit_rate
+  getfattr -n user.casfs.status --only-values ~/cas   # the same JSON, without casfs
+""",
+}
+
+
+def _epilog(command: str) -> str:
+    return f"examples:\n{COMMAND_EXAMPLES[command]}\n{EXIT_STATUS}"
 
 
 def _setup_logging(verbose: int) -> None:
@@ -149,7 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", parents=[common], help="run the embedded CAS server")
+    def command(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        if "description" in kwargs:  # the formatter keeps text as written: wrap it here
+            kwargs["description"] = textwrap.fill(kwargs["description"], 88)
+        return commands.add_parser(
+            name,
+            parents=[common],
+            epilog=_epilog(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+    serve = command("serve", help="run the embedded CAS server")
     serve.add_argument("--config", type=Path, help="TOML file with listen and [instances.NAME]")
     serve.add_argument("--store", type=Path, help=f"store directory ({default_store_dir()})")
     serve.add_argument("--listen", help=f"host:port to listen on ({DEFAULT_LISTEN}; port 0 picks)")
@@ -171,10 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--token-file", type=Path, help="require a bearer token from this file (one per line)"
     )
+    _metrics_option(serve)
 
-    mount = commands.add_parser(
+    mount = command(
         "mount",
-        parents=[common],
         help="mount a CAS as a directory",
         description="Mount a CAS: <mountpoint>/<instance>/blobs/<hash>/<size> is a blob. "
         "Runs in the foreground until unmounted (fusermount3 -u, Ctrl-C, SIGTERM). "
@@ -211,23 +281,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mount.add_argument("--daemon", action="store_true", help="detach once mounted")
     mount.add_argument("--log-file", type=Path, help="with --daemon: where to log")
+    _metrics_option(mount)
     _connection_options(mount)
 
-    put = commands.add_parser(
-        "put", parents=[common], help="upload files; prints <hash>/<size> for each"
+    put = command(
+        "put",
+        help="upload files; prints <hash>/<size> for each",
+        description="Upload files (or standard input, '-') unless the CAS has them, and print "
+        "<hash>/<size> for each. A terminal shows a progress bar for large files.",
     )
-    put.add_argument("files", nargs="+", type=Path)
+    put.add_argument("files", nargs="+", metavar="FILE", help="a file, or - for standard input")
     _remote_options(put)
 
-    get = commands.add_parser("get", parents=[common], help="download a blob to a file or stdout")
-    get.add_argument("digest")
-    get.add_argument("output", nargs="?", type=Path)
+    get = command(
+        "get",
+        help="download a blob to a file or stdout",
+        description="Download a blob, verified against its digest. A file is written under a "
+        "temporary name and renamed once complete, so a failed download leaves nothing.",
+    )
+    get.add_argument("digest", help="<hash>/<size>")
+    get.add_argument("output", nargs="?", type=Path, help="file to write (default: stdout)")
     _remote_options(get)
 
-    stat = commands.add_parser("stat", parents=[common], help="say whether the CAS has a blob")
-    stat.add_argument("digest")
+    stat = command("stat", help="say whether the CAS has a blob")
+    stat.add_argument("digest", help="<hash>/<size>")
     _remote_options(stat)
+
+    status = command(
+        "status",
+        help="show what a running mount is doing",
+        description="Show a running mount's remote, instances, uptime, block cache, traffic, "
+        "uploads and errors (read from the mount's user.casfs.status attribute).",
+    )
+    status.add_argument("mountpoint", type=Path, help="the mountpoint itself (its root)")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     return parser
+
+
+def _metrics_address(text: str) -> str:
+    try:
+        parse_address(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _metrics_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--metrics",
+        type=_metrics_address,
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST defaults to "
+        "127.0.0.1; port 0 picks one, logged)",
+    )
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
@@ -251,27 +357,33 @@ def serve(args: argparse.Namespace) -> int:
     from casfs.server.instances import Instances
 
     config = _serve_config(args)
-    try:
-        security = Security(
-            tls_cert=args.tls_cert,
-            tls_key=args.tls_key,
-            tokens=tuple(load_tokens(args.token_file)) if args.token_file else (),
-        )
-        server, port = build_server(Instances(config.instances), config.listen, security=security)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    address = config.listen
-    if not address.startswith("unix:"):
-        address = f"{address.rpartition(':')[0]}:{port}"
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):  # before "listening": a supervisor may
-        signal.signal(signum, lambda *_: stop.set())  # signal as soon as it reads it
-    print(f"casfs serve: listening on {address}", flush=True)
-    notify.ready(f"listening on {address}")
-    stop.wait()
-    log.info("stopping")
-    notify.stopping("stopping")
-    server.stop(grace=5).wait()
+    rpc_stats = RpcStats() if args.metrics else None
+    with contextlib.ExitStack() as stack:
+        if rpc_stats is not None:
+            stack.enter_context(serve_metrics(args.metrics, RpcCollector(rpc_stats, "server")))
+        try:
+            security = Security(
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+                tokens=tuple(load_tokens(args.token_file)) if args.token_file else (),
+            )
+            server, port = build_server(
+                Instances(config.instances), config.listen, security=security, rpc_stats=rpc_stats
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        address = config.listen
+        if not address.startswith("unix:"):
+            address = f"{address.rpartition(':')[0]}:{port}"
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):  # before "listening": a supervisor may
+            signal.signal(signum, lambda *_: stop.set())  # signal as soon as it reads it
+        print(f"casfs serve: listening on {address}", flush=True)
+        notify.ready(f"listening on {address}")
+        stop.wait()
+        log.info("stopping")
+        notify.stopping("stopping")
+        server.stop(grace=5).wait()
     return 0
 
 
@@ -316,24 +428,85 @@ def _client_config(args: argparse.Namespace) -> RemoteConfig:
 
 
 async def _put(args: argparse.Namespace) -> int:
+    """Upload each file in turn; a file that cannot be read is reported and skipped (exit 1
+    at the end), a CAS error stops the command."""
     function = DigestFunction.from_name(args.digest_function)
+    failed = False
     async with CasClient(_client_config(args)) as client:
-        for path in args.files:
-            digest = await client.upload_file(path, function)
+        for name in args.files:
+            try:
+                source = _spooled_stdin() if name == "-" else contextlib.nullcontext(Path(name))
+                label = "stdin" if name == "-" else Path(name).name
+                with source as path, progress(label, os.stat(path).st_size) as bar:
+                    digest = await client.upload_file(path, function, bar.update)
+            except OSError as error:
+                print(f"casfs: put {name}: {error.strerror or error}", file=sys.stderr)
+                failed = True
+                continue
             print(digest, flush=True)
-    return 0
+    return 1 if failed else 0
+
+
+@contextlib.contextmanager
+def _spooled_stdin() -> Iterator[Path]:
+    """Standard input copied to a temporary file (in $TMPDIR), which is removed afterwards:
+    the upload needs the digest first, and so the whole input."""
+    with tempfile.TemporaryDirectory(prefix="casfs-put-") as directory:
+        path = Path(directory) / "stdin"
+        with open(path, "wb") as spool, progress("stdin", None) as bar:
+            while chunk := sys.stdin.buffer.read(1 << 20):
+                spool.write(chunk)
+                bar.update("reading", spool.tell())
+        yield path
 
 
 async def _get(args: argparse.Namespace) -> int:
+    """Stream a blob to stdout, or to a temporary file beside OUTPUT renamed into place once
+    the whole blob has arrived and matched its digest (a failure leaves no OUTPUT)."""
     digest = Digest.parse(args.digest, DigestFunction.from_name(args.digest_function))
     async with CasClient(_client_config(args)) as client:
-        out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+        if args.output is None:
+            await _download(client, digest, sys.stdout.buffer, digest.hash[:12])
+            return 0
+        output: Path = args.output
+        name = f".{output.name}."
+        fd, temporary = tempfile.mkstemp(dir=output.parent, prefix=name, suffix=".part")
         try:
-            async for chunk in client.stream(digest):
-                out.write(chunk)
-        finally:
-            if args.output:
-                out.close()
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+            with open(fd, "wb") as out:
+                await _download(client, digest, out, output.name)
+            os.replace(temporary, output)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    return 0
+
+
+async def _download(client: CasClient, digest: Digest, out: BinaryIO, label: str) -> None:
+    with progress(label, digest.size) as bar:
+        done = 0
+        async for chunk in client.stream(digest):
+            out.write(chunk)
+            done += len(chunk)
+            bar.update("downloading", done)
+        out.flush()
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print a running mount's status (see casfs/fs/status.py for how it is read)."""
+    from casfs.fs.status import StatusError, format_status, read_status
+
+    try:
+        document = read_status(args.mountpoint)
+    except StatusError as error:
+        print(f"casfs: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        print(format_status(Path(os.path.abspath(args.mountpoint)), document))
     return 0
 
 
@@ -393,6 +566,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         allow_other=bool(args.allow_other),
         fuse_options=tuple(o for o in options if o != "ro"),
         **sizes,
+        metrics=args.metrics,
     )
 
 
@@ -419,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args)
         if args.command == "mount":
             return mount(args)
+        if args.command == "status":
+            return status(args)
         runner = {"put": _put, "get": _get, "stat": _stat}[args.command]
         return trio.run(runner, args)
     except (ConfigError, EndpointError, DigestError, ResourceNameError) as error:

@@ -244,6 +244,7 @@ class MountConfig:
     readahead_kb: int = 1024
     max_tasks: int = 64
     drain_timeout: float = 300.0
+    metrics: str | None = None  # [HOST:]PORT of a Prometheus endpoint; None: none
 
     def __post_init__(self) -> None:
         if self.block_size < 4096 or self.block_size & (self.block_size - 1):

@@ -11,6 +11,7 @@ import enum
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -244,8 +245,10 @@ def digest_file(
     path: os.PathLike[str] | str,
     function: DigestFunction = DigestFunction.SHA256,
     chunk_size: int = 1 << 20,
+    progress: Callable[[int], None] | None = None,
 ) -> Digest:
-    """The digest of the file at ``path``, read in ``chunk_size`` pieces."""
+    """The digest of the file at ``path``, read in ``chunk_size`` pieces; ``progress`` is
+    told the bytes hashed so far after each piece."""
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, not {chunk_size}")
     builder = DigestBuilder(function)
@@ -254,4 +257,6 @@ def digest_file(
     with open(path, "rb", buffering=0) as file:
         while count := file.readinto(buffer):
             builder.update(view[:count])
+            if progress is not None:
+                progress(builder.size)
     return builder.digest()

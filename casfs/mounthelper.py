@@ -39,6 +39,7 @@ VALUE_OPTIONS = {
     "header": "--header",
     "retries": "--retries",
     "log_file": "--log-file",
+    "metrics": "--metrics",
 }
 FLAG_OPTIONS = {"ro": "--read-only", "read_only": "--read-only", "allow_other": "--allow-other"}
 

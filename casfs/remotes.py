@@ -78,6 +78,7 @@ _REMOTE_KEYS: dict[str, tuple[str, str]] = {
     "allow_other": ("boolean", "allow_other"),
     "options": ("strings", "options"),
     "log_file": ("path", "log_file"),
+    "metrics": ("metrics", "metrics"),
 }
 
 
@@ -94,6 +95,16 @@ def _remote_value(table: Table, key: str, kind: str) -> OptionValue | None:
         return value
     if kind == "retries":
         return table.integer(key, minimum=1)
+    if kind == "metrics":
+        from casfs.metrics import parse_address
+
+        address = table.string(key)
+        if address is not None:
+            try:
+                parse_address(address)
+            except ConfigError as error:
+                raise ConfigError(f"{table.where}: {key!r}: {error}") from None
+        return address
     if kind == "readahead":
         return table.integer(key, minimum=4)
     if kind == "block_size":

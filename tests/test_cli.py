@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
 
+from casfs import __version__
 from tests.servers import REPO, CasfsServer
+from tests.test_client_server import MIB, write_file
 
 
 def casfs(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -57,6 +63,8 @@ def test_put_get_stat(server: CasfsServer, tmp_path: Path) -> None:
         ["serve", "--max-size", "lots"],
         ["serve", "--max-size", "inf"],
         ["mount", "/nonexistent-dir-casfs", "--instance", "blobs"],
+        ["mount", "/nonexistent-dir-casfs", "--metrics", "localhost:http"],
+        ["serve", "--metrics", "127.0.0.1:70000"],
     ],
 )
 def test_bad_input_is_a_clear_usage_error(args: list[str]) -> None:
@@ -92,9 +100,84 @@ def test_serve_config_file_instances(tmp_path: Path) -> None:
 
 
 def test_version_and_help() -> None:
-    assert casfs("--version").stdout.decode().startswith("casfs ")
+    assert casfs("--version").stdout.decode() == f"casfs {__version__}\n"
     help_text = casfs("--help").stdout.decode()
     assert "examples:" in help_text and "casfs serve" in help_text
+    assert "exit status:" in help_text
+    for command in ("serve", "mount", "put", "get", "stat", "status"):
+        text = casfs(command, "--help").stdout.decode()
+        assert "examples:" in text and f"casfs {command} " in text, command
+        assert "exit status:" in text, command
+
+
+def test_put_stdin_and_a_missing_file(server: CasfsServer, tmp_path: Path) -> None:
+    """'-' reads standard input; a file that cannot be read is reported by name and
+    skipped, the others are still uploaded, and the exit status says something failed."""
+    data = os.urandom(100_000)
+    (tmp_path / "ok").write_bytes(b"ok")
+    put = casfs(
+        "put", "--remote", server.endpoint, "-", str(tmp_path / "absent"), str(tmp_path / "ok"),
+        stdin=data,
+    )  # fmt: skip
+    assert put.returncode == 1
+    assert put.stdout.decode().split() == [
+        f"{hashlib.sha256(data).hexdigest()}/{len(data)}",
+        f"{hashlib.sha256(b'ok').hexdigest()}/2",
+    ]
+    assert str(tmp_path / "absent").encode() in put.stderr
+    assert b"No such file" in put.stderr and b"Traceback" not in put.stderr
+
+
+def test_get_to_a_file_leaves_nothing_on_failure(server: CasfsServer, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "out.bin"
+    missing = casfs("get", "--remote", server.endpoint, f"{'2' * 64}/10", str(out))
+    assert missing.returncode == 1
+    assert list(out.parent.iterdir()) == []  # no out.bin, no temporary file
+
+
+def test_progress_bar_only_on_a_terminal(server: CasfsServer, tmp_path: Path) -> None:
+    big = write_file(tmp_path / "big", 12 * MIB)
+    piped = casfs("put", "--remote", server.endpoint, str(big))
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == b""  # no bar, no noise when stderr is not a terminal
+    digest = piped.stdout.decode().strip()
+    got = casfs("get", "--remote", server.endpoint, digest, str(tmp_path / "back"))
+    assert (got.returncode, got.stderr) == (0, b"")
+    assert (tmp_path / "back").read_bytes() == big.read_bytes()
+
+    for args in (("put", str(big)), ("get", digest, str(tmp_path / "again"))):
+        code, terminal = on_a_terminal(*args, "--remote", server.endpoint)
+        assert code == 0, terminal
+        assert "%|" in terminal and "/12.0M" in terminal, terminal  # tqdm's bar and size
+
+
+def on_a_terminal(*args: str) -> tuple[int, str]:
+    """Run casfs with stderr on a pseudo-terminal; return its exit status and what the
+    terminal got."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
+    process = subprocess.Popen(
+        [sys.executable, "-m", "casfs", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=terminal,
+        cwd=REPO,
+    )
+    os.close(terminal)
+    received = bytearray()
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the process closed its end
+                break
+            if not chunk:
+                break
+            received += chunk
+    finally:
+        os.close(controller)
+        code = process.wait(timeout=120)
+    return code, received.decode(errors="replace")
 
 
 def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

@@ -113,6 +113,7 @@ def test_mount_name_and_mountpoint_and_the_one_argument_forms(
         ('[remotes.lab]\ninstances = ["blobs"]\n', "'instances': reserved word 'blobs'"),
         ("[remotes.lab]\nretries = 0\n", "'retries' must be a whole number >= 1"),
         ("[remotes.lab]\nheaders = { a = 1 }\n", "'headers' must be a table of strings"),
+        ('[remotes.lab]\nmetrics = "any:port"\n', "'metrics': --metrics needs [HOST:]PORT"),
         ('[remotes.lab]\nendpoint = "grpc://h:1"\nstore = "s"\n', "not both"),
         ("[remote.lab]\n", "unknown key 'remote'"),
         ("[remotes.lab\n", "Expected ']'"),

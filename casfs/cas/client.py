@@ -50,11 +50,13 @@ from casfs.cas.retry import with_retries
 from casfs.config import RemoteConfig
 from casfs.digest import Digest, DigestBuilder, DigestFunction, digest_file
 from casfs.resource import BlobName, Compressor
+from casfs.rpcstats import RpcStats
 
 log = logging.getLogger("casfs.cas")
 T = TypeVar("T")
 # A piece of a blob as it arrived: bytes, or a view into the received message (no copy).
 Chunk: TypeAlias = bytes | memoryview
+ProgressCallback = Callable[[int], None]  # told the bytes done so far
 
 # gRPC's usual message limit is 4 MiB; batches stay well under it whatever is advertised.
 BATCH_LIMIT = 4 << 20
@@ -157,11 +159,14 @@ class CasClient:
     ``aclose()`` or ``async with``.
     """
 
-    def __init__(self, config: RemoteConfig) -> None:
+    def __init__(self, config: RemoteConfig, *, rpc_stats: RpcStats | None = None) -> None:
         self.config = config
         self.instance = config.instance
         self._metadata = call_metadata(config)
         self._channel = open_channel(config)
+        if rpc_stats is not None:  # metrics asked for: count and time every call
+            self._channel = rpc_stats.client_channel(self._channel)
+        self.resumed_writes = 0  # ByteStream Writes resumed at the server's committed_size
         self._bytestream = bytestream_pb2_grpc.ByteStreamStub(self._channel)
         # ByteStream.Read answering undecoded messages: the data is cut out of them by
         # _read_response_data, one copy fewer per message than a parse and a field access.
@@ -456,8 +461,11 @@ class CasClient:
                 if error is not None:
                     raise error
 
-    async def write(self, digest: Digest, path: os.PathLike[str] | str) -> None:
+    async def write(
+        self, digest: Digest, path: os.PathLike[str] | str, progress: ProgressCallback | None = None
+    ) -> None:
         """Upload the file at ``path`` as ``digest`` by ByteStream Write, resumably.
+        ``progress`` is told the bytes of the file sent so far (from grpc's thread).
 
         The file is sent in ``chunk_size`` requests. After a transient failure the next
         attempt asks QueryWriteStatus for ``committed_size`` and resumes there; a server
@@ -483,12 +491,15 @@ class CasClient:
                 if complete:
                     return
                 if offset > 0:
+                    self.resumed_writes += 1
                     log.info("%s: resuming at offset %d", what, offset)
             started = True
             if compressor is Compressor.IDENTITY:
-                requests = _plain_requests(name, path, offset, digest.size, self.config.chunk_size)
+                requests = _plain_requests(
+                    name, path, offset, digest.size, self.config.chunk_size, progress
+                )
             else:
-                requests = _zstd_requests(name, path, self.config.chunk_size)
+                requests = _zstd_requests(name, path, self.config.chunk_size, progress)
             future = self._bytestream.Write.future(
                 requests,
                 timeout=self._stream_timeout(digest.size - offset),
@@ -518,13 +529,18 @@ class CasClient:
         return int(response.committed_size), bool(response.complete)
 
     async def upload_file(
-        self, path: os.PathLike[str] | str, function: DigestFunction = DigestFunction.SHA256
+        self,
+        path: os.PathLike[str] | str,
+        function: DigestFunction = DigestFunction.SHA256,
+        progress: Callable[[str, int], None] | None = None,
     ) -> Digest:
         """Hash a file, then upload it unless the server has it; returns its digest.
 
         Small files go by BatchUpdateBlobs, larger ones by a resumable ByteStream Write.
+        ``progress("hashing" or "uploading", bytes so far)`` reports on a large file.
         """
-        digest = await trio.to_thread.run_sync(digest_file, path, function)
+        hashed = (lambda done: progress("hashing", done)) if progress else None
+        digest = await trio.to_thread.run_sync(digest_file, path, function, 1 << 20, hashed)
         if not await self.find_missing([digest]):
             return digest
         if digest.size <= (await self.capabilities()).batch_budget():
@@ -533,7 +549,8 @@ class CasClient:
                 raise DataLoss(f"{path} changed while it was being uploaded")
             await self.batch_update([(digest, data)])
         else:
-            await self.write(digest, path)
+            sent = (lambda done: progress("uploading", done)) if progress else None
+            await self.write(digest, path, sent)
         return digest
 
     async def upload_bytes(
@@ -596,7 +613,12 @@ def _decompressor(compressor: Compressor) -> Callable[[Chunk, bool], Chunk]:
 
 
 def _plain_requests(
-    name: str, path: os.PathLike[str] | str, offset: int, size: int, chunk_size: int
+    name: str,
+    path: os.PathLike[str] | str,
+    offset: int,
+    size: int,
+    chunk_size: int,
+    progress: ProgressCallback | None = None,
 ) -> Iterator[bytestream_pb2.WriteRequest]:
     """WriteRequests for ``path[offset:size]``; runs in grpc's request-consuming thread."""
     with open(path, "rb") as file:
@@ -616,12 +638,17 @@ def _plain_requests(
             )
             first = False
             position += len(chunk)
+            if progress is not None:
+                progress(position)
             if finish:
                 return
 
 
 def _zstd_requests(
-    name: str, path: os.PathLike[str] | str, chunk_size: int
+    name: str,
+    path: os.PathLike[str] | str,
+    chunk_size: int,
+    progress: ProgressCallback | None = None,
 ) -> Iterator[bytestream_pb2.WriteRequest]:
     """WriteRequests carrying ``path`` zstd-compressed; offsets count compressed bytes."""
     compressor = zstandard.ZstdCompressor(level=1).compressobj()
@@ -629,6 +656,8 @@ def _zstd_requests(
         position = 0
         first = True
         while chunk := file.read(chunk_size):
+            if progress is not None:
+                progress(file.tell())
             data = compressor.compress(chunk)
             if not data:
                 continue

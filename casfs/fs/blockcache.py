@@ -55,7 +55,8 @@ class BlobSource(Protocol):
 class CacheStats:
     """Counters for ``casfs status`` and tests."""
 
-    hits: int = 0
+    hits: int = 0  # block lookups answered from memory at once
+    waits: int = 0  # block lookups that waited for a fetch (their own or a readahead's)
     misses: int = 0
     prefetches: int = 0
     runs: int = 0
@@ -138,6 +139,11 @@ class BlockCache:
         # Never look further ahead than a quarter of the cache or 64 MiB.
         self.max_window = max(1, min(capacity // 4, 64 << 20) // block_size)
 
+    @property
+    def used(self) -> int:
+        """Bytes of blocks held."""
+        return int(self._blocks.currsize)
+
     def _covered(self, digest: Digest, index: int) -> bool:
         key = (digest, index)
         return key in self._blocks or key in self._flights
@@ -191,6 +197,7 @@ class BlockCache:
         flight = self._flight(source, digest, index)
         if flight is None:  # pragma: no cover - the get above saw it missing
             return self._blocks[(digest, index)]
+        self.stats.waits += 1
         return await flight.wait()
 
     async def read(self, source: BlobSource, digest: Digest, offset: int, size: int) -> Chunk:

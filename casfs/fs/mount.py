@@ -38,9 +38,12 @@ from casfs.config import MountConfig, RemoteConfig, mount_cache_dir
 from casfs.digest import DigestFunction
 from casfs.fs.blockcache import BlockCache
 from casfs.fs.errors import MountError
+from casfs.fs.metrics import MountCollector
 from casfs.fs.namespace import Namespace
 from casfs.fs.operations import CasOperations
 from casfs.fs.uploads import Spool, UploadError, Uploads
+from casfs.metrics import RpcCollector, serve_metrics_in_trio
+from casfs.rpcstats import RpcStats
 
 log = logging.getLogger("casfs.fs")
 PR_SET_PDEATHSIG = 1
@@ -207,8 +210,10 @@ async def _finish_leftovers(operations: CasOperations) -> None:
 async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable[[], None]) -> None:
     """Mount, call ``ready()`` once the mount answers, serve until unmounted or signalled,
     then unmount."""
+    rpc_stats = RpcStats() if config.metrics else None
     clients = {
-        name: CasClient(dataclasses.replace(remote, instance=name)) for name in config.instances
+        name: CasClient(dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats)
+        for name in config.instances
     }
     spool: Spool | None = None
     try:
@@ -224,8 +229,22 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
                     )
                     uploads = Uploads(clients, spool, nursery)
                     operations = CasOperations(
-                        clients, namespace, cache, uploads, read_only=config.read_only
+                        clients,
+                        namespace,
+                        cache,
+                        uploads,
+                        read_only=config.read_only,
+                        remote=remote.endpoint
+                        if config.remote
+                        else f"embedded CAS on {config.store}",
                     )
+                    if config.metrics and rpc_stats is not None:
+                        await nursery.start(
+                            serve_metrics_in_trio,
+                            config.metrics,
+                            MountCollector(operations),
+                            RpcCollector(rpc_stats, "client"),
+                        )
                     await _serve(config, remote.endpoint, operations, nursery, signals, ready)
             except* MountError as group:  # the mount failed: a message, not a traceback
                 raise group.exceptions[0] from None

@@ -3,7 +3,8 @@
 Every handler is wrapped by ``_fuse_errors``: ``FUSEError`` passes, a ``CasError`` or
 ``UploadError`` becomes its errno and an ``OSError`` (the spool disk) its own, each logged
 in one line; anything else becomes EIO and is logged with its traceback. Nothing else may
-escape into pyfuse3, which would end the mount.
+escape into pyfuse3, which would end the mount. The wrapper also counts each call and each
+error by errno (``FuseStats``), for ``casfs status`` and the metrics.
 
 Uploads finish in ``flush`` (every ``close()``) and ``fsync``, where an error still reaches
 the program; ``release`` only cleans up, since its errors reach no one.
@@ -23,9 +24,10 @@ import os
 import stat
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
@@ -47,6 +49,7 @@ from casfs.fs.namespace import (
     UploadNode,
     UploadsDir,
 )
+from casfs.fs.status import STATUS_XATTR, StatusAttribute
 from casfs.fs.uploads import DirEntry, Entry, FileEntry, SymlinkEntry, UploadError, Uploads
 from casfs.resource import BlobName
 
@@ -62,6 +65,7 @@ UPLOAD_TIMEOUT = 1.0
 XATTR_DIGEST = b"user.casfs.digest"
 XATTR_FUNCTION = b"user.casfs.digest_function"
 XATTR_RESOURCE = b"user.casfs.resource_name"
+XATTR_STATUS = STATUS_XATTR.encode()  # on the mount's root: see casfs/fs/status.py
 
 
 def _name(raw: bytes) -> str:
@@ -72,26 +76,43 @@ def _name(raw: bytes) -> str:
         raise pyfuse3.FUSEError(errno.EINVAL) from None
 
 
+@dataclass
+class FuseStats:
+    """What the mount was asked and what it answered: kept here, read by ``casfs status``
+    and the metrics at scrape time (plain integers: the hot paths pay almost nothing)."""
+
+    ops: Counter[str] = field(default_factory=Counter)
+    errors: Counter[tuple[str, int]] = field(default_factory=Counter)  # (op, errno)
+    read_bytes: int = 0
+    written_bytes: int = 0
+
+
 def _fuse_errors(
-    fn: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Translate every error a handler raises into a ``FUSEError``."""
+    fn: Callable[Concatenate[CasOperations, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[CasOperations, P], Coroutine[Any, Any, R]]:
+    """Translate every error a handler raises into a ``FUSEError``; count calls and errors."""
+    op = fn.__name__
 
     @functools.wraps(fn)
-    async def handler(*args: P.args, **kwargs: P.kwargs) -> R:
+    async def handler(self: CasOperations, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        stats = self.stats
+        stats.ops[op] += 1
         try:
-            return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
+            return await fn(self, *args, **kwargs)
+        except pyfuse3.FUSEError as error:
+            stats.errors[(op, error.errno)] += 1
             raise
         except (CasError, UploadError) as error:
-            log.warning("%s: %s", fn.__name__, error)
-            raise pyfuse3.FUSEError(error.errno) from None
+            log.warning("%s: %s", op, error)
+            code = error.errno
         except OSError as error:
-            log.warning("%s: %s", fn.__name__, error)
-            raise pyfuse3.FUSEError(error.errno or errno.EIO) from None
+            log.warning("%s: %s", op, error)
+            code = error.errno or errno.EIO
         except Exception:
-            log.exception("%s failed unexpectedly", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            log.exception("%s failed unexpectedly", op)
+            code = errno.EIO
+        stats.errors[(op, code)] += 1
+        raise pyfuse3.FUSEError(code) from None
 
     return handler
 
@@ -124,8 +145,14 @@ class CasOperations(pyfuse3.Operations):
         uploads: Uploads,
         *,
         read_only: bool = False,
+        remote: str | None = None,
     ) -> None:
         super().__init__()
+        # What ``casfs status`` says the mount is connected to; by default the endpoint.
+        self.remote = remote or next(iter(clients.values())).config.endpoint
+        self.started = time.time()
+        self.stats = FuseStats()
+        self.status = StatusAttribute(self)
         self.clients = clients
         self.namespace = namespace
         self.cache = cache
@@ -548,6 +575,11 @@ class CasOperations(pyfuse3.Operations):
 
         A block is returned as a view into the message it arrived in, without a copy:
         pyfuse3 replies with any buffer, although its stub says ``bytes``."""
+        data = await self._read(fh, off, size)
+        self.stats.read_bytes += len(data)
+        return data
+
+    async def _read(self, fh: int, off: int, size: int) -> Chunk:
         handle = self._open[fh]
         if isinstance(handle, _OpenBlob):
             node = handle.node
@@ -564,7 +596,9 @@ class CasOperations(pyfuse3.Operations):
         handle = self._open[fh]
         if not isinstance(handle, _OpenUpload) or not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return await self.uploads.write(handle.entry, off, buf)
+        written = await self.uploads.write(handle.entry, off, buf)
+        self.stats.written_bytes += written
+        return written
 
     async def _commit(self, fh: int) -> None:
         handle = self._open.get(fh)
@@ -629,6 +663,8 @@ class CasOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode == pyfuse3.ROOT_INODE and name == XATTR_STATUS:
+            return self.status.value()
         node = self._node(inode)
         if isinstance(self._entry(node), DirEntry) and not name.startswith(b"user.casfs."):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # do not upload a tree for other names
@@ -639,6 +675,8 @@ class CasOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if inode == pyfuse3.ROOT_INODE:
+            return [XATTR_STATUS]
         node = self._node(inode)
         if isinstance(self._entry(node), DirEntry):
             return [XATTR_DIGEST, XATTR_FUNCTION, XATTR_RESOURCE]
@@ -663,11 +701,13 @@ class CasOperations(pyfuse3.Operations):
         data.f_namemax = 255
         return data
 
+    @_fuse_errors
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EPERM)  # no devices, fifos or sockets in a CAS
 
+    @_fuse_errors
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:

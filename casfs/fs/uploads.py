@@ -208,6 +208,18 @@ class Spool:
                 meta_path.unlink(missing_ok=True)
 
 
+@dataclass
+class UploadStats:
+    """Finalizations so far, for ``casfs status`` and the metrics (in flight:
+    ``Uploads.active``)."""
+
+    committed: int = 0  # ended with the blob in the CAS
+    deduplicated: int = 0  # of those, the server had the blob already: nothing was sent
+    failed: int = 0  # ended in an error; the file stays spooled
+    recovered: int = 0  # left by an earlier mount and brought back to be finished
+    uploaded_bytes: int = 0  # blob bytes sent to the CAS
+
+
 class Uploads:
     """The ``uploads/`` trees of all instances and the finalize logic."""
 
@@ -219,6 +231,7 @@ class Uploads:
         self._nursery = nursery  # where files' hashing workers run
         self.roots = {name: DirEntry(name="", parent=None) for name in clients}
         self.active = 0
+        self.stats = UploadStats()
         self.idle = trio.Event()
         self.idle.set()
 
@@ -385,7 +398,12 @@ class Uploads:
                 if not entry.closed:
                     entry.closed = True
                     self.spool.record(entry)
-                digest = await self._upload(entry)
+                try:
+                    digest = await self._upload(entry)
+                except Exception:
+                    self.stats.failed += 1
+                    raise
+            self.stats.committed += 1
             entry.digest = digest
             self.spool.forget(entry)  # committed: nothing for a later mount to do
             if not entry.opens:
@@ -417,10 +435,12 @@ class Uploads:
                 await client.batch_update([(digest, data)])
             else:
                 await client.write(digest, spool)
+            self.stats.uploaded_bytes += digest.size
             log.info(
                 "uploaded %s as %s in %.2fs", entry.label(), digest, time.monotonic() - started
             )
         else:
+            self.stats.deduplicated += 1
             log.info("%s: the server already has %s", entry.label(), digest)
         return digest
 
@@ -464,6 +484,7 @@ class Uploads:
                 continue
             if entry is not None and entry.closed:
                 closed.append(entry)
+        self.stats.recovered += len(closed)
         return closed
 
     def _recovered(self, data: Path, meta: dict[str, object]) -> FileEntry | None:

@@ -6,11 +6,13 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from casfs._proto import bytestream_pb2_grpc
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
+from casfs.rpcstats import RpcStats
 from casfs.server.actioncache import ActionCacheServicer
 from casfs.server.auth import TokenAuth
 from casfs.server.bytestream import ByteStreamServicer
@@ -47,17 +49,28 @@ class Security:
 
 
 def build_server(
-    instances: Instances, listen: str, *, security: Security | None = None, workers: int = 128
+    instances: Instances,
+    listen: str,
+    *,
+    security: Security | None = None,
+    workers: int = 128,
+    rpc_stats: RpcStats | None = None,
 ) -> tuple[grpc.Server, int]:
     """A started server on ``listen`` (``host:port``; port 0 picks one) and its port.
 
     Streams each hold a worker thread while they run, so ``workers`` bounds the number of
-    concurrent calls; further calls queue in grpc.
+    concurrent calls; further calls queue in grpc. With ``rpc_stats`` every call is counted
+    and timed, those refused for their token included.
     """
     security = security or Security()
+    interceptors: list[grpc.ServerInterceptor[Any, Any]] = []
+    if rpc_stats is not None:
+        interceptors.append(rpc_stats.server_interceptor())
+    if security.tokens:
+        interceptors.append(TokenAuth(security.tokens))
     server = grpc.server(
         ThreadPoolExecutor(max_workers=workers, thread_name_prefix="casfs-rpc"),
-        interceptors=[TokenAuth(security.tokens)] if security.tokens else None,
+        interceptors=interceptors or None,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
