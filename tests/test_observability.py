@@ -110,7 +110,9 @@ def test_metrics_count_what_was_done(setup: Setup) -> None:
     assert mount.value("casfs_uploads_committed_total") >= 1
     assert mount.value("casfs_uploads_failed_total") == 0
     assert mount.value("casfs_uploads_in_flight") == 0
-    assert 0 < mount.value("casfs_cache_bytes") <= mount.value("casfs_cache_capacity_bytes")
+    # A sequential read leaves what it consumed to the page cache: bounded, maybe empty.
+    assert 0 <= mount.value("casfs_cache_bytes") <= mount.value("casfs_cache_capacity_bytes")
+    assert mount.value("casfs_cache_capacity_bytes") > 0
     assert mount.value("casfs_fuse_ops_total", op="read") >= 1
     assert mount.value("casfs_fuse_ops_total", op="write") >= 1
     assert mount.value("casfs_fuse_errors_total", op="lookup", errno="ENOENT") >= 1
@@ -162,7 +164,8 @@ def test_status_of_a_running_mount(setup: Setup) -> None:
     assert status["fuse"]["written_bytes"] >= size
     assert status["cas"]["fetched_bytes"] >= size
     assert status["uploads"]["committed"] >= 1 and status["uploads"]["failed"] == 0
-    assert status["cache"]["used_bytes"] >= size
+    # Blocks read to their end were left to the page cache: what is used stays bounded.
+    assert 0 <= status["cache"]["used_bytes"] <= status["cache"]["capacity_bytes"]
     assert status["cache"]["capacity_bytes"] == 512 * MIB
     assert 0 <= status["cache"]["hit_rate"] <= 1
     assert status["errors"].get("EACCES", 0) >= 1
