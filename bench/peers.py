@@ -115,8 +115,11 @@ class Session:
         """Seconds from open to the last byte of the blob; fails unless ``size`` came."""
         raise NotImplementedError
 
-    def preads(self, offsets: Sequence[int], length: int) -> tuple[list[float], list[bytes]]:
-        """Each ranged read of ``length`` bytes timed on its own (the open is not timed)."""
+    def preads(
+        self, offsets: Sequence[int], length: int
+    ) -> tuple[float | None, list[float], list[bytes]]:
+        """Seconds to open the blob (None: nothing to open), then each ranged read of
+        ``length`` bytes timed on its own, and the bytes read."""
         raise NotImplementedError
 
     def read_small(self) -> tuple[float, list[bytes]]:
@@ -159,10 +162,13 @@ class FileSession(Session):
             raise BenchError(f"{self.blob}: read {got} bytes, not {size}")
         return watch.seconds
 
-    def preads(self, offsets: Sequence[int], length: int) -> tuple[list[float], list[bytes]]:
+    def preads(
+        self, offsets: Sequence[int], length: int
+    ) -> tuple[float | None, list[float], list[bytes]]:
         times: list[float] = []
         chunks: list[bytes] = []
-        fd = os.open(self.blob, os.O_RDONLY)
+        with Stopwatch() as opening:
+            fd = os.open(self.blob, os.O_RDONLY)
         try:
             for offset in offsets:
                 start = time.perf_counter()
@@ -170,7 +176,7 @@ class FileSession(Session):
                 times.append(time.perf_counter() - start)
         finally:
             os.close(fd)
-        return times, chunks
+        return opening.seconds, times, chunks
 
     def read_small(self) -> tuple[float, list[bytes]]:
         chunks: list[bytes] = []
@@ -228,7 +234,10 @@ class ClientSession(Session):
 
         self._thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
         self._thread.start()
-        error = ready.get(timeout=MOUNT_TIMEOUT)
+        try:
+            error = ready.get(timeout=MOUNT_TIMEOUT)
+        except queue.Empty:
+            raise BenchError(f"direct client: not connected in {MOUNT_TIMEOUT:.0f} s") from None
         if error is not None:
             self._thread.join()
             raise BenchError(f"direct client: {error!r}")
@@ -266,15 +275,17 @@ class ClientSession(Session):
 
         return self._run(op)
 
-    def preads(self, offsets: Sequence[int], length: int) -> tuple[list[float], list[bytes]]:
-        async def op(client: CasClient) -> tuple[list[float], list[bytes]]:
+    def preads(
+        self, offsets: Sequence[int], length: int
+    ) -> tuple[float | None, list[float], list[bytes]]:
+        async def op(client: CasClient) -> tuple[float | None, list[float], list[bytes]]:
             times: list[float] = []
             chunks: list[bytes] = []
             for offset in offsets:
                 start = time.perf_counter()
                 chunks.append(await client.read_range(self.data.blob, offset, length))
                 times.append(time.perf_counter() - start)
-            return times, chunks
+            return None, times, chunks
 
         return self._run(op)
 

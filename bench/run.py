@@ -273,7 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         progress("interrupted: everything was stopped and unmounted")
         return 130
-    except (BenchError, Exception):
+    except BenchError as error:  # could not run here: say why, no traceback
+        progress(f"bench: {error}")
+        return 1
+    except Exception:
         progress(traceback.format_exc())
         progress("bench: FAILED to run (see above)")
         return 1
