@@ -115,11 +115,8 @@ class Session:
         """Seconds from open to the last byte of the blob; fails unless ``size`` came."""
         raise NotImplementedError
 
-    def preads(
-        self, offsets: Sequence[int], length: int
-    ) -> tuple[float | None, list[float], list[bytes]]:
-        """Seconds to open the blob (None: nothing to open), then each ranged read of
-        ``length`` bytes timed on its own, and the bytes read."""
+    def preads(self, offsets: Sequence[int], length: int) -> tuple[list[float], list[bytes]]:
+        """Each ranged read of ``length`` bytes timed on its own (the open is not timed)."""
         raise NotImplementedError
 
     def read_small(self) -> tuple[float, list[bytes]]:
@@ -162,13 +159,10 @@ class FileSession(Session):
             raise BenchError(f"{self.blob}: read {got} bytes, not {size}")
         return watch.seconds
 
-    def preads(
-        self, offsets: Sequence[int], length: int
-    ) -> tuple[float | None, list[float], list[bytes]]:
+    def preads(self, offsets: Sequence[int], length: int) -> tuple[list[float], list[bytes]]:
         times: list[float] = []
         chunks: list[bytes] = []
-        with Stopwatch() as opening:
-            fd = os.open(self.blob, os.O_RDONLY)
+        fd = os.open(self.blob, os.O_RDONLY)
         try:
             for offset in offsets:
                 start = time.perf_counter()
@@ -176,7 +170,7 @@ class FileSession(Session):
                 times.append(time.perf_counter() - start)
         finally:
             os.close(fd)
-        return opening.seconds, times, chunks
+        return times, chunks
 
     def read_small(self) -> tuple[float, list[bytes]]:
         chunks: list[bytes] = []
@@ -275,17 +269,15 @@ class ClientSession(Session):
 
         return self._run(op)
 
-    def preads(
-        self, offsets: Sequence[int], length: int
-    ) -> tuple[float | None, list[float], list[bytes]]:
-        async def op(client: CasClient) -> tuple[float | None, list[float], list[bytes]]:
+    def preads(self, offsets: Sequence[int], length: int) -> tuple[list[float], list[bytes]]:
+        async def op(client: CasClient) -> tuple[list[float], list[bytes]]:
             times: list[float] = []
             chunks: list[bytes] = []
             for offset in offsets:
                 start = time.perf_counter()
                 chunks.append(await client.read_range(self.data.blob, offset, length))
                 times.append(time.perf_counter() - start)
-            return None, times, chunks
+            return times, chunks
 
         return self._run(op)
 
