@@ -88,7 +88,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", help="the large blob (default 1G; 64M with --quick)")
     parser.add_argument("--runs", type=int, help="repetitions (default 3; 2 with --quick)")
     parser.add_argument("--random", type=int, help="random reads per size (200; 50 with --quick)")
-    parser.add_argument("--small", type=int, default=1000, help="4 KiB blobs (1000)")
+    parser.add_argument("--small", type=int, help="4 KiB blobs (1000; 300 with --quick)")
     parser.add_argument("--seed", type=int, default=1, help="seed for the random offsets")
     parser.add_argument(
         "--only", help=f"comma-separated contenders, of: {','.join(CONTENDER_KEYS)} (all)"
@@ -96,7 +96,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scenarios", help=f"comma-separated scenarios, of: {','.join(SCENARIO_KEYS)} (all)"
     )
-    parser.add_argument("--quick", action="store_true", help="64 MiB, 2 runs, 50 random reads")
+    parser.add_argument(
+        "--quick", action="store_true", help="64 MiB, 2 runs, 50 random reads, 300 small blobs"
+    )
     args = parser.parse_args(argv)
     try:
         args.size = parse_size(args.size or ("64M" if args.quick else "1G"))
@@ -104,6 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(str(error))
     args.runs = args.runs or (2 if args.quick else 3)
     args.random = args.random or (50 if args.quick else 200)
+    args.small = args.small or (300 if args.quick else 1000)
     if args.size < 128 * KIB * args.random:
         parser.error(f"--size must hold --random ({args.random}) distinct 128 KiB pieces")
     if args.runs < 1 or args.random < 1 or args.small < 1:
