@@ -104,9 +104,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.size = parse_size(args.size or ("64M" if args.quick else "1G"))
     except ConfigError as error:
         parser.error(str(error))
-    args.runs = args.runs or (2 if args.quick else 3)
-    args.random = args.random or (50 if args.quick else 200)
-    args.small = args.small or (300 if args.quick else 1000)
+    defaults = {"runs": (2, 3), "random": (50, 200), "small": (300, 1000)}
+    for name, (quick, full) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
     if args.size < 128 * KIB * args.random:
         parser.error(f"--size must hold --random ({args.random}) distinct 128 KiB pieces")
     if args.runs < 1 or args.random < 1 or args.small < 1:
