@@ -47,21 +47,18 @@ from bench.common import (
     write_random_file,
 )
 from bench.peers import (
-    SMALL_SIZE,
     BuildboxFuseContender,
     CasfsContender,
     Contender,
-    Data,
     DirectContender,
-    HttpServer,
     LocalContender,
     Missing,
-    NotApplicable,
     RcloneContender,
-    small_name,
 )
+from bench.processes import HttpServer
 from bench.report import Results, notes, table
 from bench.scenarios import SCENARIOS, Reference, Scenario, measure, offsets_for
+from bench.sessions import SMALL_SIZE, Data, NotApplicable, small_name
 from casfs.cas.client import CasClient
 from casfs.config import ConfigError, parse_size
 from casfs.digest import Digest

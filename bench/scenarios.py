@@ -36,7 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import KIB, MIB, BenchError, cpu_seconds, drop_caches, mb_per_s, percentile
-from bench.peers import Contender, Data, Session, peak_rss
+from bench.peers import Contender
+from bench.processes import peak_rss
+from bench.sessions import Data, Session
 
 
 @dataclass
