@@ -12,7 +12,7 @@ SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl attr systemd
 # its systemd units (which run $(PREFIX)/bin/casfs).
 PREFIX ?= /opt/casfs
 
-.PHONY: run serve test lint typecheck proto system-deps clean install uninstall
+.PHONY: run serve test lint typecheck proto system-deps bench bench-quick bench-deps clean install uninstall
 
 # Debian packages pyfuse3 builds against and fusermount3 comes from.
 system-deps:
@@ -44,10 +44,23 @@ test: lint typecheck
 	$(PY) -m pytest -q -ra
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check casfs tests protos
+	$(VENV)/bin/ruff check casfs tests protos bench
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
+
+# casfs beside buildbox-fuse, rclone mount, the direct client and a local file: one markdown
+# table (bench/README.md). As root. `make bench ARGS="--runs 5"`; bench-quick fits in ~2 min.
+bench: $(STAMP) bench-deps
+	$(PY) -m bench $(ARGS)
+
+bench-quick: $(STAMP) bench-deps
+	$(PY) -m bench --quick $(ARGS)
+
+# Debian's rclone for the benchmark (buildbox installs itself into .cache/peers when the
+# benchmark starts). A failed install is not fatal: the table then reports the peer missing.
+bench-deps:
+	-@$(MAKE) --no-print-directory system-deps SYSTEM_PACKAGES=rclone
 
 # Regenerate casfs/_proto from protos/ (the result is committed).
 proto: $(STAMP)

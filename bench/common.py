@@ -1,7 +1,7 @@
 """What the benchmarks share: scratch space, cold caches, timers, dd, statistics, tables.
 
-Nothing here knows about a particular scenario; ``bench.read`` (and a later ``bench.write``)
-put these together. Throughput is in MB/s with MB = 10**6 bytes, as dd prints it; latency
+Nothing here knows about a particular scenario or contender; ``bench.scenarios`` and
+``bench.peers`` put these together. Throughput is in MB/s with MB = 10**6 bytes; latency
 is in milliseconds.
 """
 
@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import re
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,8 +24,8 @@ MIB = 1 << 20
 GIB = 1 << 30
 MB = 1_000_000
 
-# No single step of a benchmark should take this long; a hung mount fails the run.
-STEP_TIMEOUT = 900.0
+# No session of a contender should last this long: a hung mount is killed after it.
+STEP_TIMEOUT = 600.0
 
 
 class BenchError(RuntimeError):
@@ -131,32 +129,15 @@ class Stopwatch:
         self.seconds = time.perf_counter() - self.start
 
 
-def dd_read(path: Path, expected: int, block: str = "1M") -> float:
-    """Read ``path`` to /dev/null with ``dd bs=<block>``; returns dd's own elapsed time,
-    which runs from just after it opened the file to the end of the copy (so the spawn of
-    dd, a few milliseconds, is not in it; the open is not either).
-
-    Fails if dd fails or copies other than ``expected`` bytes.
-    """
-    command = ["dd", f"if={path}", "of=/dev/null", f"bs={block}"]
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=STEP_TIMEOUT,
-        env={**os.environ, "LC_ALL": "C"},
-    )
-    if done.returncode != 0:
-        raise BenchError(f"{shlex.join(command)} failed: {done.stderr.strip()}")
-    match = re.search(r"^(\d+) bytes .* copied, ([0-9.e+-]+) s", done.stderr, re.MULTILINE)
-    if match is None:
-        raise BenchError(f"{shlex.join(command)}: cannot read its summary: {done.stderr!r}")
-    copied, seconds = int(match.group(1)), float(match.group(2))
-    if copied != expected:
-        raise BenchError(f"{shlex.join(command)} copied {copied} bytes, not {expected}")
-    if seconds <= 0:
-        raise BenchError(f"{shlex.join(command)} reports {seconds} s")
-    return seconds
+def read_file(path: Path, piece: int = MIB) -> int:
+    """Open ``path``, read it to the end in ``piece``-sized reads into one buffer, close it;
+    returns the number of bytes read. Time it from outside to get open-to-last-byte."""
+    buffer = bytearray(piece)
+    total = 0
+    with open(path, "rb", buffering=0) as file:
+        while count := file.readinto(buffer):
+            total += count
+    return total
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -247,12 +228,3 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def progress(message: str) -> None:
     """A progress line on stderr (the report itself goes to stdout)."""
     print(message, file=sys.stderr, flush=True)
-
-
-def log_tails(directory: Path, lines: int = 30) -> str:
-    """The last lines of every ``*.log`` in ``directory``: what to show when a run fails."""
-    parts = []
-    for log in sorted(directory.glob("*.log")):
-        text = log.read_text(errors="replace").splitlines()[-lines:]
-        parts.append(f"--- {log.name} (last {len(text)} lines)\n" + "\n".join(text))
-    return "\n".join(parts)

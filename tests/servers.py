@@ -27,7 +27,13 @@ class Managed:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        return self.start()
+        # A start interrupted half-way (Ctrl-C, a timeout) must not leave the process behind:
+        # without this, __exit__ would never run.
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
 
     def __exit__(
         self,

@@ -56,8 +56,11 @@ def _tail(text: str, limit: int = _STDERR_TAIL_CHARS) -> str:
 
 
 @functools.cache
-def _install() -> Path | str:
-    """Run the install script once per process: the buildbox dir, or why it failed."""
+def install() -> Path | str:
+    """Run the install script once per process: the buildbox dir, or why it failed.
+
+    For callers outside pytest (the benchmarks); tests use :func:`buildbox_dir`.
+    """
     try:
         proc = subprocess.run(
             ["bash", str(INSTALL_SCRIPT)],
@@ -86,7 +89,7 @@ def buildbox_dir() -> Path:
     Installs them on first use (once per session; the result, failure included, is cached).
     Calls ``pytest.skip`` when the install fails, so a test using it is skipped, not failed.
     """
-    result = _install()
+    result = install()
     if isinstance(result, str):
         pytest.skip(f"buildbox-casd unavailable: {result}")
     return result
