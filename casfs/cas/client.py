@@ -58,6 +58,8 @@ T = TypeVar("T")
 Chunk: TypeAlias = bytes | memoryview
 ProgressCallback = Callable[[int], None]  # told the bytes done so far
 
+# Whole blobs up to this size are read by BatchReadBlobs rather than ByteStream.
+SMALL_READ = 64 << 10
 # gRPC's usual message limit is 4 MiB; batches stay well under it whatever is advertised.
 BATCH_LIMIT = 4 << 20
 _BATCH_SLACK = 64 << 10
@@ -270,7 +272,8 @@ class CasClient:
     async def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset + length)`` of a blob, clamped to its end.
 
-        One ranged ByteStream Read, retried from scratch on transient errors. Raises
+        One ranged ByteStream Read, retried from scratch on transient errors (a small blob
+        read whole: one BatchReadBlobs, which also checks its digest). Raises
         ``NotFound`` for a missing blob and ``DataLoss`` if the server sends fewer bytes
         than the digest promises.
         """
@@ -279,6 +282,9 @@ class CasClient:
         length = min(length, digest.size - offset)
         if length <= 0:
             return b""
+        if offset == 0 and length == digest.size <= SMALL_READ and await self._fits_batch(digest):
+            # A small blob whole: a unary call, with no thread to wait in, and verified.
+            return (await self.batch_read([digest]))[digest]
         name = BlobName(self.instance, digest).read_name()
         what = f"Read {name} [{offset}+{length}]"
 
@@ -295,6 +301,9 @@ class CasClient:
             return data[:length] if len(data) > length else data
 
         return await with_retries(attempt, self.config.retry, what)
+
+    async def _fits_batch(self, digest: Digest) -> bool:
+        return digest.size <= (await self.capabilities()).batch_budget()
 
     async def stream(self, digest: Digest, offset: int = 0) -> AsyncIterator[Chunk]:
         """Yield the blob from ``offset`` to its end in the chunks the server sends.
@@ -389,7 +398,7 @@ class CasClient:
 
     async def read_blob(self, digest: Digest) -> bytes:
         """A whole blob in memory: for small blobs (Directory messages, tests)."""
-        if digest.size <= (await self.capabilities()).batch_budget():
+        if await self._fits_batch(digest):
             return (await self.batch_read([digest]))[digest]
         return b"".join([chunk async for chunk in self.stream(digest)])
 

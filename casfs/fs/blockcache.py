@@ -312,7 +312,9 @@ class BlockCache:
             return b""
         touched = range(offset // self.block_size, (end - 1) // self.block_size + 1)
         covered = all(self._covered(digest, i) for i in touched)
-        if window:
+        # A small read that reaches the blob's end (a small blob read whole) has nothing
+        # ahead to prefetch: one fetch of its own bytes is all it needs.
+        if window and (covered or end < digest.size or end - offset >= self.block_size):
             # The blocks this read needs and the window after them, in one run if missing.
             self.prefetch(source, digest, touched.start, len(touched) + window)
             if covered or end - offset >= self.block_size:
