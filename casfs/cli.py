@@ -94,6 +94,13 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="attempts for a call on transient errors (%(default)s)",
     )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="deadline of one call, plus the time a stream needs at 1 MiB/s (%(default)s)",
+    )
 
 
 def _remote_config(args: argparse.Namespace, instance: str) -> RemoteConfig:
@@ -105,10 +112,13 @@ def _remote_config(args: argparse.Namespace, instance: str) -> RemoteConfig:
         headers.append((key, value))
     if args.retries < 1:
         raise ConfigError("--retries must be at least 1")
+    if not args.timeout > 0:
+        raise ConfigError("--timeout must be positive")
     return RemoteConfig(
         endpoint=args.remote,
         instance=instance,
         retry=RetryPolicy(attempts=args.retries),
+        rpc_timeout=args.timeout,
         ca_file=args.ca_file,
         client_cert=args.client_cert,
         client_key=args.client_key,
