@@ -163,7 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="the TLS certificate's private key (PEM)")
     serve.add_argument(
-        "--token-file", type=Path, help="require a bearer token from this file (one per line)"
+        "--token-file",
+        type=Path,
+        help="require a bearer token from this file (one per line; 'TOKEN read-only' may "
+        "only read)",
     )
 
     mount = commands.add_parser(
