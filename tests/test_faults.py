@@ -341,3 +341,36 @@ def test_a_full_spool_refuses_new_files_without_leaking(tmp_path: Path) -> None:
         assert not list((cache / "spool").glob("*.data"))  # the holder committed on close
         digest = Digest(hashlib.sha256(b"fits again").hexdigest(), 10)
         assert run_client(server.endpoint, lambda c: c.contains(digest))
+
+
+# -- races and blobs that vanish -----------------------------------------------------------
+
+
+def test_a_blob_that_vanishes_under_the_mount(faults: ProxyFixture) -> None:
+    source, blob = faults.upload("vanishing", 2 * MIB + 1)
+    assert blob.stat().st_size == 2 * MIB + 1  # looked up while it exists
+    stored = faults.server.store / "cas" / "sha256" / blob.parent.name[:2] / blob.parent.name
+    stored.unlink()  # evicted, or removed by an operator
+    failed = sh("cat", str(blob), check=False)
+    assert failed.returncode != 0 and EIO_TEXT in failed.stderr
+    assert "NOT_FOUND" in faults.mount.log_text()
+    run_client(faults.server.endpoint, lambda c: c.upload_file(source))  # back again
+    sh("cmp", str(source), str(blob))
+
+
+def test_many_uploads_of_one_blob_at_once(faults: ProxyFixture) -> None:
+    source = write_file(faults.root / "same", 6 * MIB)
+    work = faults.uploads / "same"
+    work.mkdir()
+    copies = [
+        subprocess.Popen(["cp", str(source), str(work / f"c{i}")], stderr=subprocess.PIPE)
+        for i in range(12)
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else b"") for p in copies]
+    assert all(code == 0 for code, _ in results), results
+    digest = f"{sha256_file(source)}/{6 * MIB}"
+    for i in range(12):
+        assert os.getxattr(work / f"c{i}", "user.casfs.digest").decode() == digest
+    sh("cmp", str(source), str(faults.blobs / digest))
+    assert store_is_sound(faults.server.store) >= 1
+    assert not list((faults.server.store / "uploads").glob("*.part"))
