@@ -16,12 +16,19 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
 from casfs._proto import remote_execution_pb2 as re_pb2
@@ -346,3 +353,117 @@ def test_hostile_paths_never_crash_or_escape(
     assert os.listdir(mounted.mountpoint) == ["main"]
     assert sorted(os.listdir(root)) == before
     assert mounted.process is not None and mounted.process.poll() is None
+
+
+# -- file operations in uploads/ against a model ---------------------------------------------
+
+FILE_NAMES = st.sampled_from(["a", "b", "c", "sub/d", "sub/e"])
+CONTENTS = st.one_of(st.binary(max_size=3000), st.sampled_from([b"", bytes(300_000)]))
+
+
+def test_uploads_behave_like_a_model(mount: tuple[Path, CasfsMount]) -> None:
+    """create, rewrite, rename, unlink, a writer kept open across steps, reads: the tree in
+    uploads/ always equals a dict of name -> bytes, and each closed file's digest is its
+    content's."""
+    _, mounted = mount
+    uploads = mounted.mountpoint / "main" / "uploads"
+
+    class UploadsMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dir = uploads / f"model-{uuid.uuid4().hex[:8]}"
+            (self.dir / "sub").mkdir(parents=True)
+            self.model: dict[str, bytes] = {}
+            self.writer: tuple[str, Any, bytearray] | None = None  # name, file, written
+
+        def teardown(self) -> None:
+            if self.writer is not None:
+                self.writer[1].close()
+            shutil.rmtree(self.dir)
+
+        def busy(self, name: str) -> bool:
+            return self.writer is not None and self.writer[0] == name
+
+        @rule(name=FILE_NAMES, data=CONTENTS)
+        def write_whole(self, name: str, data: bytes) -> None:
+            if self.busy(name):
+                return
+            (self.dir / name).write_bytes(data)
+            self.model[name] = data
+            digest = os.getxattr(self.dir / name, "user.casfs.digest").decode()
+            assert digest == str(Digest.of_bytes(data))
+
+        def pick(self, index: int) -> str | None:
+            """An existing file no writer holds, or None."""
+            names = sorted(n for n in self.model if not self.busy(n))
+            return names[index % len(names)] if names else None
+
+        @rule(index=st.integers(0, 9), data=CONTENTS)
+        def append_to_committed_is_refused(self, index: int, data: bytes) -> None:
+            name = self.pick(index)
+            if name is None:
+                return
+            with pytest.raises(PermissionError), open(self.dir / name, "ab") as file:
+                file.write(data)
+            assert (self.dir / name).read_bytes() == self.model[name]
+
+        @precondition(lambda self: self.writer is None)
+        @rule(name=FILE_NAMES)
+        def open_writer(self, name: str) -> None:
+            self.writer = (name, open(self.dir / name, "wb"), bytearray())  # noqa: SIM115
+            self.model[name] = b""
+
+        @precondition(lambda self: self.writer is not None)
+        @rule(data=CONTENTS)
+        def write_more(self, data: bytes) -> None:
+            assert self.writer is not None
+            name, file, written = self.writer
+            file.write(data)
+            file.flush()
+            written += data
+            assert (self.dir / name).read_bytes() == bytes(written)  # served from the spool
+
+        @precondition(lambda self: self.writer is not None)
+        @rule()
+        def close_writer(self) -> None:
+            assert self.writer is not None
+            name, file, written = self.writer
+            file.close()
+            self.writer = None
+            self.model[name] = bytes(written)
+            digest = os.getxattr(self.dir / name, "user.casfs.digest").decode()
+            assert digest == str(Digest.of_bytes(bytes(written)))
+
+        @rule(index=st.integers(0, 9), to=FILE_NAMES)
+        def rename(self, index: int, to: str) -> None:
+            source = self.pick(index)
+            if source is None or source == to or self.busy(to):
+                return
+            os.rename(self.dir / source, self.dir / to)
+            self.model[to] = self.model.pop(source)
+
+        @rule(index=st.integers(0, 9))
+        def unlink(self, index: int) -> None:
+            name = self.pick(index)
+            if name is None:
+                return
+            os.unlink(self.dir / name)
+            del self.model[name]
+
+        @invariant()
+        def tree_equals_the_model(self) -> None:
+            found = {
+                str(p.relative_to(self.dir)) for p in self.dir.rglob("*") if not p.is_dir()
+            }
+            assert found == set(self.model)
+            for name, data in self.model.items():
+                if not self.busy(name):
+                    assert (self.dir / name).read_bytes() == data, name
+
+    long = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+    quick = settings(
+        max_examples=150 if long else 15, stateful_step_count=40 if long else 20, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )  # fmt: skip
+    run_state_machine_as_test(UploadsMachine, settings=quick)
+    assert is_mounted(mounted.mountpoint)
