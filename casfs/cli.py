@@ -112,8 +112,8 @@ def _remote_config(args: argparse.Namespace, instance: str) -> RemoteConfig:
         headers.append((key, value))
     if args.retries < 1:
         raise ConfigError("--retries must be at least 1")
-    if not args.timeout > 0:
-        raise ConfigError("--timeout must be positive")
+    if not 0 < args.timeout < 10**6:  # also refuses nan and inf
+        raise ConfigError("--timeout must be a positive number of seconds")
     return RemoteConfig(
         endpoint=args.remote,
         instance=instance,

@@ -57,6 +57,8 @@ def test_put_get_stat(server: CasfsServer, tmp_path: Path) -> None:
         ["serve", "--max-size", "lots"],
         ["serve", "--max-size", "inf"],
         ["mount", "/nonexistent-dir-casfs", "--instance", "blobs"],
+        ["stat", "--timeout", "0", f"{'0' * 64}/1"],
+        ["stat", "--timeout", "inf", f"{'0' * 64}/1"],
     ],
 )
 def test_bad_input_is_a_clear_usage_error(args: list[str]) -> None:
