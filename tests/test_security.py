@@ -183,10 +183,23 @@ def test_mount_over_tls_with_a_token_never_logs_it(tmp_path: Path) -> None:
             assert blob.read_bytes() == source.read_bytes()
             with pytest.raises(PermissionError):  # EACCES: the read-only token cannot store
                 (m.mountpoint / "main" / "uploads" / "g").write_bytes(b"refused")
-        with CasfsMount(tmp_path / "mnt3", *common, "--token-file", str(tokens["wrong"])) as m:
-            with pytest.raises(OSError) as caught:
-                (m.mountpoint / "main" / "blobs" / sha256_file(source) / str(3 * MIB)).stat()
-            assert caught.value.errno == errno.EACCES
+        name = f"main/blobs/{sha256_file(source)}/{3 * MIB}"
+        for mountpoint, tokens_args, expected in [
+            ("mnt3", ["--token-file", str(tokens["wrong"])], errno.EACCES),
+            ("mnt4", [], errno.EACCES),  # no token at all
+        ]:
+            with CasfsMount(tmp_path / mountpoint, *common, *tokens_args) as m:
+                with pytest.raises(OSError) as caught:
+                    (m.mountpoint / name).stat()
+                assert caught.value.errno == expected, mountpoint
+        (tmp_path / "other").mkdir()
+        other_ca, _, _ = make_ca_and_server_cert(tmp_path / "other")
+        wrong_ca = ["--remote", remote, "--ca-file", str(other_ca), "--retries", "2"]
+        with CasfsMount(tmp_path / "mnt5", *wrong_ca, "--token-file", str(tokens["writer"])) as m:
+            with pytest.raises(OSError) as caught:  # the server is not who it should be
+                (m.mountpoint / name).stat()
+            assert caught.value.errno == errno.EIO
+            assert "s3cret" not in m.log_text()
         for log in [tmp_path / "mnt-mount.log", tmp_path / "mnt2-mount.log", srv.log]:
             text = log.read_text()
             assert "DEBUG" in text and "s3cret" not in text, log
