@@ -384,3 +384,45 @@ def test_many_uploads_of_one_blob_at_once(faults: ProxyFixture) -> None:
     sh("cmp", str(source), str(faults.blobs / digest))
     assert store_is_sound(faults.server.store) >= 1
     assert not list((faults.server.store / "uploads").glob("*.part"))
+
+
+def test_unmount_while_the_server_is_stalled_mid_upload(tmp_path: Path) -> None:
+    """SIGTERM while a close waits on a stalled server: the mount ends in bounded time,
+    the file stays spooled, and the next mount uploads it once the server is back."""
+    source = write_file(tmp_path / "src", 8 * MIB)
+    digest = Digest(sha256_file(source), 8 * MIB)
+    cache = tmp_path / "cache"
+    args = ["--timeout", "1", "--retries", "2", "--cache-dir", str(cache)]
+    with CasfsServer(tmp_path / "store") as server:
+        assert server.process is not None
+        mount = CasfsMount(tmp_path / "mnt", "--remote", server.endpoint, *args).start()
+        try:
+            os.kill(server.process.pid, signal.SIGSTOP)
+            target = mount.mountpoint / "main" / "uploads" / "f"
+            cp = subprocess.Popen(["cp", str(source), str(target)], stderr=subprocess.PIPE)
+            deadline = time.monotonic() + 30
+            while not any(  # cp is in close(): the upload has started, the server is silent
+                '"closed": true' in meta.read_text() for meta in (cache / "spool").glob("*.json")
+            ):
+                assert time.monotonic() < deadline, mount.log_text()[-2000:]
+                time.sleep(0.02)
+            started = time.monotonic()
+            os.kill(mount.pid, signal.SIGTERM)
+            assert mount.wait(timeout=60) == 0
+            took = time.monotonic() - started
+            assert "waiting up to" in mount.log_text()  # it waited for the upload in flight
+            _, err = cp.communicate(timeout=30)
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+            mount.stop()
+        assert cp.returncode != 0 and EIO_TEXT in err, err
+        assert took < 20, took
+        assert len(list((cache / "spool").glob("*.data"))) == 1  # kept for the next mount
+        with CasfsMount(tmp_path / "mnt", "--remote", server.endpoint, *args) as again:
+            deadline = time.monotonic() + 30
+            while not run_client(server.endpoint, lambda c: c.contains(digest)):
+                assert time.monotonic() < deadline, again.log_text()[-2000:]
+                time.sleep(0.1)
+            sh("cmp", str(source), str(again.mountpoint / "main" / "uploads" / "f"))
+        assert on_server(server, digest, tmp_path / "back") == digest.hash
+    print(f"\nunmount with a stalled server took {took:.1f}s")
