@@ -7,6 +7,8 @@ can switch them while a mount uses the proxy:
 
 - ``cut_reads = (after, times)``: the next ``times`` Read streams end with UNAVAILABLE once
   they have passed ``after`` bytes (a connection that breaks mid-stream).
+- ``short_reads = (after, times)``: the next ``times`` Read streams end *successfully* after
+  ``after`` bytes of data, short of what was asked (a buggy server).
 - ``cut_writes = (after, times)``: the next ``times`` Write streams are ended upstream after
   ``after`` bytes (the server keeps what it got) and fail with UNAVAILABLE to the client.
 - ``query_write_status_unimplemented``: QueryWriteStatus answers UNIMPLEMENTED (buildbox-casd).
@@ -50,6 +52,7 @@ class FaultProxy(Managed):
         self.upstream = upstream
         self.port = 0
         self.cut_reads: tuple[int, int] = (0, 0)
+        self.short_reads: tuple[int, int] = (0, 0)
         self.cut_writes: tuple[int, int] = (0, 0)
         self.query_write_status_unimplemented = False
         self.refuse_limits_past_eof = False
@@ -88,7 +91,7 @@ class FaultProxy(Managed):
 
     def reset(self) -> None:
         """Switch every fault off."""
-        self.cut_reads = self.cut_writes = (0, 0)
+        self.cut_reads = self.short_reads = self.cut_writes = (0, 0)
         self.query_write_status_unimplemented = self.refuse_limits_past_eof = False
         self.reorder_batch_reads = self.max_batch_zero = False
 
@@ -142,7 +145,7 @@ class FaultProxy(Managed):
         self, method: str, raw: bytes, context: grpc.ServicerContext
     ) -> Iterator[bytes]:
         self._count(method)
-        budget = None
+        budget = short = None
         if method == _READ:
             request = bytestream_pb2.ReadRequest.FromString(raw)
             if self.refuse_limits_past_eof and request.read_limit:
@@ -153,6 +156,7 @@ class FaultProxy(Managed):
                         grpc.StatusCode.INVALID_ARGUMENT, "read_limit runs past the blob's end"
                     )
             budget = self._take("cut_reads")
+            short = self._take("short_reads")
         assert self._channel is not None
         call = self._channel.unary_stream(method, None, None)(
             raw, timeout=context.time_remaining(), metadata=_metadata(context)
@@ -160,6 +164,11 @@ class FaultProxy(Managed):
         passed = 0
         try:
             for answer in call:
+                if short is not None and passed + len(answer) > short:
+                    data = bytestream_pb2.ReadResponse.FromString(answer).data[: short - passed]
+                    yield bytestream_pb2.ReadResponse(data=data).SerializeToString()
+                    call.cancel()
+                    return
                 yield answer
                 passed += len(answer)
                 if budget is not None and passed >= budget:

@@ -113,6 +113,17 @@ def test_read_streams_cut_mid_way_resume(faults: ProxyFixture) -> None:
     assert "resuming" in faults.mount.log_text()
 
 
+def test_a_read_stream_that_ends_short_is_an_error_not_eof(faults: ProxyFixture) -> None:
+    source, blob = faults.upload("short-read", 6 * MIB + 3)
+    faults.proxy.short_reads = (1000, 10**6)  # every Read ends, status OK, after 1000 bytes
+    failed = sh("cat", str(blob), check=False)
+    assert failed.returncode != 0 and EIO_TEXT in failed.stderr  # never a silently short file
+    assert failed.stdout == source.read_bytes()[: len(failed.stdout)]
+    assert faults.proxy.injected["short_reads"] >= 1
+    faults.proxy.reset()
+    sh("cmp", str(source), str(blob))  # nothing wrong was cached
+
+
 def test_write_streams_cut_mid_way_resume(faults: ProxyFixture) -> None:
     source = write_file(faults.root / "cut-write", 24 * MIB)
     faults.proxy.cut_writes = (5 * MIB, 2)
