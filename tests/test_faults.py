@@ -209,7 +209,12 @@ def test_server_killed_mid_read_then_restarted(tmp_path: Path) -> None:
             else:  # a clean failure, not a hang and not wrong bytes
                 assert EIO_TEXT in err, err
             assert is_mounted(mount.mountpoint)
-            assert sh("sha256sum", str(blob)).stdout.decode().split()[0] == digest.hash
+            # The channel reconnects within its backoff (at most a second), then reads work.
+            deadline = time.monotonic() + 10
+            while (again := sh("sha256sum", str(blob), check=False)).returncode != 0:
+                assert time.monotonic() < deadline, "reads did not recover"
+                time.sleep(0.2)
+            assert again.stdout.decode().split()[0] == digest.hash
 
 
 def test_server_killed_mid_finalize_then_restarted(tmp_path: Path) -> None:
