@@ -54,21 +54,10 @@ def load_tokens(path: Path) -> list[Token]:
     return tokens
 
 
-def _deny(
-    code: grpc.StatusCode, message: str, shape: grpc.RpcMethodHandler[Any, Any] | None
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler that ends the call with ``code``, of the same streaming shape as the
-    method's own (grpc needs it to read a client stream before it answers)."""
-
+def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler[Any, Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 
-    if shape is not None and shape.request_streaming and not shape.response_streaming:
-        return grpc.stream_unary_rpc_method_handler(handler)
-    if shape is not None and shape.response_streaming and not shape.request_streaming:
-        return grpc.unary_stream_rpc_method_handler(handler)
-    if shape is not None and shape.request_streaming:
-        return grpc.stream_stream_rpc_method_handler(handler)
     return grpc.unary_unary_rpc_method_handler(handler)
 
 
@@ -98,13 +87,11 @@ class TokenAuth(grpc.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         metadata = dict(handler_call_details.invocation_metadata or ())
         header = metadata.get("authorization")
-        shape = continuation(handler_call_details)
         if header is None:
-            return _deny(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required", shape)
+            return _deny(grpc.StatusCode.UNAUTHENTICATED, "a bearer token is required")
         token = self._match(header) if isinstance(header, str) else None
         if token is None:
-            return _deny(grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not valid", shape)
-        method = handler_call_details.method
-        if token.read_only and method in WRITE_METHODS:
-            return _deny(grpc.StatusCode.PERMISSION_DENIED, "this token may only read", shape)
-        return shape
+            return _deny(grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not valid")
+        if token.read_only and handler_call_details.method in WRITE_METHODS:
+            return _deny(grpc.StatusCode.PERMISSION_DENIED, "this token may only read")
+        return continuation(handler_call_details)
