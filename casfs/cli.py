@@ -168,6 +168,12 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
         "--header", action="append", default=[], metavar="KEY=VALUE", help="extra call header"
     )
     parser.add_argument("--retries", type=int, help="attempts for a call on transient errors (8)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="deadline of one call, plus the time a stream needs at 1 MiB/s (60)",
+    )
 
 
 def _remote_config(args: argparse.Namespace, instance: str) -> RemoteConfig:
@@ -180,10 +186,14 @@ def _remote_config(args: argparse.Namespace, instance: str) -> RemoteConfig:
     retries = 8 if args.retries is None else args.retries
     if retries < 1:
         raise ConfigError("--retries must be at least 1")
+    timeout = 60.0 if args.timeout is None else args.timeout
+    if not 0 < timeout < 10**6:  # also refuses nan and inf
+        raise ConfigError("--timeout must be a positive number of seconds")
     return RemoteConfig(
         endpoint=args.remote or DEFAULT_REMOTE,
         instance=instance,
         retry=RetryPolicy(attempts=retries),
+        rpc_timeout=timeout,
         ca_file=args.ca_file,
         client_cert=args.client_cert,
         client_key=args.client_key,
@@ -239,7 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="the TLS certificate's private key (PEM)")
     serve.add_argument(
-        "--token-file", type=Path, help="require a bearer token from this file (one per line)"
+        "--token-file",
+        type=Path,
+        help="require a bearer token from this file (one per line; 'TOKEN read-only' may "
+        "only read)",
     )
     _metrics_option(serve)
 

@@ -65,6 +65,8 @@ def test_put_get_stat(server: CasfsServer, tmp_path: Path) -> None:
         ["mount", "/nonexistent-dir-casfs", "--instance", "blobs"],
         ["mount", "/nonexistent-dir-casfs", "--metrics", "localhost:http"],
         ["serve", "--metrics", "127.0.0.1:70000"],
+        ["stat", "--timeout", "0", f"{'0' * 64}/1"],
+        ["stat", "--timeout", "inf", f"{'0' * 64}/1"],
     ],
 )
 def test_bad_input_is_a_clear_usage_error(args: list[str]) -> None:

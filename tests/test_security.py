@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import shutil
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from casfs.cas import errors
+from casfs.cas.client import CasClient
 from casfs.cas.retry import RetryPolicy
+from casfs.cli import _serve_config, build_parser
+from casfs.config import MountConfig
+from casfs.digest import Digest
+from casfs.fs.mount import fuse_options
+from casfs.server.auth import load_tokens
+from tests.mounts import CasfsMount
 from tests.servers import CasfsServer
-from tests.test_client_server import run_client
+from tests.test_client_server import MIB, run_client, sha256_file, write_file
 
 QUICK = RetryPolicy(attempts=2, initial_backoff=0.05)
 
@@ -66,3 +76,132 @@ def test_bearer_token(tmp_path: Path) -> None:
             run_client(srv.endpoint, lambda c: c.read_blob(digest))
         assert "UNAUTHENTICATED" in str(missing.value)
         assert "s3cret" not in srv.log.read_text()
+
+
+def _tokens(tmp_path: Path) -> dict[str, Path]:
+    """A token file with a read-write and a read-only token, and one file per client."""
+    (tmp_path / "tokens").write_text("writer-s3cret\nreader-s3cret read-only\n")
+    files = {}
+    for name, token in [("writer", "writer-s3cret"), ("reader", "reader-s3cret"),
+                        ("wrong", "guess")]:  # fmt: skip
+        files[name] = tmp_path / f"{name}.token"
+        files[name].write_text(token + "\n")
+    return files
+
+
+def test_a_read_only_token_reads_but_cannot_store(tmp_path: Path) -> None:
+    tokens = _tokens(tmp_path)
+    big = write_file(tmp_path / "big", 6 * MIB)
+    with CasfsServer(tmp_path / "store", "--token-file", str(tmp_path / "tokens")) as srv:
+        writer = {"token_file": tokens["writer"]}
+        small = run_client(srv.endpoint, lambda c: c.upload_bytes(b"shared"), **writer)
+        large = run_client(srv.endpoint, lambda c: c.upload_file(big), **writer)
+        reader = {"token_file": tokens["reader"], "retry": QUICK}
+        assert run_client(srv.endpoint, lambda c: c.read_blob(small), **reader) == b"shared"
+        assert run_client(srv.endpoint, lambda c: c.read_range(large, 5, 10), **reader) == (
+            big.read_bytes()[5:15]
+        )
+        other = write_file(tmp_path / "other", 6 * MIB)
+        refused: list[Callable[[CasClient], Awaitable[object]]] = [
+            lambda c: c.upload_bytes(b"not allowed"),  # BatchUpdateBlobs
+            lambda c: c.upload_file(other),  # ByteStream Write, a client stream
+        ]
+        for attempt in refused:
+            with pytest.raises(errors.PermissionDenied) as caught:
+                run_client(srv.endpoint, attempt, **reader)
+            assert "only read" in str(caught.value)
+        with pytest.raises(errors.PermissionDenied):  # a wrong token on a client stream
+            run_client(srv.endpoint, lambda c: c.upload_file(other), token_file=tokens["wrong"])
+        assert not run_client(
+            srv.endpoint, lambda c: c.contains(Digest.of_bytes(b"not allowed")),
+            token_file=tokens["writer"],
+        )  # fmt: skip
+        assert "s3cret" not in srv.log.read_text()
+
+
+def test_token_files_are_checked(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.write_text("# comment\nfine\nsecret-x read-write\n")
+    with pytest.raises(ValueError, match=r"bad:3: expected") as caught:
+        load_tokens(bad)
+    assert "secret-x" not in str(caught.value)
+    good = tmp_path / "good"
+    good.write_text("a\n\n  b read-only  \n")
+    loaded = load_tokens(good)
+    assert [t.read_only for t in loaded] == [False, True]
+    assert "b" not in repr(loaded[1]).replace("bytes", "")
+
+
+def test_serve_listens_on_loopback_by_default(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["serve", "--store", str(tmp_path)])
+    assert _serve_config(args).listen.startswith("127.0.0.1:")
+
+
+def test_allow_other_only_when_asked_and_then_with_default_permissions(tmp_path: Path) -> None:
+    plain = MountConfig(mountpoint=tmp_path, remote=None)
+    assert "allow_other" not in fuse_options(plain)
+    assert "default_permissions" in fuse_options(plain)
+    shared = dataclasses.replace(plain, allow_other=True)
+    assert {"allow_other", "default_permissions"} <= fuse_options(shared)
+
+
+def _mount_options(mountpoint: Path) -> set[str]:
+    with open("/proc/self/mountinfo") as mountinfo:
+        for line in mountinfo:
+            fields = line.split()
+            if fields[4] == str(mountpoint):
+                return set(fields[-1].split(","))
+    raise AssertionError(f"{mountpoint} is not mounted")
+
+
+def test_mount_over_tls_with_a_token_never_logs_it(tmp_path: Path) -> None:
+    ca, cert, key = make_ca_and_server_cert(tmp_path)
+    tokens = _tokens(tmp_path)
+    source = write_file(tmp_path / "src", 3 * MIB)
+    args = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    args += ["--token-file", str(tmp_path / "tokens")]
+    with CasfsServer(tmp_path / "store", "-v", *args) as srv:
+        remote = f"grpcs://127.0.0.1:{srv.port}"
+        cache = tmp_path / "cache"
+        common = ["--remote", remote, "--ca-file", str(ca), "--cache-dir", str(cache), "-v"]
+        with CasfsMount(tmp_path / "mnt", *common, "--token-file", str(tokens["writer"])) as m:
+            uploads = m.mountpoint / "main" / "uploads"
+            with open(uploads / "f", "wb") as file:
+                file.write(source.read_bytes())
+                file.flush()
+                spool = cache / "spool"
+                assert spool.stat().st_mode & 0o777 == 0o700
+                assert cache.stat().st_mode & 0o777 == 0o700
+                for path in spool.iterdir():
+                    assert path.stat().st_mode & 0o777 == 0o600, path
+            blob = m.mountpoint / "main" / "blobs" / sha256_file(source) / str(3 * MIB)
+            assert blob.read_bytes() == source.read_bytes()
+            options = _mount_options(m.mountpoint)
+            assert "default_permissions" in options and "allow_other" not in options
+        with CasfsMount(tmp_path / "mnt2", *common, "--token-file", str(tokens["reader"])) as m:
+            blob = m.mountpoint / "main" / "blobs" / sha256_file(source) / str(3 * MIB)
+            assert blob.read_bytes() == source.read_bytes()
+            with pytest.raises(PermissionError):  # EACCES: the read-only token cannot store
+                (m.mountpoint / "main" / "uploads" / "g").write_bytes(b"refused")
+        name = f"main/blobs/{sha256_file(source)}/{3 * MIB}"
+        for mountpoint, tokens_args, expected in [
+            ("mnt3", ["--token-file", str(tokens["wrong"])], errno.EACCES),
+            ("mnt4", [], errno.EACCES),  # no token at all
+        ]:
+            with CasfsMount(tmp_path / mountpoint, *common, *tokens_args) as m:
+                with pytest.raises(OSError) as caught:
+                    (m.mountpoint / name).stat()
+                assert caught.value.errno == expected, mountpoint
+        (tmp_path / "other").mkdir()
+        other_ca, _, _ = make_ca_and_server_cert(tmp_path / "other")
+        wrong_ca = ["--remote", remote, "--ca-file", str(other_ca), "--retries", "2"]
+        with CasfsMount(tmp_path / "mnt5", *wrong_ca, "--token-file", str(tokens["writer"])) as m:
+            with pytest.raises(OSError) as caught:  # the server is not who it should be
+                (m.mountpoint / name).stat()
+            assert caught.value.errno == errno.EIO
+            assert "s3cret" not in m.log_text()
+        for log in [tmp_path / "mnt-mount.log", tmp_path / "mnt2-mount.log", srv.log]:
+            text = log.read_text()
+            assert "DEBUG" in text and "s3cret" not in text, log
+    for path in (srv.store / "uploads", srv.store / "cas", srv.store / "tmp"):
+        assert path.stat().st_mode & 0o777 == 0o700, path

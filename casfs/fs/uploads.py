@@ -155,11 +155,17 @@ class Spool:
     def create(self, entry: FileEntry) -> None:
         """Give ``entry`` a new, empty spool file and record where it belongs."""
         path = self.dir / f"{uuid.uuid4().hex}.data"
-        entry.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        entry.spool = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        entry.fd, entry.spool = fd, path
         entry.size = 0
         entry.closed = False
-        self.record(entry)
+        try:
+            self.record(entry)
+        except OSError:  # a full spool disk: leave neither a descriptor nor a file behind
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            entry.fd = entry.spool = None
+            raise
 
     def record(self, entry: FileEntry) -> None:
         """(Re)write the metadata of a spooled file."""
@@ -397,7 +403,10 @@ class Uploads:
             with self._busy():
                 if not entry.closed:
                     entry.closed = True
-                    self.spool.record(entry)
+                    try:
+                        self.spool.record(entry)
+                    except OSError as error:  # the spool disk is full: upload all the same
+                        log.warning("%s: cannot mark it closed (%s)", entry.label(), error)
                 try:
                     digest = await self._upload(entry)
                 except Exception:

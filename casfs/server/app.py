@@ -14,7 +14,7 @@ from casfs._proto import bytestream_pb2_grpc
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs.rpcstats import RpcStats
 from casfs.server.actioncache import ActionCacheServicer
-from casfs.server.auth import TokenAuth
+from casfs.server.auth import Token, TokenAuth
 from casfs.server.bytestream import ByteStreamServicer
 from casfs.server.capabilities import CapabilitiesServicer
 from casfs.server.cas import CasServicer
@@ -37,7 +37,7 @@ class Security:
 
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    tokens: tuple[bytes, ...] = ()
+    tokens: tuple[Token, ...] = ()
 
     def credentials(self) -> grpc.ServerCredentials | None:
         if self.tls_cert is None and self.tls_key is None:

@@ -36,6 +36,7 @@ from casfs.store.errors import (
     HashMismatch,
     OffsetMismatch,
     SizeMismatch,
+    StoreFull,
     Unsupported,
     UploadBusy,
 )
@@ -114,8 +115,14 @@ class UploadSession:
             assert self._file is not None
         if self._hasher is None:
             self._hasher = self._rehash()
-        with disk_errors(f"uploading {self.digest}"):
-            self._file.write(data)
+        try:
+            with disk_errors(f"uploading {self.digest}"):
+                self._file.write(data)
+        except StoreFull:
+            # The client gives up on a full disk (RESOURCE_EXHAUSTED is final): what the
+            # session holds would only keep the disk full, so it goes.
+            self.discard()
+            raise
         if self.compressor is Compressor.IDENTITY:
             self._hasher.update(data)
         self.committed += len(data)
@@ -123,14 +130,15 @@ class UploadSession:
     def finish(self) -> None:
         """Verify the upload and commit it to the store; the ``.part`` file goes away.
 
-        A size or hash mismatch raises and discards the upload (nothing is stored).
+        A size or hash mismatch, or a full disk, raises and discards the upload (nothing
+        is stored).
         """
         if self._file is None:  # an empty stream with finish_write, or a resumed one
             self.attach()
             assert self._file is not None
-        with disk_errors(f"uploading {self.digest}"):
-            self._file.flush()
         try:
+            with disk_errors(f"uploading {self.digest}"):
+                self._file.flush()
             if self.compressor is Compressor.IDENTITY:
                 if self._hasher is None:
                     self._hasher = self._rehash()
@@ -143,13 +151,17 @@ class UploadSession:
             else:
                 self.detach()
                 self._commit_decompressed()
-        except (HashMismatch, SizeMismatch):
-            self.detach()
-            self.path.unlink(missing_ok=True)
-            self.committed = 0
-            self._hasher = None
+        except (HashMismatch, SizeMismatch, StoreFull):
+            self.discard()
             raise
         self.complete = True
+
+    def discard(self) -> None:
+        """Drop the bytes held; the session starts again from 0."""
+        self.detach()
+        self.path.unlink(missing_ok=True)
+        self.committed = 0
+        self._hasher = None
 
     def _commit_decompressed(self) -> None:
         """Decompress a zstd upload into a temporary file, hashing as it goes, and commit."""

@@ -1,0 +1,241 @@
+"""A fault-injecting gRPC proxy for tests: forwards every REAPI/ByteStream call to a real
+server on 127.0.0.1, and breaks it the ways real networks and real servers do.
+
+It runs in the test process (a grpc server on its own threads) and passes messages through
+as raw bytes; it parses only what a fault needs. The faults are plain attributes, so a test
+can switch them while a mount uses the proxy:
+
+- ``cut_reads = (after, times)``: the next ``times`` Read streams end with UNAVAILABLE once
+  they have passed ``after`` bytes (a connection that breaks mid-stream).
+- ``short_reads = (after, times)``: the next ``times`` Read streams end *successfully* after
+  ``after`` bytes of data, short of what was asked (a buggy server).
+- ``cut_writes = (after, times)``: the next ``times`` Write streams are ended upstream after
+  ``after`` bytes (the server keeps what it got) and fail with UNAVAILABLE to the client.
+- ``query_write_status_unimplemented``: QueryWriteStatus answers UNIMPLEMENTED (buildbox-casd).
+- ``refuse_limits_past_eof``: a Read whose ``read_limit`` runs past the blob's end gets
+  INVALID_ARGUMENT (buildbox-casd).
+- ``reorder_batch_reads``: BatchReadBlobs answers come in reverse order.
+- ``max_batch_zero``: Capabilities advertise ``max_batch_total_size_bytes = 0``.
+
+``calls`` counts the calls per method and ``injected`` the faults applied, per fault name,
+so that a test can check the fault really happened.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from casfs._proto import bytestream_pb2
+from casfs._proto import remote_execution_pb2 as re_pb2
+from casfs.resource import parse_read_name
+from tests.servers import Managed
+
+_READ = "/google.bytestream.ByteStream/Read"
+_WRITE = "/google.bytestream.ByteStream/Write"
+_QUERY = "/google.bytestream.ByteStream/QueryWriteStatus"
+_BATCH_READ = "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchReadBlobs"
+_CAPABILITIES = "/build.bazel.remote.execution.v2.Capabilities/GetCapabilities"
+_STREAMING_RESPONSES = {_READ, "/build.bazel.remote.execution.v2.ContentAddressableStorage/GetTree"}
+_MESSAGE_LIMIT = 64 << 20
+
+
+class FaultProxy(Managed):
+    """A proxy on ``127.0.0.1:<port>`` in front of ``upstream`` (``host:port``)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.port = 0
+        self.cut_reads: tuple[int, int] = (0, 0)
+        self.short_reads: tuple[int, int] = (0, 0)
+        self.cut_writes: tuple[int, int] = (0, 0)
+        self.query_write_status_unimplemented = False
+        self.refuse_limits_past_eof = False
+        self.reorder_batch_reads = False
+        self.max_batch_zero = False
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.injected: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self._server: grpc.Server | None = None
+        self._channel: grpc.Channel | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"grpc://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        options = [
+            ("grpc.max_receive_message_length", _MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", _MESSAGE_LIMIT),
+        ]
+        self._channel = grpc.insecure_channel(self.upstream, options=options)
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=64, thread_name_prefix="fault-proxy"),
+            handlers=[_Handler(self)],
+            options=options,
+        )
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(grace=None).wait()
+        if self._channel is not None:
+            self._channel.close()
+
+    def reset(self) -> None:
+        """Switch every fault off."""
+        self.cut_reads = self.short_reads = self.cut_writes = (0, 0)
+        self.query_write_status_unimplemented = self.refuse_limits_past_eof = False
+        self.reorder_batch_reads = self.max_batch_zero = False
+
+    def _take(self, fault: str) -> int | None:
+        """The byte budget of a cut fault if one is due (and count it), else None."""
+        with self._lock:
+            after, times = getattr(self, fault)
+            if times <= 0:
+                return None
+            setattr(self, fault, (after, times - 1))
+            self.injected[fault] += 1
+            return int(after)
+
+    def _count(self, method: str) -> None:
+        with self._lock:
+            self.calls[method] += 1
+
+    # -- one method each; ``raw`` requests and answers are serialized messages ---------------
+
+    def unary(self, method: str, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        self._count(method)
+        if method == _QUERY and self.query_write_status_unimplemented:
+            self.injected["query_write_status_unimplemented"] += 1
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "QueryWriteStatus is not implemented")
+        answer = self._forward_unary(method, raw, context)
+        if method == _BATCH_READ and self.reorder_batch_reads:
+            response = re_pb2.BatchReadBlobsResponse.FromString(answer)
+            if len(response.responses) > 1:
+                self.injected["reorder_batch_reads"] += 1
+            reordered = re_pb2.BatchReadBlobsResponse(responses=reversed(response.responses))
+            answer = reordered.SerializeToString()
+        if method == _CAPABILITIES and self.max_batch_zero:
+            caps = re_pb2.ServerCapabilities.FromString(answer)
+            caps.cache_capabilities.max_batch_total_size_bytes = 0
+            self.injected["max_batch_zero"] += 1
+            answer = caps.SerializeToString()
+        return answer
+
+    def _forward_unary(self, method: str, raw: bytes, context: grpc.ServicerContext) -> bytes:
+        assert self._channel is not None
+        call = self._channel.unary_unary(method, None, None)
+        try:
+            answer: bytes = call(
+                raw, timeout=context.time_remaining(), metadata=_metadata(context)
+            )
+        except grpc.RpcError as error:
+            _relay(error, context)
+        return answer
+
+    def server_stream(
+        self, method: str, raw: bytes, context: grpc.ServicerContext
+    ) -> Iterator[bytes]:
+        self._count(method)
+        budget = short = None
+        if method == _READ:
+            request = bytestream_pb2.ReadRequest.FromString(raw)
+            if self.refuse_limits_past_eof and request.read_limit:
+                size = parse_read_name(request.resource_name).digest.size
+                if request.read_offset + request.read_limit > size:
+                    self.injected["refuse_limits_past_eof"] += 1
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, "read_limit runs past the blob's end"
+                    )
+            budget = self._take("cut_reads")
+            short = self._take("short_reads")
+        assert self._channel is not None
+        call = self._channel.unary_stream(method, None, None)(
+            raw, timeout=context.time_remaining(), metadata=_metadata(context)
+        )
+        passed = 0
+        try:
+            for answer in call:
+                if short is not None and passed + len(answer) > short:
+                    data = bytestream_pb2.ReadResponse.FromString(answer).data[: short - passed]
+                    yield bytestream_pb2.ReadResponse(data=data).SerializeToString()
+                    call.cancel()
+                    return
+                yield answer
+                passed += len(answer)
+                if budget is not None and passed >= budget:
+                    call.cancel()
+                    context.abort(grpc.StatusCode.UNAVAILABLE, f"stream cut after {passed} bytes")
+        except grpc.RpcError as error:
+            _relay(error, context)
+
+    def client_stream(
+        self, method: str, requests: Iterator[bytes], context: grpc.ServicerContext
+    ) -> bytes:
+        self._count(method)
+        budget = self._take("cut_writes") if method == _WRITE else None
+        cut = threading.Event()
+
+        def forwarded() -> Iterator[bytes]:
+            passed = 0
+            for request in requests:
+                yield request
+                passed += len(request)
+                if budget is not None and passed >= budget:
+                    cut.set()  # end the upstream stream here: the server keeps what it has
+                    return
+
+        assert self._channel is not None
+        call = self._channel.stream_unary(method, None, None)
+        try:
+            answer: bytes = call(
+                forwarded(), timeout=context.time_remaining(),
+                metadata=_metadata(context),
+            )  # fmt: skip
+        except grpc.RpcError as error:
+            _relay(error, context)
+        if cut.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "stream cut")
+        return answer
+
+
+def _metadata(context: grpc.ServicerContext) -> list[tuple[str, str | bytes]]:
+    """The client's headers to pass on (grpc sets its own transport headers)."""
+    return [
+        (key, value)
+        for key, value in context.invocation_metadata()
+        if not key.startswith("grpc-") and key != "user-agent"
+    ]
+
+
+def _relay(error: grpc.RpcError, context: grpc.ServicerContext) -> Any:
+    """Pass the upstream's failure on to the client unchanged."""
+    if isinstance(error, grpc.Call):
+        context.abort(error.code(), error.details() or "")
+    context.abort(grpc.StatusCode.UNKNOWN, str(error))
+
+
+class _Handler(grpc.GenericRpcHandler):
+    def __init__(self, proxy: FaultProxy) -> None:
+        self.proxy = proxy
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method: str = details.method  # type: ignore[attr-defined]
+        proxy = self.proxy
+
+        def bind(fn: Callable[..., Any]) -> Callable[[Any, grpc.ServicerContext], Any]:
+            return lambda request, context: fn(method, request, context)
+
+        if method == _WRITE:
+            return grpc.stream_unary_rpc_method_handler(bind(proxy.client_stream))
+        if method in _STREAMING_RESPONSES:
+            return grpc.unary_stream_rpc_method_handler(bind(proxy.server_stream))
+        return grpc.unary_unary_rpc_method_handler(bind(proxy.unary))

@@ -1,0 +1,469 @@
+"""Property-based tests with hypothesis: random request sequences against the embedded
+server (checked against a model), and hostile names against the server and a real mount.
+
+The server runs in-process (``build_server`` on 127.0.0.1) and is driven with raw gRPC
+stubs, so that requests a well-behaved client would never send get through. Example counts
+are kept modest so the suite stays fast; ``HYPOTHESIS_PROFILE=long`` runs many more.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
+from casfs._proto import remote_execution_pb2 as re_pb2
+from casfs._proto import remote_execution_pb2_grpc as re_grpc
+from casfs.config import StoreConfig
+from casfs.digest import Digest
+from casfs.server.app import build_server
+from casfs.server.instances import Instances
+from tests.mounts import CasfsMount, is_mounted
+from tests.servers import CasfsServer
+from tests.test_client_server import sha256_file
+
+settings.register_profile(
+    "default", max_examples=30, stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+settings.register_profile("long", max_examples=500, stateful_step_count=60, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+Code = grpc.StatusCode
+_rng = random.Random(7)
+BLOBS = [bytes(_rng.getrandbits(8) for _ in range(n)) for n in (0, 1, 7, 1000, 70_000)]
+DIGESTS = [Digest.of_bytes(b) for b in BLOBS]
+UPLOAD_IDS = [str(uuid.UUID(int=i)) for i in range(3)]
+
+
+class EmbeddedServer:
+    """``build_server`` on a fresh store in a temporary directory, and stubs for it."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="casfs-fuzz-"))
+        self.store = self.root / "store"
+        instances = Instances({"main": StoreConfig(self.store, fsync=False)})
+        self.server, port = build_server(instances, "127.0.0.1:0", workers=8)
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.bytestream = bytestream_pb2_grpc.ByteStreamStub(self.channel)
+        self.cas = re_grpc.ContentAddressableStorageStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(grace=None).wait()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def check_store(self) -> None:
+        """Nothing outside the store; every stored blob hashes to its name."""
+        assert os.listdir(self.root) == ["store"]
+        assert set(os.listdir(self.store)) <= {"cas", "tmp", "uploads", "ac"}
+        for blob in (self.store / "cas").glob("*/*/*"):
+            assert sha256_file(blob) == blob.name, blob
+
+    def read(self, name: str, offset: int, limit: int) -> tuple[Code, bytes]:
+        request = bytestream_pb2.ReadRequest(
+            resource_name=name, read_offset=offset, read_limit=limit
+        )
+        try:
+            return Code.OK, b"".join(r.data for r in self.bytestream.Read(request, timeout=30))
+        except grpc.RpcError as error:
+            return error.code(), b""  # type: ignore[attr-defined]
+
+    def write(self, requests: list[bytestream_pb2.WriteRequest]) -> tuple[Code, int]:
+        try:
+            response = self.bytestream.Write(iter(requests), timeout=30)
+        except grpc.RpcError as error:
+            return error.code(), -1  # type: ignore[attr-defined]
+        return Code.OK, response.committed_size
+
+    def query(self, name: str) -> tuple[Code, int, bool]:
+        request = bytestream_pb2.QueryWriteStatusRequest(resource_name=name)
+        try:
+            response = self.bytestream.QueryWriteStatus(request, timeout=30)
+        except grpc.RpcError as error:
+            return error.code(), -1, False  # type: ignore[attr-defined]
+        return Code.OK, response.committed_size, response.complete
+
+
+def _write_name(upload: int, blob: int) -> str:
+    return f"main/uploads/{UPLOAD_IDS[upload]}/blobs/{DIGESTS[blob]}"
+
+
+class ServerMachine(RuleBasedStateMachine):
+    """Random Read/Write/QueryWriteStatus/Batch* requests, each answer checked against a
+    model of what the server must hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.server = EmbeddedServer()
+        self.stored = {0}  # blob indexes held (the empty blob always is)
+        # (upload id, blob) -> [committed bytes, whether they differ from the blob's]
+        self.sessions: dict[tuple[int, int], list[int]] = {}
+
+    def teardown(self) -> None:
+        self.server.close()
+
+    @rule(
+        upload=st.integers(0, 2), blob=st.integers(0, 4),
+        start=st.sampled_from(["committed", "zero", "other"]),
+        length=st.sampled_from(["rest", "half", "none", "past"]),
+        finish=st.booleans(), corrupt=st.booleans(),
+    )  # fmt: skip
+    def write(
+        self, upload: int, blob: int, start: str, length: str, finish: bool, corrupt: bool
+    ) -> None:
+        data, size = BLOBS[blob], len(BLOBS[blob])
+        key = (upload, blob)
+        committed, tainted = self.sessions.get(key, [0, 0])
+        offset = {"committed": committed, "zero": 0, "other": committed + 3}[start]
+        rest = max(0, size - offset)
+        count = {"rest": rest, "half": rest // 2, "none": 0, "past": rest + 5}[length]
+        piece = bytearray(data[offset : offset + count])
+        piece += bytes(count - len(piece))  # "past": more bytes than the blob has
+        if corrupt and piece:
+            piece[0] ^= 0xFF
+        request = bytestream_pb2.WriteRequest(
+            resource_name=_write_name(upload, blob), write_offset=offset, data=bytes(piece),
+            finish_write=finish,
+        )  # fmt: skip
+        code, answer = self.server.write([request])
+        # The model's expectation, in the order the server decides.
+        if blob in self.stored:
+            assert (code, answer) == (Code.OK, size)
+            return
+        self.sessions.setdefault(key, [0, 0])
+        if offset != committed and offset != 0:
+            assert code == Code.FAILED_PRECONDITION
+            return
+        if offset == 0:
+            committed, tainted = 0, 0
+        if committed + len(piece) > size:
+            assert code == Code.INVALID_ARGUMENT
+            self.sessions[key] = [committed, tainted]
+            return
+        committed += len(piece)
+        tainted |= piece != data[offset : offset + len(piece)]
+        if not finish:
+            assert (code, answer) == (Code.OK, committed)
+            self.sessions[key] = [committed, tainted]
+            return
+        if committed != size:
+            assert code == Code.INVALID_ARGUMENT
+            self.sessions[key] = [0, 0]
+        elif tainted:
+            assert code == Code.DATA_LOSS
+            self.sessions[key] = [0, 0]
+        else:
+            assert (code, answer) == (Code.OK, size)
+            self.stored.add(blob)
+            del self.sessions[key]
+
+    @rule(upload=st.integers(0, 2), blob=st.integers(0, 4))
+    def query_write_status(self, upload: int, blob: int) -> None:
+        code, committed, complete = self.server.query(_write_name(upload, blob))
+        session = self.sessions.get((upload, blob))
+        if session is not None:
+            assert (code, committed, complete) == (Code.OK, session[0], False)
+        elif blob in self.stored:
+            assert (code, committed, complete) == (Code.OK, len(BLOBS[blob]), True)
+        else:
+            assert code == Code.NOT_FOUND
+
+    @rule(
+        blob=st.integers(0, 4), offset=st.integers(-5, 80_005), limit=st.integers(-5, 80_005)
+    )
+    def read(self, blob: int, offset: int, limit: int) -> None:
+        code, data = self.server.read(f"main/blobs/{DIGESTS[blob]}", offset, limit)
+        size = len(BLOBS[blob])
+        if limit < 0:
+            assert code == Code.INVALID_ARGUMENT
+        elif not 0 <= offset <= size:
+            assert code == Code.OUT_OF_RANGE
+        elif blob not in self.stored:
+            assert code == Code.NOT_FOUND
+        else:
+            end = offset + limit if limit else size
+            assert (code, data) == (Code.OK, BLOBS[blob][offset:end])
+
+    @rule(items=st.lists(st.tuples(st.integers(0, 4), st.booleans()), max_size=4))
+    def batch_update(self, items: list[tuple[int, bool]]) -> None:
+        request = re_pb2.BatchUpdateBlobsRequest(instance_name="main")
+        for blob, corrupt in items:
+            data = bytearray(BLOBS[blob])
+            if corrupt and data:
+                data[-1] ^= 1
+            request.requests.add(digest=DIGESTS[blob].to_proto(), data=bytes(data))
+        response = self.server.cas.BatchUpdateBlobs(request, timeout=30)
+        assert len(response.responses) == len(items)
+        for (blob, corrupt), answer in zip(items, response.responses, strict=True):
+            bad = corrupt and BLOBS[blob]
+            expected = Code.INVALID_ARGUMENT if bad else Code.OK
+            assert answer.status.code == expected.value[0]
+            if not bad:
+                self.stored.add(blob)
+
+    @rule(blobs=st.lists(st.integers(0, 4), max_size=5))
+    def batch_read_and_find_missing(self, blobs: list[int]) -> None:
+        digests = [DIGESTS[b].to_proto() for b in blobs]
+        response = self.server.cas.BatchReadBlobs(
+            re_pb2.BatchReadBlobsRequest(instance_name="main", digests=digests), timeout=30
+        )
+        for blob, answer in zip(blobs, response.responses, strict=True):
+            if blob in self.stored:
+                assert (answer.status.code, answer.data) == (0, BLOBS[blob])
+            else:
+                assert answer.status.code == Code.NOT_FOUND.value[0]
+        missing = self.server.cas.FindMissingBlobs(
+            re_pb2.FindMissingBlobsRequest(instance_name="main", blob_digests=digests), timeout=30
+        )
+        expected = {DIGESTS[b] for b in blobs if b not in self.stored}
+        assert {Digest.from_proto(d) for d in missing.missing_blob_digests} == expected
+
+    @precondition(lambda self: len(self.stored) > 1)
+    @invariant()
+    def store_is_sound(self) -> None:
+        self.server.check_store()
+
+
+TestServerMachine = ServerMachine.TestCase
+
+
+# -- hostile names -------------------------------------------------------------------------
+
+HASH = DIGESTS[3].hash
+SEGMENTS = st.sampled_from(
+    [
+        "..", ".", "", "/", "\x00", "main", "blobs", "uploads", "compressed-blobs", "zstd",
+        "blake3", "sha256", HASH, HASH.upper(), HASH[:-1], "g" * 64, "-1", "0", "1000",
+        str(2**63), str(2**64 + 1), "1e3", " 1000", "1000\n", "%2e%2e", "x" * 10_000,
+        "../" * 20 + "etc/passwd", "é", "\udcff",
+    ]
+)  # fmt: skip
+NAMES = st.lists(SEGMENTS, min_size=1, max_size=8).map("/".join)
+
+
+@pytest.fixture(scope="module")
+def embedded() -> Iterator[EmbeddedServer]:
+    server = EmbeddedServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+DOCUMENTED = {Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.OUT_OF_RANGE, Code.OK}
+
+
+@given(name=NAMES, offset=st.integers(-(2**63), 2**63 - 1), limit=st.integers(-(2**63), 2**63 - 1))
+def test_hostile_resource_names_are_refused_cleanly(
+    embedded: EmbeddedServer, name: str, offset: int, limit: int
+) -> None:
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        assume(False)  # grpc cannot even send it
+    code, _ = embedded.read(name, offset, limit)
+    assert code in DOCUMENTED, (name, code)
+    write = bytestream_pb2.WriteRequest(
+        resource_name=name, write_offset=offset, data=b"x", finish_write=True
+    )
+    code, _ = embedded.write([write])
+    assert code in DOCUMENTED | {Code.FAILED_PRECONDITION, Code.DATA_LOSS}, (name, code)
+    code, _, _ = embedded.query(name)
+    assert code in DOCUMENTED, (name, code)
+    embedded.check_store()
+    assert not list((embedded.store / "uploads").glob("*.part"))  # nothing kept for it
+
+
+# -- hostile paths through a real mount ------------------------------------------------------
+
+FUSE_ERRORS = {
+    errno.ENOENT, errno.EINVAL, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS,
+    errno.EISDIR, errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, CasfsMount]]:
+    root = tmp_path_factory.mktemp("hostile")
+    with (
+        CasfsServer(root / "store") as server,
+        CasfsMount(root / "mnt", "--remote", server.endpoint) as mounted,
+    ):
+        yield root, mounted
+
+
+PATH_SEGMENTS = st.one_of(
+    SEGMENTS.filter(lambda s: "\x00" not in s and "\udcff" not in s).map(os.fsencode),
+    st.binary(min_size=1, max_size=300).filter(lambda b: b"\x00" not in b and b"/" not in b),
+)
+
+
+@given(
+    where=st.sampled_from([b"main/blobs", b"main/uploads", b"main", b""]),
+    segments=st.lists(PATH_SEGMENTS, min_size=1, max_size=4),
+    action=st.sampled_from(["stat", "read", "create", "mkdir", "listdir"]),
+)
+def test_hostile_paths_never_crash_or_escape(
+    mount: tuple[Path, CasfsMount], where: bytes, segments: list[bytes], action: str
+) -> None:
+    root, mounted = mount
+    base = os.fsencode(mounted.mountpoint)
+    path = os.path.join(base, where, *segments) if where else os.path.join(base, *segments)
+    assume(os.path.normpath(path).startswith(base + b"/"))  # never ask the kernel to leave it
+    before = sorted(os.listdir(root))
+    try:
+        if action == "stat":
+            os.stat(path)
+        elif action == "read":
+            with open(path, "rb") as file:
+                file.read(100)
+        elif action == "create":
+            with open(path, "wb") as file:
+                file.write(b"hostile")
+            os.unlink(path)
+        elif action == "mkdir":
+            os.mkdir(path)
+            os.rmdir(path)
+        else:
+            os.listdir(path)
+    except OSError as error:
+        allowed = FUSE_ERRORS | ({errno.EIO} if action == "create" else set())
+        assert error.errno in allowed, (path, action, error)
+    assert is_mounted(mounted.mountpoint)
+    assert os.listdir(mounted.mountpoint) == ["main"]
+    assert sorted(os.listdir(root)) == before
+    assert mounted.process is not None and mounted.process.poll() is None
+
+
+# -- file operations in uploads/ against a model ---------------------------------------------
+
+FILE_NAMES = st.sampled_from(["a", "b", "c", "sub/d", "sub/e"])
+CONTENTS = st.one_of(st.binary(max_size=3000), st.sampled_from([b"", bytes(300_000)]))
+
+
+def test_uploads_behave_like_a_model(mount: tuple[Path, CasfsMount]) -> None:
+    """create, rewrite, rename, unlink, a writer kept open across steps, reads: the tree in
+    uploads/ always equals a dict of name -> bytes, and each closed file's digest is its
+    content's."""
+    _, mounted = mount
+    uploads = mounted.mountpoint / "main" / "uploads"
+
+    class UploadsMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dir = uploads / f"model-{uuid.uuid4().hex[:8]}"
+            (self.dir / "sub").mkdir(parents=True)
+            self.model: dict[str, bytes] = {}
+            self.writer: tuple[str, Any, bytearray] | None = None  # name, file, written
+
+        def teardown(self) -> None:
+            if self.writer is not None:
+                self.writer[1].close()
+            shutil.rmtree(self.dir)
+
+        def busy(self, name: str) -> bool:
+            return self.writer is not None and self.writer[0] == name
+
+        @rule(name=FILE_NAMES, data=CONTENTS)
+        def write_whole(self, name: str, data: bytes) -> None:
+            if self.busy(name):
+                return
+            (self.dir / name).write_bytes(data)
+            self.model[name] = data
+            digest = os.getxattr(self.dir / name, "user.casfs.digest").decode()
+            assert digest == str(Digest.of_bytes(data))
+
+        def pick(self, index: int) -> str | None:
+            """An existing file no writer holds, or None."""
+            names = sorted(n for n in self.model if not self.busy(n))
+            return names[index % len(names)] if names else None
+
+        @rule(index=st.integers(0, 9), data=CONTENTS)
+        def append_to_committed_is_refused(self, index: int, data: bytes) -> None:
+            name = self.pick(index)
+            if name is None:
+                return
+            with pytest.raises(PermissionError), open(self.dir / name, "ab") as file:
+                file.write(data)
+            assert (self.dir / name).read_bytes() == self.model[name]
+
+        @precondition(lambda self: self.writer is None)
+        @rule(name=FILE_NAMES)
+        def open_writer(self, name: str) -> None:
+            self.writer = (name, open(self.dir / name, "wb"), bytearray())  # noqa: SIM115
+            self.model[name] = b""
+
+        @precondition(lambda self: self.writer is not None)
+        @rule(data=CONTENTS)
+        def write_more(self, data: bytes) -> None:
+            assert self.writer is not None
+            name, file, written = self.writer
+            file.write(data)
+            file.flush()
+            written += data
+            assert (self.dir / name).read_bytes() == bytes(written)  # served from the spool
+
+        @precondition(lambda self: self.writer is not None)
+        @rule()
+        def close_writer(self) -> None:
+            assert self.writer is not None
+            name, file, written = self.writer
+            file.close()
+            self.writer = None
+            self.model[name] = bytes(written)
+            digest = os.getxattr(self.dir / name, "user.casfs.digest").decode()
+            assert digest == str(Digest.of_bytes(bytes(written)))
+
+        @rule(index=st.integers(0, 9), to=FILE_NAMES)
+        def rename(self, index: int, to: str) -> None:
+            source = self.pick(index)
+            if source is None or source == to or self.busy(to):
+                return
+            os.rename(self.dir / source, self.dir / to)
+            self.model[to] = self.model.pop(source)
+
+        @rule(index=st.integers(0, 9))
+        def unlink(self, index: int) -> None:
+            name = self.pick(index)
+            if name is None:
+                return
+            os.unlink(self.dir / name)
+            del self.model[name]
+
+        @invariant()
+        def tree_equals_the_model(self) -> None:
+            found = {
+                str(p.relative_to(self.dir)) for p in self.dir.rglob("*") if not p.is_dir()
+            }
+            assert found == set(self.model)
+            for name, data in self.model.items():
+                if not self.busy(name):
+                    assert (self.dir / name).read_bytes() == data, name
+
+    long = os.environ.get("HYPOTHESIS_PROFILE") == "long"
+    quick = settings(
+        max_examples=150 if long else 15, stateful_step_count=40 if long else 20, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )  # fmt: skip
+    run_state_machine_as_test(UploadsMachine, settings=quick)
+    assert is_mounted(mounted.mountpoint)
