@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 
+import pytest
 import trio
 
-from casfs.cas.errors import CasError, Unavailable
+from casfs.cas.errors import CasError, DataLoss, Unavailable
 from casfs.digest import Digest
 from casfs.fs.blockcache import BlockCache, Readahead
 
@@ -94,6 +95,65 @@ def test_sequential_reads_leave_consumed_blocks_to_the_page_cache() -> None:
         assert not any((DIGEST, index) in cache._blocks for index in range(8))
         assert (DIGEST, 8) in cache._blocks
         assert cache._blocks.currsize < cache._blocks.maxsize
+
+    run(scenario)
+
+
+class RottenSource(Source):
+    """Serves DATA with one byte changed, as a server with a corrupted disk would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        rotten = bytearray(DATA)
+        rotten[5 * BLOCK + 7] ^= 0xFF
+        self.data = bytes(rotten)
+
+    async def stream_range(self, digest: Digest, offset: int, length: int) -> AsyncIterator[bytes]:
+        end = min(offset + length, len(self.data))
+        for start in range(offset, end, 3000):
+            await trio.sleep(0.001)
+            yield self.data[start : min(start + 3000, end)]
+
+
+def test_a_blob_read_from_its_start_is_verified() -> None:
+    async def scenario(cache: BlockCache, source: Source) -> None:
+        for rotten in (False, True):
+            feed: Source = RottenSource() if rotten else Source()
+            readahead = Readahead()
+            got = b""
+            failed = None
+            for offset in range(0, len(DATA), BLOCK):
+                try:
+                    got += await cache.read_file(feed, DIGEST, offset, BLOCK, readahead)
+                except DataLoss as error:
+                    failed = (offset, error)
+                    break
+            if not rotten:
+                assert got == DATA and failed is None
+                continue
+            # Everything but the last block came through; the last one is held back.
+            assert failed is not None and failed[0] == 64 * BLOCK
+            with pytest.raises(DataLoss):  # and every later read of the blob fails
+                await cache.read_file(Source(), DIGEST, 0, BLOCK, Readahead())
+            assert not any(key[0] == DIGEST for key in cache._blocks)
+
+    async def main() -> None:  # two caches: the good read must not mark the blob
+        async with trio.open_nursery() as nursery:
+            await scenario(BlockCache(nursery, block_size=BLOCK, capacity=32 * BLOCK), Source())
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_a_reader_that_starts_midway_is_not_held_up_by_verification() -> None:
+    async def scenario(cache: BlockCache, source: Source) -> None:
+        readahead = Readahead()
+        start = 10 * BLOCK
+        got = b""
+        for offset in range(start, len(DATA), BLOCK):
+            got += await cache.read_file(source, DIGEST, offset, BLOCK, readahead)
+        assert got == DATA[start:]
+        assert not cache._verifiers
 
     run(scenario)
 

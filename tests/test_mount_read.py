@@ -317,3 +317,18 @@ def test_reads_keep_working_while_many_run(fx: Fixture) -> None:
     for thread in threads:
         thread.join()
     assert not errors
+
+
+def test_a_corrupted_blob_fails_to_read_and_keeps_failing(fx: Fixture) -> None:
+    source, path = fx.upload("rotten", 5 * MIB + 3)
+    hash_ = path.parent.name
+    stored = fx.server.store / "cas" / "sha256" / hash_[:2] / hash_
+    stored.chmod(0o600)
+    with open(stored, "r+b") as file:  # bit rot on the server's disk
+        file.seek(2 * MIB)
+        file.write(b"\0rot")
+    for _ in range(2):  # the second time too: what the page cache kept is no pass
+        result = sh("cat", str(path), check=False)
+        assert result.returncode != 0
+        assert b"Input/output error" in result.stderr
+    assert f"{hash_}/{5 * MIB + 3}: the server sent other content" in fx.mount.log_text()

@@ -19,6 +19,12 @@ Concurrency notes:
   range, outside the cache and without a flight: its bytes go to the kernel's page cache.
 - A block that a sequential reader has read to its end leaves the cache at once: the
   kernel's page cache has it (``keep_cache``), and its memory goes to the next block.
+- A blob read from its start is verified: its blocks are hashed in order as they land
+  (in a worker thread, see ``hashbehind``), and the run that brings the last block holds
+  it back until the hash is known. A mismatch fails that read (EIO), drops the blob's
+  blocks and marks it corrupt, so every later read of it fails too; the log says why.
+  Verification gives up quietly when the blocks stop coming in order (a reader that
+  skips ahead, an eviction, a failed fetch): a random reader gets unverified bytes.
 - Memory is bounded by ``capacity``: the LRU gets the capacity less what runs in flight
   may hold (one block being assembled per run, plus demand fetches).
 """
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,12 +41,14 @@ import cachetools
 import trio
 
 from casfs.cas.client import Chunk
-from casfs.cas.errors import CasError
+from casfs.cas.errors import CasError, DataLoss
 from casfs.digest import Digest
+from casfs.fs.hashbehind import HashBehind
 
 log = logging.getLogger("casfs.fs")
 
 _Key = tuple[Digest, int]
+MAX_VERIFYING = 64  # blobs hashed at once, as readers read them from the start
 
 
 class BlobSource(Protocol):
@@ -82,14 +90,32 @@ class _Flight:
         raise CasError("the fetch was cancelled (the mount is shutting down)")
 
 
+class _Verifier:
+    """A blob's hash, fed its blocks in order as they land."""
+
+    def __init__(self, digest: Digest, nursery: trio.Nursery) -> None:
+        self.hasher = HashBehind(digest.function, nursery)
+        self.next = 0  # the index of the next block to feed
+        self.moved = trio.Event()
+
+    def wake(self) -> None:
+        self.moved.set()
+        self.moved = trio.Event()
+
+
 class _Blocks(cachetools.LRUCache[_Key, Chunk]):
-    def __init__(self, capacity: int, stats: CacheStats) -> None:
+    def __init__(
+        self, capacity: int, stats: CacheStats, evicted: Callable[[_Key], None]
+    ) -> None:
         super().__init__(maxsize=capacity, getsizeof=len)
         self._stats = stats
+        self._evicted = evicted
 
     def popitem(self) -> tuple[_Key, Chunk]:
         self._stats.evictions += 1
-        return super().popitem()
+        key, data = super().popitem()
+        self._evicted(key)
+        return key, data
 
 
 @dataclass
@@ -133,9 +159,11 @@ class BlockCache:
         self.capacity = capacity
         self.stats = CacheStats()
         self._nursery = nursery
-        self._blocks = _Blocks(capacity - in_flight, self.stats)
+        self._blocks = _Blocks(capacity - in_flight, self.stats, self._evicted)
         self._flights: dict[_Key, _Flight] = {}
         self._streams = trio.CapacityLimiter(streams)
+        self._verifiers: dict[Digest, _Verifier] = {}
+        self._corrupt: cachetools.LRUCache[Digest, bool] = cachetools.LRUCache(maxsize=10_000)
         # Never look further ahead than a quarter of the cache or 64 MiB.
         self.max_window = max(1, min(capacity // 4, 64 << 20) // block_size)
 
@@ -154,12 +182,106 @@ class BlockCache:
         flight.data = data
         del self._flights[key]
         flight.done.set()
+        self._advance(key[0])
 
     def _fail(self, key: _Key, flight: _Flight, error: Exception | None) -> None:
         flight.error = error
         if self._flights.get(key) is flight:
             del self._flights[key]
         flight.done.set()
+        verifier = self._verifiers.get(key[0])
+        if verifier is not None and key[1] >= verifier.next:
+            self._abandon(key[0], "a block failed to come")
+
+    # -- verification -----------------------------------------------------------------------
+
+    def _evicted(self, key: _Key) -> None:
+        verifier = self._verifiers.get(key[0])
+        if verifier is not None and key[1] >= verifier.next:
+            self._abandon(key[0], f"block {key[1]} was evicted before it was hashed")
+
+    def _verify_from_start(self, digest: Digest) -> None:
+        """A reader starts at the blob's beginning: hash it as its blocks come. (A blob of
+        one block comes by BatchReadBlobs, which is verified already.)"""
+        if (
+            digest.size > self.block_size
+            and digest.function.hashable
+            and digest not in self._verifiers
+        ):
+            if len(self._verifiers) >= MAX_VERIFYING:  # readers that stopped halfway
+                self._abandon(next(iter(self._verifiers)), "too many blobs being verified")
+            self._verifiers[digest] = _Verifier(digest, self._nursery)
+
+    def _advance(self, digest: Digest) -> None:
+        """Feed the verifier the blocks that follow on in the cache; conclude once the last
+        is fed (the run that brings the last block concludes before landing it, in
+        ``_land_last``; this is for a last block that came some other way)."""
+        verifier = self._verifiers.get(digest)
+        if verifier is None:
+            return
+        last = (digest.size - 1) // self.block_size
+        while verifier.next <= last:
+            key = (digest, verifier.next)
+            data = self._blocks.get(key)
+            if data is None:  # not here yet (an eviction would have given up)
+                return
+            verifier.hasher.feed_nowait(data)
+            verifier.next += 1
+            verifier.wake()
+        del self._verifiers[digest]
+        self._nursery.start_soon(self._conclude, digest, verifier)
+
+    def _abandon(self, digest: Digest, why: str) -> None:
+        verifier = self._verifiers.pop(digest, None)
+        if verifier is not None:
+            log.debug("%s: not verified: %s", digest, why)
+            verifier.wake()
+
+    async def _conclude(self, digest: Digest, verifier: _Verifier) -> bool:
+        """Whether the blob hashed to its name (True if the hash was cut short by the
+        mount ending). A mismatch marks it corrupt and drops its blocks."""
+        got = await verifier.hasher.digest()
+        if got is None or got == digest:
+            return True
+        log.error("%s: the server sent other content (%s): reads of it fail", digest, got)
+        self._corrupt[digest] = True
+        for key in [key for key in self._blocks if key[0] == digest]:
+            del self._blocks[key]
+        return False
+
+    async def _land_last(self, key: _Key, flight: _Flight, data: Chunk) -> None:
+        """Land a run's block; hold the blob's last block back until the blob is verified."""
+        digest, index = key
+        verifier = self._verifiers.get(digest)
+        if verifier is None or index != (digest.size - 1) // self.block_size:
+            self._land(key, flight, data)
+            return
+        try:
+            await self._verify_last(key, flight, data, verifier)
+        finally:
+            if not flight.done.is_set():  # cancelled: the mount is ending
+                self._fail(key, flight, None)
+
+    async def _verify_last(
+        self, key: _Key, flight: _Flight, data: Chunk, verifier: _Verifier
+    ) -> None:
+        digest, index = key
+        while self._verifiers.get(digest) is verifier and verifier.next < index:
+            if not all(self._covered(digest, i) for i in range(verifier.next, index)):
+                self._abandon(digest, "a block before the last is not coming")
+                break
+            await verifier.moved.wait()
+        if self._verifiers.get(digest) is verifier and verifier.next == index:
+            del self._verifiers[digest]
+            verifier.hasher.feed_nowait(data)
+            if not await self._conclude(digest, verifier):
+                self._fail(key, flight, DataLoss(f"{digest}: the content does not match"))
+                return
+        self._land(key, flight, data)
+
+    def _check_not_corrupt(self, digest: Digest) -> None:
+        if digest in self._corrupt:
+            raise DataLoss(f"{digest}: the server sent content that does not match it")
 
     # -- demand reads -----------------------------------------------------------------------
 
@@ -235,6 +357,8 @@ class BlockCache:
             start += 1
         if start >= last or (start - first >= count // 2 and count > 1):
             return
+        if start == 0:
+            self._verify_from_start(digest)
         run: list[tuple[_Key, _Flight]] = []
         for index in range(start, last):
             if self._covered(digest, index):
@@ -264,16 +388,20 @@ class BlockCache:
                     async for chunk in stream:
                         if not buffer and len(chunk) == self.block_size:
                             key, flight = pending.pop(0)  # the common case: no copy
-                            self._land(key, flight, chunk)
-                            continue
-                        buffer += chunk
-                        while pending and len(buffer) >= self.block_size:
-                            key, flight = pending.pop(0)
-                            self._land(key, flight, bytes(buffer[: self.block_size]))
-                            del buffer[: self.block_size]
+                            await self._land_last(key, flight, chunk)
+                        else:
+                            buffer += chunk
+                            while pending and len(buffer) >= self.block_size:
+                                key, flight = pending.pop(0)
+                                block = bytes(buffer[: self.block_size])
+                                del buffer[: self.block_size]
+                                await self._land_last(key, flight, block)
+                        verifier = self._verifiers.get(digest)
+                        if verifier is not None:  # hashing must keep up with the wire
+                            await verifier.hasher.keep_up()
                     if pending and buffer:  # the blob's last, short block
                         key, flight = pending.pop(0)
-                        self._land(key, flight, bytes(buffer))
+                        await self._land_last(key, flight, bytes(buffer))
         except Exception as error:
             log.debug("readahead of %s from block %d failed: %s", digest, first, error)
             for key, flight in pending:
@@ -291,7 +419,10 @@ class BlockCache:
         blocks reuse their memory instead of faulting in fresh pages, which cost about a
         fifth of the mount's CPU on a cold read. A block that the read ends inside stays.
         """
+        verifier = self._verifiers.get(digest)
         for index in touched:
+            if verifier is not None and index >= verifier.next:
+                continue  # not hashed yet: it stays until it is
             if min((index + 1) * self.block_size, digest.size) <= end:
                 self._blocks.pop((digest, index), None)
 
@@ -304,6 +435,7 @@ class BlockCache:
         the cached blocks if they hold the range, else exactly the bytes asked for (a whole
         block would cost several times the request; the kernel's page cache keeps them).
         """
+        self._check_not_corrupt(digest)
         window = readahead.advance(
             offset, size, max_window=self.max_window, slack=max(size, self.block_size)
         )

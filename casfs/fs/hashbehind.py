@@ -1,4 +1,5 @@
-"""Hashing a spooled file's sequential writes off the mount's trio thread.
+"""Hashing a stream of bytes off the mount's trio thread: a spooled file's sequential
+writes, and a blob's blocks as they are read.
 
 A write is answered as soon as its bytes are in the spool file; hashing them goes on in a
 worker thread while the program sends its next write, so a ``cp`` into ``uploads/`` keeps
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import trio
 
+from casfs.cas.client import Chunk
 from casfs.digest import Digest, DigestBuilder, DigestFunction
 
 INLINE_BYTES = 64 << 10
@@ -37,17 +39,22 @@ class HashBehind:
         self._builder = DigestBuilder(function)
         self._nursery = nursery
         self._limit = limit
-        self._queue: list[bytes] = []
+        self._queue: list[Chunk] = []
         self._queued = 0
         self._working = False
         self._incomplete = False
         self._progress = trio.Event()
         self.size = 0  # bytes fed: where the next sequential write must start
 
-    async def feed(self, data: bytes) -> None:
+    async def feed(self, data: Chunk) -> None:
         """Add the next bytes of the file. Returns once they are queued (or hashed, if
         small); waits while more than ``limit`` bytes are queued. Cancelling the wait
         loses nothing: the bytes are queued already."""
+        self.feed_nowait(data)
+        await self.keep_up()
+
+    def feed_nowait(self, data: Chunk) -> None:
+        """``feed`` without the wait: the caller calls ``keep_up`` where it can wait."""
         self.size += len(data)
         if not self._working and len(data) <= INLINE_BYTES:
             self._builder.update(data)
@@ -57,6 +64,9 @@ class HashBehind:
         if not self._working:
             self._working = True
             self._nursery.start_soon(self._work)
+
+    async def keep_up(self) -> None:
+        """Wait while more than ``limit`` bytes are queued."""
         while self._queued > self._limit and self._working:
             await self._progress.wait()
 
@@ -79,7 +89,7 @@ class HashBehind:
             self._incomplete = self._incomplete or bool(self._queue)
             self._wake()
 
-    def _hash(self, batch: list[bytes]) -> None:  # in a worker thread
+    def _hash(self, batch: list[Chunk]) -> None:  # in a worker thread
         for data in batch:
             self._builder.update(data)
 
