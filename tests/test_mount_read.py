@@ -320,7 +320,7 @@ def test_reads_keep_working_while_many_run(fx: Fixture) -> None:
 
 
 def test_a_corrupted_blob_fails_to_read_and_keeps_failing(fx: Fixture) -> None:
-    source, path = fx.upload("rotten", 5 * MIB + 3)
+    _, path = fx.upload("rotten", 5 * MIB + 3)
     hash_ = path.parent.name
     stored = fx.server.store / "cas" / "sha256" / hash_[:2] / hash_
     stored.chmod(0o600)

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.mounts import CasfsMount
 from tests.servers import CasfsServer
 from tests.test_cli import casfs
-from tests.test_client_server import MIB, write_file
+from tests.test_client_server import MIB, run_client, write_file
 
 CAS = "build.bazel.remote.execution.v2.ContentAddressableStorage"
 BYTESTREAM = "google.bytestream.ByteStream"
@@ -135,6 +135,28 @@ def test_metrics_count_what_was_done(setup: Setup) -> None:
         "casfs_grpc_server_handled_total", grpc_method="Read", grpc_code="NOT_FOUND"
     ) >= 1  # fmt: skip
     assert server.value("casfs_grpc_server_handled_total", grpc_method="Write", grpc_code="OK") >= 1
+
+
+def test_a_small_blob_costs_one_call_to_look_up_and_read(setup: Setup) -> None:
+    data = b"small and whole " * 256
+    digest = run_client(setup.server.endpoint, lambda c: c.upload_bytes(data))
+    url = metrics_url(setup.server.log.read_text())
+
+    def calls() -> dict[str, float]:
+        scrape = Scrape.of(url)
+        methods = ("FindMissingBlobs", "BatchReadBlobs", "Read")
+        return {m: scrape.value("casfs_grpc_server_handled_total", grpc_method=m) for m in methods}
+
+    before = calls()
+    blob = setup.main / "blobs" / f"{digest.hash}/{digest.size}"
+    assert subprocess.run(["cat", str(blob)], capture_output=True, check=True).stdout == data
+    after = calls()
+    # The lookup fetched it whole (one BatchReadBlobs, verified); the read asked nothing.
+    assert {m: after[m] - before[m] for m in after} == {
+        "FindMissingBlobs": 0,
+        "BatchReadBlobs": 1,
+        "Read": 0,
+    }
 
 
 def test_status_of_a_running_mount(setup: Setup) -> None:

@@ -25,18 +25,18 @@ import stat
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from casfs.cas.client import CasClient, Chunk
+from casfs.cas.client import SMALL_READ, CasClient, Chunk
 from casfs.cas.errors import CasError, NotFound
 from casfs.digest import Digest
 from casfs.fs.blockcache import BlockCache, Readahead
-from casfs.fs.catalog import Catalog
+from casfs.fs.catalog import Catalog, FindMissing
 from casfs.fs.inodes import InodeTable
 from casfs.fs.namespace import (
     BlobFile,
@@ -331,10 +331,28 @@ class CasOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOENT)
             node = found
             if isinstance(node, BlobFile):
-                client = self.clients[node.instance]
-                if not await self.catalog.exists(node.instance, node.digest, client.find_missing):
+                probe = self._existence_probe(node.instance, node.digest)
+                if not await self.catalog.exists(node.instance, node.digest, probe):
                     raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attributes(node, self.inodes.lookup(node))
+
+    def _existence_probe(self, instance: str, digest: Digest) -> FindMissing:
+        """How a lookup asks the server whether a blob exists: FindMissingBlobs, or for a
+        small blob a fetch of the whole blob (one BatchReadBlobs, checked against its
+        digest) into the block cache, so that the read which usually follows costs no
+        call. Both are one call; a missing blob is NOT_FOUND either way."""
+        client = self.clients[instance]
+        if digest.size > min(SMALL_READ, self.cache.block_size):
+            return client.find_missing
+
+        async def fetch(digests: Iterable[Digest]) -> set[Digest]:
+            try:
+                await self.cache.block(client, digest, 0)
+            except NotFound:
+                return {digest}
+            return set()
+
+        return fetch
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
