@@ -82,29 +82,30 @@ _REMOTE_KEYS: dict[str, tuple[str, str]] = {
 }
 
 
+def _checked_string(
+    table: Table, key: str, check: Callable[[str], object], errors: type[Exception]
+) -> str | None:
+    """A string that ``check`` accepts; what it raises (``errors``) names file and key."""
+    value = table.string(key)
+    if value is not None:
+        try:
+            check(value)
+        except errors as error:
+            raise ConfigError(f"{table.where}: {key!r}: {error}") from None
+    return value
+
+
 def _remote_value(table: Table, key: str, kind: str) -> OptionValue | None:
     if kind == "endpoint":
         from casfs.cas.channel import EndpointError, parse_endpoint
 
-        value = table.string(key)
-        if value is not None:
-            try:
-                parse_endpoint(value)
-            except EndpointError as error:
-                raise ConfigError(f"{table.where}: {key!r}: {error}") from None
-        return value
-    if kind == "retries":
-        return table.integer(key, minimum=1)
+        return _checked_string(table, key, parse_endpoint, EndpointError)
     if kind == "metrics":
         from casfs.metrics import parse_address
 
-        address = table.string(key)
-        if address is not None:
-            try:
-                parse_address(address)
-            except ConfigError as error:
-                raise ConfigError(f"{table.where}: {key!r}: {error}") from None
-        return address
+        return _checked_string(table, key, parse_address, ConfigError)
+    if kind == "retries":
+        return table.integer(key, minimum=1)
     if kind == "readahead":
         return table.integer(key, minimum=4)
     if kind == "block_size":
