@@ -173,3 +173,23 @@ def test_cp_into_a_mount_over_casd(casd: Casd, tmp_path: Path) -> None:
             subprocess.run(["cmp", str(tree / name), str(blob)], check=True)
             run_client(casd.endpoint, lambda c, d=digest: download(c, d, fetched), instance="")
             assert sha256_file(fetched) == digest.hash
+
+
+def test_a_wrong_size_looked_up_first_loses_nothing_on_casd(casd: Casd, tmp_path: Path) -> None:
+    """casd answers FindMissingBlobs by hash alone and drops a blob read with a wrong size:
+    a lookup of a wrong size, before any read, must leave the blob readable."""
+    import subprocess
+
+    from tests.mounts import CasfsMount
+
+    for size in (5000, 3 * MIB):  # fetched whole at lookup, and looked up by FindMissing
+        source = write_file(tmp_path / f"in{size}", size)
+        digest = run_client(casd.endpoint, lambda c, s=source: c.upload_file(s), instance="")
+        mnt = tmp_path / f"mnt{size}"
+        with CasfsMount(mnt, "--remote", casd.endpoint, "--instance", "") as mount:
+            wrong = mount.mountpoint / "blobs" / digest.hash / str(size - 1)
+            subprocess.run(["stat", str(wrong)], capture_output=True)
+            blob = mount.mountpoint / "blobs" / digest.hash / str(size)
+            subprocess.run(["cmp", str(source), str(blob)], check=True)
+        kept = run_client(casd.endpoint, lambda c, d=digest: c.read_blob(d), instance="")
+        assert kept == source.read_bytes()

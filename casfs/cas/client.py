@@ -282,8 +282,12 @@ class CasClient:
         length = min(length, digest.size - offset)
         if length <= 0:
             return b""
-        if offset == 0 and length == digest.size <= SMALL_READ and await self._fits_batch(digest):
-            # A small blob whole: a unary call, with no thread to wait in, and verified.
+        if (
+            offset == 0
+            and length == digest.size <= SMALL_READ
+            and digest.function.hashable
+            and await self._fits_batch(digest)
+        ):  # a small blob whole: a unary call, with no thread to wait in, and verified
             return (await self.batch_read([digest]))[digest]
         name = BlobName(self.instance, digest).read_name()
         what = f"Read {name} [{offset}+{length}]"

@@ -21,8 +21,10 @@ Concurrency notes:
   kernel's page cache has it (``keep_cache``), and its memory goes to the next block.
 - A blob read from its start is verified: its blocks are hashed in order as they land
   (in a worker thread, see ``hashbehind``), and the run that brings the last block holds
-  it back until the hash is known. A mismatch fails that read (EIO), drops the blob's
-  blocks and marks it corrupt, so every later read of it fails too; the log says why.
+  it back until the hash is known (outside the stream limiter: the runs before it may
+  still wait for one). A mismatch fails that read (EIO), drops the blob's blocks and marks
+  it corrupt for the life of the mount, so every later read that reaches casfs fails too
+  (the page cache may still serve the blocks before the last); the log says why.
   Verification gives up quietly when the blocks stop coming in order (a reader that
   skips ahead, an eviction, a failed fetch): a random reader gets unverified bytes.
 - Memory is bounded by ``capacity``: the LRU gets the capacity less what runs in flight
@@ -172,6 +174,10 @@ class BlockCache:
         """Bytes of blocks held."""
         return int(self._blocks.currsize)
 
+    def holds(self, digest: Digest, index: int) -> bool:
+        """Whether the block is in memory or on its way."""
+        return self._covered(digest, index)
+
     def _covered(self, digest: Digest, index: int) -> bool:
         key = (digest, index)
         return key in self._blocks or key in self._flights
@@ -201,13 +207,8 @@ class BlockCache:
             self._abandon(key[0], f"block {key[1]} was evicted before it was hashed")
 
     def _verify_from_start(self, digest: Digest) -> None:
-        """A reader starts at the blob's beginning: hash it as its blocks come. (A blob of
-        one block comes by BatchReadBlobs, which is verified already.)"""
-        if (
-            digest.size > self.block_size
-            and digest.function.hashable
-            and digest not in self._verifiers
-        ):
+        """A reader starts at the blob's beginning: hash it as its blocks come."""
+        if digest.size and digest.function.hashable and digest not in self._verifiers:
             if len(self._verifiers) >= MAX_VERIFYING:  # readers that stopped halfway
                 self._abandon(next(iter(self._verifiers)), "too many blobs being verified")
             self._verifiers[digest] = _Verifier(digest, self._nursery)
@@ -229,7 +230,13 @@ class BlockCache:
             verifier.next += 1
             verifier.wake()
         del self._verifiers[digest]
-        self._nursery.start_soon(self._conclude, digest, verifier)
+        self._nursery.start_soon(self._conclude_later, digest, verifier)
+
+    async def _conclude_later(self, digest: Digest, verifier: _Verifier) -> None:
+        try:
+            await self._conclude(digest, verifier)
+        except Exception:  # a bug here must not end the mount
+            log.exception("verifying %s failed", digest)
 
     def _abandon(self, digest: Digest, why: str) -> None:
         verifier = self._verifiers.pop(digest, None)
@@ -249,15 +256,25 @@ class BlockCache:
             del self._blocks[key]
         return False
 
-    async def _land_last(self, key: _Key, flight: _Flight, data: Chunk) -> None:
-        """Land a run's block; hold the blob's last block back until the blob is verified."""
+    def _deliver(self, key: _Key, flight: _Flight, data: Chunk) -> None:
+        """Land a run's block, but the blob's last one while the blob is being verified:
+        that one waits for the verdict in a task of its own, outside the stream limiter
+        (the runs that bring the blocks before it may still be waiting for a stream)."""
         digest, index = key
         verifier = self._verifiers.get(digest)
         if verifier is None or index != (digest.size - 1) // self.block_size:
             self._land(key, flight, data)
-            return
+        else:
+            self._nursery.start_soon(self._land_last, key, flight, data, verifier)
+
+    async def _land_last(
+        self, key: _Key, flight: _Flight, data: Chunk, verifier: _Verifier
+    ) -> None:
         try:
             await self._verify_last(key, flight, data, verifier)
+        except Exception as error:  # a bug here must not end the mount: the read fails
+            log.exception("verifying %s failed", key[0])
+            self._fail(key, flight, error)
         finally:
             if not flight.done.is_set():  # cancelled: the mount is ending
                 self._fail(key, flight, None)
@@ -388,20 +405,21 @@ class BlockCache:
                     async for chunk in stream:
                         if not buffer and len(chunk) == self.block_size:
                             key, flight = pending.pop(0)  # the common case: no copy
-                            await self._land_last(key, flight, chunk)
+                            self._deliver(key, flight, chunk)
                         else:
                             buffer += chunk
                             while pending and len(buffer) >= self.block_size:
                                 key, flight = pending.pop(0)
-                                block = bytes(buffer[: self.block_size])
+                                with memoryview(buffer) as view:
+                                    block = bytes(view[: self.block_size])
                                 del buffer[: self.block_size]
-                                await self._land_last(key, flight, block)
+                                self._deliver(key, flight, block)
                         verifier = self._verifiers.get(digest)
                         if verifier is not None:  # hashing must keep up with the wire
                             await verifier.hasher.keep_up()
                     if pending and buffer:  # the blob's last, short block
                         key, flight = pending.pop(0)
-                        await self._land_last(key, flight, bytes(buffer))
+                        self._deliver(key, flight, bytes(buffer))
         except Exception as error:
             log.debug("readahead of %s from block %d failed: %s", digest, first, error)
             for key, flight in pending:
@@ -443,7 +461,11 @@ class BlockCache:
         if offset >= end:
             return b""
         touched = range(offset // self.block_size, (end - 1) // self.block_size + 1)
-        covered = all(self._covered(digest, i) for i in touched)
+        # The last block of a blob being verified comes only through its flight, which
+        # holds it back until the verdict.
+        covered = all(self._covered(digest, i) for i in touched) or (
+            digest in self._verifiers and end == digest.size
+        )
         # A small read that reaches the blob's end (a small blob read whole) has nothing
         # ahead to prefetch: one fetch of its own bytes is all it needs.
         if window and (covered or end < digest.size or end - offset >= self.block_size):

@@ -342,7 +342,11 @@ class CasOperations(pyfuse3.Operations):
         digest) into the block cache, so that the read which usually follows costs no
         call. Both are one call; a missing blob is NOT_FOUND either way."""
         client = self.clients[instance]
-        if digest.size > min(SMALL_READ, self.cache.block_size):
+        if (
+            digest.size > min(SMALL_READ, self.cache.block_size)
+            or not digest.function.hashable
+            or self.cache.holds(digest, 0)  # (for another instance, maybe: ask this one)
+        ):
             return client.find_missing
 
         async def fetch(digests: Iterable[Digest]) -> set[Digest]:
