@@ -8,7 +8,7 @@ import os
 import trio
 
 from casfs.digest import Digest, DigestFunction
-from casfs.fs.hashbehind import INLINE_BYTES, HashBehind
+from casfs.fs.hashbehind import INLINE_BYTES, HashBehind, HashBudget
 
 
 def test_digest_of_mixed_writes_in_order() -> None:
@@ -27,19 +27,30 @@ def test_digest_of_mixed_writes_in_order() -> None:
     trio.run(main)
 
 
-def test_a_fast_writer_waits_for_the_hashing() -> None:
-    limit = 4 << 20
+def test_fast_writers_wait_for_the_hashing_within_one_budget() -> None:
+    budget = HashBudget(4 << 20)
     piece = os.urandom(1 << 20)
+    writers = 6
 
     async def main() -> None:
+        peak = 0
         async with trio.open_nursery() as nursery:
-            hasher = HashBehind(DigestFunction.SHA256, nursery, limit=limit)
-            peak = 0
-            for _ in range(32):
-                await hasher.feed(piece)
-                peak = max(peak, hasher._queued)
-            assert peak <= limit + len(piece)
-            assert await hasher.digest() == Digest.of_bytes(piece * 32)
+            hashers = [HashBehind(DigestFunction.SHA256, nursery, budget) for _ in range(writers)]
+
+            async def write(hasher: HashBehind) -> None:
+                nonlocal peak
+                for _ in range(16):
+                    await hasher.feed(piece)
+                    peak = max(peak, budget.queued)
+
+            async with trio.open_nursery() as writing:
+                for hasher in hashers:
+                    writing.start_soon(write, hasher)
+            for hasher in hashers:
+                assert await hasher.digest() == Digest.of_bytes(piece * 16)
+        # Each writer may add one piece past the limit before it waits.
+        assert peak <= budget.limit + writers * len(piece)
+        assert budget.queued == 0
 
     trio.run(main)
 
@@ -48,7 +59,7 @@ def test_cancelled_hashing_gives_no_digest() -> None:
     async def main() -> None:
         async with trio.open_nursery() as outer:
             async with trio.open_nursery() as nursery:
-                hasher = HashBehind(DigestFunction.SHA256, nursery, limit=64 << 20)
+                hasher = HashBehind(DigestFunction.SHA256, nursery, HashBudget(64 << 20))
                 for _ in range(16):
                     await hasher.feed(os.urandom(1 << 20))
                 nursery.cancel_scope.cancel()  # the mount ends with bytes still queued

@@ -28,7 +28,8 @@ Concurrency notes:
   Verification gives up quietly when the blocks stop coming in order (a reader that
   skips ahead, an eviction, a failed fetch): a random reader gets unverified bytes.
 - Memory is bounded by ``capacity``: the LRU gets the capacity less what runs in flight
-  may hold (one block being assembled per run, plus demand fetches).
+  may hold (one block being assembled per run, plus demand fetches). Blocks waiting to be
+  hashed may outlive their eviction, within one ``HashBudget`` (16 MiB) for all blobs.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import trio
 from casfs.cas.client import Chunk
 from casfs.cas.errors import CasError, DataLoss
 from casfs.digest import Digest
-from casfs.fs.hashbehind import HashBehind
+from casfs.fs.hashbehind import HashBehind, HashBudget
 
 log = logging.getLogger("casfs.fs")
 
@@ -95,8 +96,8 @@ class _Flight:
 class _Verifier:
     """A blob's hash, fed its blocks in order as they land."""
 
-    def __init__(self, digest: Digest, nursery: trio.Nursery) -> None:
-        self.hasher = HashBehind(digest.function, nursery)
+    def __init__(self, digest: Digest, nursery: trio.Nursery, budget: HashBudget) -> None:
+        self.hasher = HashBehind(digest.function, nursery, budget)
         self.next = 0  # the index of the next block to feed
         self.moved = trio.Event()
 
@@ -165,6 +166,7 @@ class BlockCache:
         self._flights: dict[_Key, _Flight] = {}
         self._streams = trio.CapacityLimiter(streams)
         self._verifiers: dict[Digest, _Verifier] = {}
+        self._hash_budget = HashBudget()  # bytes landed, not hashed yet, of all blobs
         self._corrupt: cachetools.LRUCache[Digest, bool] = cachetools.LRUCache(maxsize=10_000)
         # Never look further ahead than a quarter of the cache or 64 MiB.
         self.max_window = max(1, min(capacity // 4, 64 << 20) // block_size)
@@ -211,7 +213,7 @@ class BlockCache:
         if digest.size and digest.function.hashable and digest not in self._verifiers:
             if len(self._verifiers) >= MAX_VERIFYING:  # readers that stopped halfway
                 self._abandon(next(iter(self._verifiers)), "too many blobs being verified")
-            self._verifiers[digest] = _Verifier(digest, self._nursery)
+            self._verifiers[digest] = _Verifier(digest, self._nursery, self._hash_budget)
 
     def _advance(self, digest: Digest) -> None:
         """Feed the verifier the blocks that follow on in the cache; conclude once the last

@@ -12,8 +12,10 @@ Concurrency notes:
   starts a worker task if none runs for this hasher. One hasher has at most one worker, and
   the worker takes the queue in order, so bytes are hashed in the order they were fed.
 - A small write with nothing queued is hashed inline: a thread hop would cost more.
-- At most ``limit`` bytes wait to be hashed: past that, ``feed`` waits for the worker
-  (backpressure on the writer), so memory stays bounded whatever the program writes.
+- The bytes waiting to be hashed count against a ``HashBudget`` shared by every hasher of
+  one owner (the uploads, or the block cache's verifiers): past its limit, ``feed`` waits
+  (backpressure on the writer), so memory stays bounded however many files are written
+  at once. Some worker always runs while the budget holds bytes, so a wait always ends.
 - ``digest`` waits until everything fed has been hashed. If the worker was cancelled with
   bytes still queued (the mount is ending), the hash is incomplete and ``digest`` returns
   None: the caller hashes the spool file instead.
@@ -27,20 +29,41 @@ from casfs.cas.client import Chunk
 from casfs.digest import Digest, DigestBuilder, DigestFunction
 
 INLINE_BYTES = 64 << 10
-QUEUE_LIMIT = 8 << 20
+QUEUE_LIMIT = 16 << 20
+
+
+class HashBudget:
+    """How many bytes may wait to be hashed, across the hashers that share it."""
+
+    def __init__(self, limit: int = QUEUE_LIMIT) -> None:
+        self.limit = limit
+        self.queued = 0
+        self._progress = trio.Event()
+
+    def take(self, nbytes: int) -> None:
+        self.queued += nbytes
+
+    def give_back(self, nbytes: int) -> None:
+        self.queued -= nbytes
+        self._progress.set()
+        self._progress = trio.Event()
+
+    async def room(self) -> None:
+        """Wait until no more than ``limit`` bytes are queued."""
+        while self.queued > self.limit:
+            await self._progress.wait()
 
 
 class HashBehind:
     """The running digest of a file written sequentially from offset 0."""
 
     def __init__(
-        self, function: DigestFunction, nursery: trio.Nursery, *, limit: int = QUEUE_LIMIT
+        self, function: DigestFunction, nursery: trio.Nursery, budget: HashBudget | None = None
     ) -> None:
         self._builder = DigestBuilder(function)
         self._nursery = nursery
-        self._limit = limit
+        self._budget = budget if budget is not None else HashBudget()
         self._queue: list[Chunk] = []
-        self._queued = 0
         self._working = False
         self._incomplete = False
         self._progress = trio.Event()
@@ -48,8 +71,8 @@ class HashBehind:
 
     async def feed(self, data: Chunk) -> None:
         """Add the next bytes of the file. Returns once they are queued (or hashed, if
-        small); waits while more than ``limit`` bytes are queued. Cancelling the wait
-        loses nothing: the bytes are queued already."""
+        small); waits while the budget is over its limit. Cancelling the wait loses
+        nothing: the bytes are queued already."""
         self.feed_nowait(data)
         await self.keep_up()
 
@@ -60,15 +83,14 @@ class HashBehind:
             self._builder.update(data)
             return
         self._queue.append(data)
-        self._queued += len(data)
+        self._budget.take(len(data))
         if not self._working:
             self._working = True
             self._nursery.start_soon(self._work)
 
     async def keep_up(self) -> None:
-        """Wait while more than ``limit`` bytes are queued."""
-        while self._queued > self._limit and self._working:
-            await self._progress.wait()
+        """Wait while the budget is over its limit."""
+        await self._budget.room()
 
     async def digest(self) -> Digest | None:
         """The digest of everything fed, once it is hashed; None if it never will be."""
@@ -82,11 +104,14 @@ class HashBehind:
                 batch = list(self._queue)  # leaves the queue only once hashed
                 await trio.to_thread.run_sync(self._hash, batch)
                 del self._queue[: len(batch)]
-                self._queued -= sum(len(data) for data in batch)
+                self._budget.give_back(sum(len(data) for data in batch))
                 self._wake()
         finally:
             self._working = False
-            self._incomplete = self._incomplete or bool(self._queue)
+            if self._queue:  # cancelled: these bytes will never be hashed
+                self._incomplete = True
+                self._budget.give_back(sum(len(data) for data in self._queue))
+                self._queue.clear()
             self._wake()
 
     def _hash(self, batch: list[Chunk]) -> None:  # in a worker thread

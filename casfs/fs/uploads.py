@@ -43,7 +43,7 @@ from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs.cas.client import CasClient
 from casfs.digest import Digest, DigestFunction, digest_file
 from casfs.fs.errors import MountError
-from casfs.fs.hashbehind import HashBehind
+from casfs.fs.hashbehind import HashBehind, HashBudget
 
 log = logging.getLogger("casfs.fs")
 _ids = itertools.count(1)
@@ -235,6 +235,7 @@ class Uploads:
         self.clients = clients
         self.spool = spool
         self._nursery = nursery  # where files' hashing workers run
+        self._hash_budget = HashBudget()  # bytes written, not hashed yet, of all files
         self.roots = {name: DirEntry(name="", parent=None) for name in clients}
         self.active = 0
         self.stats = UploadStats()
@@ -290,7 +291,7 @@ class Uploads:
         self._restart_hash(entry)
 
     def _restart_hash(self, entry: FileEntry) -> None:
-        entry.hasher = HashBehind(entry.function, self._nursery)
+        entry.hasher = HashBehind(entry.function, self._nursery, self._hash_budget)
 
     def _changed(self, entry: FileEntry) -> None:
         """The content changed: pending again, and not closed since."""
