@@ -209,8 +209,15 @@ class BlockCache:
             self._abandon(key[0], f"block {key[1]} was evicted before it was hashed")
 
     def _verify_from_start(self, digest: Digest) -> None:
-        """A reader starts at the blob's beginning: hash it as its blocks come."""
-        if digest.size and digest.function.hashable and digest not in self._verifiers:
+        """A reader starts at the blob's beginning: hash it as its blocks come, unless some
+        of them are here or coming already (they may be gone before they could be hashed)."""
+        last = (digest.size - 1) // self.block_size
+        if (
+            digest.size
+            and digest.function.hashable
+            and digest not in self._verifiers
+            and not any(self._covered(digest, index) for index in range(last + 1))
+        ):
             if len(self._verifiers) >= MAX_VERIFYING:  # readers that stopped halfway
                 self._abandon(next(iter(self._verifiers)), "too many blobs being verified")
             self._verifiers[digest] = _Verifier(digest, self._nursery, self._hash_budget)
