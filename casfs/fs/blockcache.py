@@ -190,7 +190,7 @@ class BlockCache:
         flight.data = data
         del self._flights[key]
         flight.done.set()
-        self._advance(key[0])
+        self._advance(key[0], key[1])
 
     def _fail(self, key: _Key, flight: _Flight, error: Exception | None) -> None:
         flight.error = error
@@ -222,7 +222,7 @@ class BlockCache:
                 self._abandon(next(iter(self._verifiers)), "too many blobs being verified")
             self._verifiers[digest] = _Verifier(digest, self._nursery, self._hash_budget)
 
-    def _advance(self, digest: Digest) -> None:
+    def _advance(self, digest: Digest, landed: int) -> None:
         """Feed the verifier the blocks that follow on in the cache; conclude once the last
         is fed (the run that brings the last block concludes before landing it, in
         ``_land_last``; this is for a last block that came some other way)."""
@@ -233,7 +233,11 @@ class BlockCache:
         while verifier.next <= last:
             key = (digest, verifier.next)
             data = self._blocks.get(key)
-            if data is None:  # not here yet (an eviction would have given up)
+            if data is None:
+                if landed > verifier.next and key not in self._flights:
+                    # A later block came while this one is not coming: the reader got it
+                    # some other way (the page cache, a direct read). Give up.
+                    self._abandon(digest, f"block {verifier.next} went around the cache")
                 return
             verifier.hasher.feed_nowait(data)
             verifier.next += 1
@@ -438,6 +442,16 @@ class BlockCache:
             for key, flight in pending:  # cancelled, or the stream came up short
                 self._fail(key, flight, None)
 
+    def _read_directly(self, digest: Digest, touched: range) -> None:
+        """Bytes of these blocks go to the page cache without passing through the cache:
+        a blob verified from its start can no longer count on seeing all of its blocks."""
+        self.stats.direct_reads += 1
+        verifier = self._verifiers.get(digest)
+        if verifier is not None and any(
+            index >= verifier.next and not self._covered(digest, index) for index in touched
+        ):
+            self._abandon(digest, "part of it was read around the cache")
+
     def _release(self, digest: Digest, touched: range, end: int) -> None:
         """Drop the blocks a sequential read has consumed up to their end.
 
@@ -488,7 +502,7 @@ class BlockCache:
             # block to stream in: its own bytes come sooner on their own.
         elif covered:
             return await self.read(source, digest, offset, size)
-        self.stats.direct_reads += 1
+        self._read_directly(digest, touched)
         data = await source.read_range(digest, offset, end - offset)
         self.stats.fetched_bytes += len(data)
         return data
