@@ -24,7 +24,7 @@ from tests.faultproxy import FaultProxy
 from tests.mounts import CasfsMount, is_mounted
 from tests.servers import CasfsServer
 from tests.test_client_server import MIB, download, run_client, sha256_file, write_file
-from tests.test_mount_read import sh, zero_blob
+from tests.test_mount_read import Fixture, sh, zero_blob
 
 ENOSPC_TEXT = b"No space left on device"
 EIO_TEXT = b"Input/output error"
@@ -69,19 +69,13 @@ def store_is_sound(store: Path) -> int:
 # -- a mount behind the fault proxy ----------------------------------------------------------
 
 
-class ProxyFixture:
-    def __init__(self, root: Path, server: CasfsServer, proxy: FaultProxy, mount: CasfsMount):
-        self.root = root
-        self.server = server
-        self.proxy = proxy
-        self.mount = mount
-        self.blobs = mount.mountpoint / "main" / "blobs"
-        self.uploads = mount.mountpoint / "main" / "uploads"
+class ProxyFixture(Fixture):
+    """The read tests' fixture, with the mount reaching the server through the proxy."""
 
-    def upload(self, name: str, size: int) -> tuple[Path, Path]:
-        source = write_file(self.root / name, size)
-        digest = run_client(self.server.endpoint, lambda c: c.upload_file(source))
-        return source, self.blobs / digest.hash / str(digest.size)
+    def __init__(self, root: Path, server: CasfsServer, proxy: FaultProxy, mount: CasfsMount):
+        super().__init__(root, server, mount)
+        self.proxy = proxy
+        self.uploads = mount.mountpoint / "main" / "uploads"
 
 
 @pytest.fixture(scope="module")
