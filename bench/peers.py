@@ -72,7 +72,9 @@ class Contender:
 
     def setup(self, stack: contextlib.ExitStack, data: Data) -> None:
         """Start what the contender needs for the whole run (its servers are stopped when
-        ``stack`` closes); raise :class:`Missing` if it cannot run here."""
+        ``stack`` closes) and keep ``data`` for the sessions; raise :class:`Missing` if it
+        cannot run here."""
+        self.data = data
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:
@@ -100,10 +102,6 @@ class CasfsContender(Contender):
         self.server = server
         self.args = ("--remote", server.endpoint, "--cache-size", CASFS_CACHE)
         self.command = "casfs mount MNT " + " ".join(self.args)
-        self.data: Data | None = None
-
-    def setup(self, stack: contextlib.ExitStack, data: Data) -> None:
-        self.data = data
 
     @contextlib.contextmanager
     def open(self, directory: Path) -> Iterator[Session]:
@@ -140,10 +138,6 @@ class DirectContender(Contender):
     def __init__(self, root: Path, server: CasfsServer) -> None:
         super().__init__(root)
         self.server = server
-        self.data: Data | None = None
-
-    def setup(self, stack: contextlib.ExitStack, data: Data) -> None:
-        self.data = data
 
     @contextlib.contextmanager
     def open(self, directory: Path) -> Iterator[Session]:
@@ -157,13 +151,6 @@ class LocalContender(Contender):
     title = "local file"
     is_mount = False
     command = "the same files on the local disk (cp in: cp to the same disk, no fsync)"
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.data: Data | None = None
-
-    def setup(self, stack: contextlib.ExitStack, data: Data) -> None:
-        self.data = data
 
     @contextlib.contextmanager
     def open(self, directory: Path) -> Iterator[Session]:
@@ -180,7 +167,6 @@ class BuildboxFuseContender(Contender):
         self.binary: Path | None = None
         self.casd: buildbox.Casd | None = None
         self.tree: Digest | None = None
-        self.data: Data | None = None
 
     def setup(self, stack: contextlib.ExitStack, data: Data) -> None:
         installed = buildbox.install()
@@ -253,7 +239,6 @@ class RcloneContender(Contender):
         self.title = f"rclone {mode}"
         self._shared = server  # empty until the first of the two starts it
         self.rclone: str | None = None
-        self.data: Data | None = None
 
     def setup(self, stack: contextlib.ExitStack, data: Data) -> None:
         self.rclone = shutil.which("rclone")
