@@ -399,24 +399,24 @@ class CasOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(entry.target)
 
-    @_fuse_errors
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    def _child_to_remove(self, parent_inode: int, name: bytes) -> Entry:
         _, parent = self._directory(parent_inode)
         self._writable()
         entry = parent.children.get(os.fsdecode(name))
         if entry is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
+        return entry
+
+    @_fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        entry = self._child_to_remove(parent_inode, name)
         if isinstance(entry, DirEntry):
             raise pyfuse3.FUSEError(errno.EISDIR)
         self.uploads.remove(entry)
 
     @_fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        _, parent = self._directory(parent_inode)
-        self._writable()
-        entry = parent.children.get(os.fsdecode(name))
-        if entry is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+        entry = self._child_to_remove(parent_inode, name)
         if not isinstance(entry, DirEntry):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if entry.children:
