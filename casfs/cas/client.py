@@ -296,10 +296,12 @@ class CasClient:
             request = bytestream_pb2.ReadRequest(
                 resource_name=name, read_offset=offset, read_limit=length
             )
-            call = self._bytestream.Read(
+            call = self._raw_read(
                 request, timeout=self._stream_timeout(length), metadata=self._metadata
             )
-            data = await self._in_thread(lambda: b"".join(r.data for r in call), call, what)
+            data = await self._in_thread(
+                lambda: b"".join(_read_response_data(m) for m in call), call, what
+            )
             if len(data) < length:
                 raise DataLoss(f"{what}: server sent {len(data)} bytes")
             return data[:length] if len(data) > length else data
