@@ -4,7 +4,8 @@ A session is named by its write resource name (instance, upload id, digest, comp
 so a client that reconnects, even to a restarted server, finds the bytes it already sent:
 ``committed_size`` is the length of the ``.part`` file. Bytes are appended in the order
 they arrive; a write at offset 0 restarts the session, any other offset must equal
-``committed_size``.
+``committed_size``. Whole aligned blocks go to the disk around the page cache
+(``casfs.directio``): a ``.part`` file is read again only to be hashed after a restart.
 
 Concurrency notes: one stream at a time writes a session (``UploadSessions.open`` holds
 the session's lock for the whole stream and waits up to ``busy_timeout`` for a previous
@@ -24,11 +25,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import zstandard
 
 from casfs.digest import Digest, DigestBuilder
+from casfs.directio import DirectWriter
 from casfs.resource import Compressor
 from casfs.store.blobstore import BlobStore, disk_errors
 from casfs.store.errors import (
@@ -62,7 +63,8 @@ class UploadSession:
         self.compressor = compressor
         self.lock = threading.Lock()
         self.complete = False
-        self._file: BinaryIO | None = None
+        self._fd: int | None = None
+        self._writer: DirectWriter | None = None
         self._hasher: DigestBuilder | None = None  # None: rehash the file before appending
         self.committed = path.stat().st_size if path.exists() else 0
 
@@ -73,13 +75,17 @@ class UploadSession:
         return self.digest.size + self.digest.size // 64 + (64 << 10)
 
     def attach(self) -> None:
-        self._file = open(self.path, "ab")  # noqa: SIM115 - closed in detach
-        os.fchmod(self._file.fileno(), 0o600)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.fchmod(self._fd, 0o600)
+        self._writer = DirectWriter(self.path, self._fd)
 
     def detach(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _rehash(self) -> DigestBuilder:
         builder = DigestBuilder(self.digest.function)
@@ -110,14 +116,14 @@ class UploadSession:
             raise SizeMismatch(
                 f"{self.digest}: upload exceeds the size, at {self.committed + len(data)} bytes"
             )
-        if self._file is None:
+        if self._writer is None:
             self.attach()
-            assert self._file is not None
+            assert self._writer is not None
         if self._hasher is None:
             self._hasher = self._rehash()
         try:
             with disk_errors(f"uploading {self.digest}"):
-                self._file.write(data)
+                self._writer.pwrite(data, self.committed)
         except StoreFull:
             # The client gives up on a full disk (RESOURCE_EXHAUSTED is final): what the
             # session holds would only keep the disk full, so it goes.
@@ -133,12 +139,9 @@ class UploadSession:
         A size or hash mismatch, or a full disk, raises and discards the upload (nothing
         is stored).
         """
-        if self._file is None:  # an empty stream with finish_write, or a resumed one
+        if self._writer is None:  # an empty stream with finish_write, or a resumed one
             self.attach()
-            assert self._file is not None
         try:
-            with disk_errors(f"uploading {self.digest}"):
-                self._file.flush()
             if self.compressor is Compressor.IDENTITY:
                 if self._hasher is None:
                     self._hasher = self._rehash()

@@ -1,0 +1,115 @@
+"""Writing files that are written once and read once without filling the page cache.
+
+A blob being uploaded, on either side of the wire, is written once and then read once:
+the mount's spool file is read back by the upload, and the server's ``.part`` file is
+hashed as it arrives and then renamed into the store. Buffered writes copy every byte
+into new page-cache pages first. On the development VM (Firecracker, whose balloon takes
+back the guest's free pages) a fresh page costs a fault in the host as well, and that copy
+(``copy_folio_from_iter_atomic``) was 42% of ``casfs serve``'s CPU while it took an
+upload: a buffered ``dd`` of 1 GiB after ``drop_caches`` ran at 272 MB/s, the same with
+``oflag=direct`` at 1.3-1.8 GB/s. Whole aligned blocks therefore go to the disk directly
+(``O_DIRECT``), as databases write their logs; what is not aligned (the head of a write
+that starts inside a block, the tail of a file) takes the ordinary path.
+
+Linux keeps the two paths coherent for one file: a direct write first writes back and
+drops cached pages in its range, so a later buffered read sees the bytes. A file system
+that refuses ``O_DIRECT`` (tmpfs before Linux 6.6, some FUSE file systems) gets buffered
+writes only, as does a write the device refuses (``EINVAL``): nothing fails for want of
+direct I/O.
+
+Not thread-safe: one ``DirectWriter`` per file, used by one thread (or one trio task) at
+a time. A write blocks until the device has the data, so callers in an event loop should
+expect it to take as long as the disk does (about 0.7 ms per MiB here).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+from pathlib import Path
+
+log = logging.getLogger("casfs.directio")
+
+ALIGNMENT = 4096  # the file offset, length and memory alignment O_DIRECT asks for
+_BOUNCE_BYTES = 1 << 20  # the aligned staging buffer; larger writes go through it in turns
+
+
+class DirectWriter:
+    """Writes at offsets of one file: aligned whole blocks by ``O_DIRECT``, the rest
+    through ``fd`` (the caller's descriptor, opened for writing; never closed here)."""
+
+    def __init__(self, path: Path | str, fd: int) -> None:
+        self._fd = fd
+        self._direct_fd: int | None = None
+        self._bounce: mmap.mmap | None = None
+        self._bounce_view: memoryview | None = None
+        try:
+            self._direct_fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError as error:
+            if error.errno != errno.EINVAL:
+                raise
+            log.debug("%s: no O_DIRECT here (%s); buffered writes only", path, error)
+
+    @property
+    def direct(self) -> bool:
+        """Whether aligned blocks still bypass the page cache."""
+        return self._direct_fd is not None
+
+    def pwrite(self, data: bytes | memoryview, offset: int) -> int:
+        """Write all of ``data`` at ``offset``; returns ``len(data)``. Raises ``OSError``
+        (``ENOSPC`` for a full disk) with the file holding some prefix of the write."""
+        view = memoryview(data).cast("B")
+        head = min(len(view), -offset % ALIGNMENT)
+        body = (len(view) - head) // ALIGNMENT * ALIGNMENT
+        if self._direct_fd is None or body == 0:
+            self._buffered(view, offset)
+            return len(view)
+        self._buffered(view[:head], offset)
+        self._aligned(self._direct_fd, view[head : head + body], offset + head)
+        self._buffered(view[head + body :], offset + head + body)
+        return len(view)
+
+    def _buffered(self, view: memoryview, offset: int) -> None:
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def _aligned(self, direct_fd: int, view: memoryview, offset: int) -> None:
+        """Write whole blocks through the page-aligned staging buffer. A refusal
+        (``EINVAL``) or a short write hands the rest to the buffered path."""
+        if self._bounce_view is None:
+            self._bounce = mmap.mmap(-1, _BOUNCE_BYTES)
+            self._bounce_view = memoryview(self._bounce)
+        bounce = self._bounce_view
+        while view:
+            piece = min(len(view), _BOUNCE_BYTES)
+            bounce[:piece] = view[:piece]
+            try:
+                written = os.pwrite(direct_fd, bounce[:piece], offset)
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+                log.debug("O_DIRECT write refused (%s); buffered writes from now on", error)
+                self._close_direct()
+                written = 0
+            if written < piece:
+                self._buffered(view[written:], offset + written)
+                return
+            view, offset = view[piece:], offset + piece
+
+    def _close_direct(self) -> None:
+        if self._direct_fd is not None:
+            os.close(self._direct_fd)
+            self._direct_fd = None
+
+    def close(self) -> None:
+        """Close the ``O_DIRECT`` descriptor and drop the staging buffer (not ``fd``)."""
+        self._close_direct()
+        if self._bounce_view is not None:
+            self._bounce_view.release()
+            self._bounce_view = None
+        if self._bounce is not None:
+            self._bounce.close()
+            self._bounce = None
