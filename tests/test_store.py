@@ -61,6 +61,33 @@ def test_upload_session_resumes_across_restarts(tmp_path: Path) -> None:
         assert file.read() == data
 
 
+def test_large_messages_are_verified_across_streams(tmp_path: Path) -> None:
+    """Messages of 1 MiB are hashed in a thread of the session: a stream that stops early
+    leaves the hash to the next one, and a flipped byte is still caught at the end."""
+    data = os.urandom(6 << 20)
+    digest = Digest.of_bytes(data)
+    sessions = UploadSessions(BlobStore(tmp_path))
+    for upload_id, corrupt in (("bad", True), ("good", False)):
+        name = f"main/uploads/{upload_id}/blobs/{digest}"
+        sent = bytearray(data)
+        if corrupt:
+            sent[5 << 20] ^= 1
+        with sessions.open(name, digest, Compressor.IDENTITY) as session:
+            for offset in range(0, 3 << 20, 1 << 20):  # the first stream stops halfway
+                session.write(offset, bytes(sent[offset : offset + (1 << 20)]))
+        with sessions.open(name, digest, Compressor.IDENTITY) as session:
+            for offset in range(3 << 20, len(sent), 1 << 20):
+                session.write(offset, bytes(sent[offset : offset + (1 << 20)]))
+            if corrupt:
+                with pytest.raises(HashMismatch):
+                    session.finish()
+                assert not sessions.store.contains(digest)
+            else:
+                session.finish()
+    with sessions.store.open(digest) as file:
+        assert file.read() == data
+
+
 def test_concurrent_uploads_of_one_blob(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
     sessions = UploadSessions(store)

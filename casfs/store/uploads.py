@@ -11,8 +11,10 @@ Concurrency notes: one stream at a time writes a session (``UploadSessions.open`
 the session's lock for the whole stream and waits up to ``busy_timeout`` for a previous
 stream, e.g. one whose client vanished, to let go). The running hash is kept in memory
 between streams; a session found only on disk (after a restart) is rehashed once on first
-use. On ``finish`` the bytes are verified and renamed into the blob store, so a partial
-upload never becomes visible as a blob.
+use; while a stream runs, a ``HashThread`` of the session feeds it, and it is the
+session's again once that thread has been joined (``detach``, ``finish``). On ``finish``
+the bytes are verified and renamed into the blob store, so a partial upload never becomes
+visible as a blob.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ from casfs.store.errors import (
     Unsupported,
     UploadBusy,
 )
+from casfs.store.hashthread import HashThread
 
 log = logging.getLogger("casfs.store")
 
 # Partial uploads nobody came back for are removed at start-up after this long.
 STALE_AFTER = 7 * 24 * 3600
 _COPY_CHUNK = 1 << 20
+_HASH_THREAD_BYTES = 256 << 10  # a stream's first message this large starts a HashThread
 
 
 class UploadSession:
@@ -66,6 +70,7 @@ class UploadSession:
         self._fd: int | None = None
         self._writer: DirectWriter | None = None
         self._hasher: DigestBuilder | None = None  # None: rehash the file before appending
+        self._hashing: HashThread | None = None  # feeds _hasher while a stream runs
         self.committed = path.stat().st_size if path.exists() else 0
 
     def _max_bytes(self) -> int:
@@ -80,6 +85,7 @@ class UploadSession:
         self._writer = DirectWriter(self.path, self._fd)
 
     def detach(self) -> None:
+        self._hashed()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -130,8 +136,19 @@ class UploadSession:
             self.discard()
             raise
         if self.compressor is Compressor.IDENTITY:
-            self._hasher.update(data)
+            if self._hashing is None and len(data) >= _HASH_THREAD_BYTES:
+                self._hashing = HashThread(self._hasher)
+            if self._hashing is not None:
+                self._hashing.update(data)
+            else:
+                self._hasher.update(data)
         self.committed += len(data)
+
+    def _hashed(self) -> None:
+        """Wait until the hash thread has hashed every byte written, and end it."""
+        if self._hashing is not None:
+            self._hashing.close()
+            self._hashing = None
 
     def finish(self) -> None:
         """Verify the upload and commit it to the store; the ``.part`` file goes away.
@@ -143,6 +160,7 @@ class UploadSession:
             self.attach()
         try:
             if self.compressor is Compressor.IDENTITY:
+                self._hashed()
                 if self._hasher is None:
                     self._hasher = self._rehash()
                 if self.committed != self.digest.size:
