@@ -277,3 +277,19 @@ def test_status_counts_a_failed_upload(tmp_path: Path) -> None:
         assert status["uploads"]["failed"] >= 1
         assert status["uploads"]["committed"] == 0 and status["uploads"]["in_flight"] == 0
         assert status["errors"].get("EIO", 0) >= 1
+
+
+def test_a_small_blob_is_read_without_a_fuse_read(setup: Setup) -> None:
+    data = b"in the page cache at open " * 160
+    digest = run_client(setup.server.endpoint, lambda c: c.upload_bytes(data))
+    url = metrics_url(setup.mount.log_text())
+
+    def reads() -> float:
+        return Scrape.of(url).value("casfs_fuse_ops_total", op="read")
+
+    before = reads()
+    blob = setup.main / "blobs" / f"{digest.hash}/{digest.size}"
+    assert subprocess.run(["cat", str(blob)], capture_output=True, check=True).stdout == data
+    # The lookup fetched it whole; the open put it in the kernel's page cache.
+    assert reads() == before
+    assert blob.read_bytes() == data

@@ -340,6 +340,13 @@ class BlockCache:
             self._nursery.start_soon(self._fetch_block, source, key, flight)
         return flight
 
+    def cached(self, digest: Digest, index: int) -> Chunk | None:
+        """The block if it is in memory now (counted as a hit), else None; never fetches."""
+        data = self._blocks.get((digest, index))
+        if data is not None:
+            self.stats.hits += 1
+        return data
+
     async def block(self, source: BlobSource, digest: Digest, index: int) -> Chunk:
         """One block, from the cache or fetched (once, however many readers ask)."""
         data = self._blocks.get((digest, index))
