@@ -8,7 +8,8 @@ import os
 import trio
 
 from casfs.digest import Digest, DigestFunction
-from casfs.fs.hashbehind import INLINE_BYTES, HashBehind, HashBudget
+from casfs.fs.budget import ByteBudget
+from casfs.fs.hashbehind import INLINE_BYTES, HashBehind
 
 
 def test_digest_of_mixed_writes_in_order() -> None:
@@ -28,7 +29,7 @@ def test_digest_of_mixed_writes_in_order() -> None:
 
 
 def test_fast_writers_wait_for_the_hashing_within_one_budget() -> None:
-    budget = HashBudget(4 << 20)
+    budget = ByteBudget(4 << 20)
     piece = os.urandom(1 << 20)
     writers = 6
 
@@ -59,7 +60,7 @@ def test_cancelled_hashing_gives_no_digest() -> None:
     async def main() -> None:
         async with trio.open_nursery() as outer:
             async with trio.open_nursery() as nursery:
-                hasher = HashBehind(DigestFunction.SHA256, nursery, HashBudget(64 << 20))
+                hasher = HashBehind(DigestFunction.SHA256, nursery, ByteBudget(64 << 20))
                 for _ in range(16):
                     await hasher.feed(os.urandom(1 << 20))
                 nursery.cancel_scope.cancel()  # the mount ends with bytes still queued

@@ -29,7 +29,7 @@ Concurrency notes:
   skips ahead, an eviction, a failed fetch): a random reader gets unverified bytes.
 - Memory is bounded by ``capacity``: the LRU gets the capacity less what runs in flight
   may hold (one block being assembled per run, plus demand fetches). Blocks waiting to be
-  hashed may outlive their eviction, within one ``HashBudget`` (16 MiB) for all blobs.
+  hashed may outlive their eviction, within one ``ByteBudget`` (16 MiB) for all blobs.
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ import trio
 from casfs.cas.client import Chunk
 from casfs.cas.errors import CasError, DataLoss
 from casfs.digest import Digest
-from casfs.fs.hashbehind import HashBehind, HashBudget
+from casfs.fs.budget import ByteBudget
+from casfs.fs.hashbehind import HashBehind
 
 log = logging.getLogger("casfs.fs")
 
@@ -96,7 +97,7 @@ class _Flight:
 class _Verifier:
     """A blob's hash, fed its blocks in order as they land."""
 
-    def __init__(self, digest: Digest, nursery: trio.Nursery, budget: HashBudget) -> None:
+    def __init__(self, digest: Digest, nursery: trio.Nursery, budget: ByteBudget) -> None:
         self.hasher = HashBehind(digest.function, nursery, budget)
         self.next = 0  # the index of the next block to feed
         self.moved = trio.Event()
@@ -166,7 +167,7 @@ class BlockCache:
         self._flights: dict[_Key, _Flight] = {}
         self._streams = trio.CapacityLimiter(streams)
         self._verifiers: dict[Digest, _Verifier] = {}
-        self._hash_budget = HashBudget()  # bytes landed, not hashed yet, of all blobs
+        self._hash_budget = ByteBudget()  # bytes landed, not hashed yet, of all blobs
         self._corrupt: cachetools.LRUCache[Digest, bool] = cachetools.LRUCache(maxsize=10_000)
         # Never look further ahead than a quarter of the cache or 64 MiB.
         self.max_window = max(1, min(capacity // 4, 64 << 20) // block_size)

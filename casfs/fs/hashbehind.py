@@ -12,7 +12,7 @@ Concurrency notes:
   starts a worker task if none runs for this hasher. One hasher has at most one worker, and
   the worker takes the queue in order, so bytes are hashed in the order they were fed.
 - A small write with nothing queued is hashed inline: a thread hop would cost more.
-- The bytes waiting to be hashed count against a ``HashBudget`` shared by every hasher of
+- The bytes waiting to be hashed count against a ``ByteBudget`` shared by every hasher of
   one owner (the uploads, or the block cache's verifiers): past its limit, ``feed`` waits
   (backpressure on the writer), so memory stays bounded however many files are written
   at once. Some worker always runs while the budget holds bytes, so a wait always ends.
@@ -27,42 +27,20 @@ import trio
 
 from casfs.cas.client import Chunk
 from casfs.digest import Digest, DigestBuilder, DigestFunction
+from casfs.fs.budget import ByteBudget
 
 INLINE_BYTES = 64 << 10
-QUEUE_LIMIT = 16 << 20
-
-
-class HashBudget:
-    """How many bytes may wait to be hashed, across the hashers that share it."""
-
-    def __init__(self, limit: int = QUEUE_LIMIT) -> None:
-        self.limit = limit
-        self.queued = 0
-        self._progress = trio.Event()
-
-    def take(self, nbytes: int) -> None:
-        self.queued += nbytes
-
-    def give_back(self, nbytes: int) -> None:
-        self.queued -= nbytes
-        self._progress.set()
-        self._progress = trio.Event()
-
-    async def room(self) -> None:
-        """Wait until no more than ``limit`` bytes are queued."""
-        while self.queued > self.limit:
-            await self._progress.wait()
 
 
 class HashBehind:
     """The running digest of a file written sequentially from offset 0."""
 
     def __init__(
-        self, function: DigestFunction, nursery: trio.Nursery, budget: HashBudget | None = None
+        self, function: DigestFunction, nursery: trio.Nursery, budget: ByteBudget | None = None
     ) -> None:
         self._builder = DigestBuilder(function)
         self._nursery = nursery
-        self._budget = budget if budget is not None else HashBudget()
+        self._budget = budget if budget is not None else ByteBudget()
         self._queue: list[Chunk] = []
         self._working = False
         self._incomplete = False

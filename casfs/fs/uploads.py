@@ -42,8 +42,9 @@ import trio
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs.cas.client import CasClient
 from casfs.digest import Digest, DigestFunction, digest_file
+from casfs.fs.budget import ByteBudget
 from casfs.fs.errors import MountError
-from casfs.fs.hashbehind import HashBehind, HashBudget
+from casfs.fs.hashbehind import HashBehind
 
 log = logging.getLogger("casfs.fs")
 _ids = itertools.count(1)
@@ -235,7 +236,7 @@ class Uploads:
         self.clients = clients
         self.spool = spool
         self._nursery = nursery  # where files' hashing workers run
-        self._hash_budget = HashBudget()  # bytes written, not hashed yet, of all files
+        self._hash_budget = ByteBudget()  # bytes written, not hashed yet, of all files
         self.roots = {name: DirEntry(name="", parent=None) for name in clients}
         self.active = 0
         self.stats = UploadStats()
