@@ -115,3 +115,55 @@ class DirectWriter:
         if self._bounce is not None:
             self._bounce.close()
             self._bounce = None
+
+
+class DirectReader:
+    """Reads a file that is not in the page cache (one written by ``DirectWriter``) without
+    bringing it in: aligned reads by ``O_DIRECT`` into a staging buffer, copied out.
+
+    Without ``direct``, on a file system that refuses ``O_DIRECT``, or for a read at an
+    unaligned offset, it reads the ordinary way. Not thread-safe; ``close`` when done.
+    """
+
+    def __init__(self, path: os.PathLike[str] | str, *, direct: bool = True) -> None:
+        self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self._direct_fd: int | None = None
+        self._bounce: mmap.mmap | None = None
+        if not direct:
+            return
+        try:
+            self._direct_fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError as error:
+            if error.errno != errno.EINVAL:
+                os.close(self._fd)
+                raise
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
+        if self._direct_fd is None or offset % ALIGNMENT or length > _BOUNCE_BYTES:
+            return os.pread(self._fd, length, offset)
+        if self._bounce is None:
+            self._bounce = mmap.mmap(-1, _BOUNCE_BYTES)
+        padded = -(-length // ALIGNMENT) * ALIGNMENT
+        view = memoryview(self._bounce)
+        try:
+            got = os.preadv(self._direct_fd, [view[:padded]], offset)
+        except OSError as error:
+            if error.errno != errno.EINVAL:
+                raise
+            os.close(self._direct_fd)
+            self._direct_fd = None
+            return os.pread(self._fd, length, offset)
+        finally:
+            view.release()
+        return self._bounce[: min(got, length)]
+
+    def close(self) -> None:
+        """Close the descriptors and drop the staging buffer."""
+        for fd in (self._direct_fd, self._fd):
+            if fd is not None:
+                os.close(fd)
+        self._direct_fd = None
+        if self._bounce is not None:
+            self._bounce.close()
+            self._bounce = None

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from casfs import directio
-from casfs.directio import ALIGNMENT, DirectWriter
+from casfs.directio import ALIGNMENT, DirectReader, DirectWriter
 
 MIB = 1 << 20
 
@@ -106,3 +106,26 @@ def test_a_file_system_without_o_direct_gets_buffered_writes(
         writer.close()
         os.close(fd)
     assert path.read_bytes() == data
+
+
+@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
+def test_a_cold_file_is_read_without_filling_the_page_cache(tmp_path: Path) -> None:
+    path = tmp_path / "spool"
+    data = os.urandom(5 * MIB + 777)
+    fd, writer = _writer(path)
+    try:
+        writer.pwrite(data, 0)
+    finally:
+        writer.close()
+        os.close(fd)
+    subprocess.run(["dd", f"of={path}", "oflag=nocache", "conv=notrunc,fdatasync", "count=0"],
+                   check=True, capture_output=True)  # drop what the tail left cached
+    reader = DirectReader(path)
+    try:
+        pieces = [reader.pread(MIB, offset) for offset in range(0, len(data), MIB)]
+        assert b"".join(pieces) == data
+        assert reader.pread(100, 5 * MIB + 700) == data[5 * MIB + 700 :]  # unaligned: buffered
+        assert reader.pread(MIB, len(data)) == b""
+        assert _cached_pages(path) <= 2  # the tail's page, and the unaligned read's
+    finally:
+        reader.close()

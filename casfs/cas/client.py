@@ -49,6 +49,7 @@ from casfs.cas.errors import (
 from casfs.cas.retry import with_retries
 from casfs.config import RemoteConfig
 from casfs.digest import Digest, DigestBuilder, DigestFunction, digest_file
+from casfs.directio import DirectReader
 from casfs.resource import BlobName, Compressor
 from casfs.rpcstats import RpcStats
 
@@ -477,10 +478,17 @@ class CasClient:
                     raise error
 
     async def write(
-        self, digest: Digest, path: os.PathLike[str] | str, progress: ProgressCallback | None = None
+        self,
+        digest: Digest,
+        path: os.PathLike[str] | str,
+        progress: ProgressCallback | None = None,
+        *,
+        cold: bool = False,
     ) -> None:
         """Upload the file at ``path`` as ``digest`` by ByteStream Write, resumably.
         ``progress`` is told the bytes of the file sent so far (from grpc's thread).
+        ``cold`` says the file is not in the page cache (the mount's spool), so it is read
+        without bringing it in.
 
         The file is sent in ``chunk_size`` requests. After a transient failure the next
         attempt asks QueryWriteStatus for ``committed_size`` and resumes there; a server
@@ -511,7 +519,7 @@ class CasClient:
             started = True
             if compressor is Compressor.IDENTITY:
                 requests = _plain_requests(
-                    name, path, offset, digest.size, self.config.chunk_size, progress
+                    name, path, offset, digest.size, self.config.chunk_size, progress, cold=cold
                 )
             else:
                 requests = _zstd_requests(name, path, self.config.chunk_size, progress)
@@ -634,14 +642,17 @@ def _plain_requests(
     size: int,
     chunk_size: int,
     progress: ProgressCallback | None = None,
+    *,
+    cold: bool = False,
 ) -> Iterator[bytestream_pb2.WriteRequest]:
-    """WriteRequests for ``path[offset:size]``; runs in grpc's request-consuming thread."""
-    with open(path, "rb") as file:
-        file.seek(offset)
+    """WriteRequests for ``path[offset:size]``; runs in grpc's request-consuming thread.
+    ``cold``: the file is not in the page cache, so it is read around it (``directio``)."""
+    reader = DirectReader(path, direct=cold)
+    try:
         position = offset
         first = True
         while True:
-            chunk = file.read(min(chunk_size, size - position))
+            chunk = reader.pread(min(chunk_size, size - position), position)
             if not chunk and position < size:
                 raise OSError(f"{path} shrank to {position} bytes during the upload")
             finish = position + len(chunk) >= size
@@ -657,6 +668,8 @@ def _plain_requests(
                 progress(position)
             if finish:
                 return
+    finally:
+        reader.close()
 
 
 def _zstd_requests(
