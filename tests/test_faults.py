@@ -343,9 +343,18 @@ def test_a_full_spool_refuses_new_files_without_leaking(tmp_path: Path) -> None:
         uploads = m.mountpoint / "main" / "uploads"
         holder = open(uploads / "holder", "wb")  # noqa: SIM115 - keeps the spool full
         try:
-            with pytest.raises(OSError):
-                holder.write(os.urandom(8 * MIB))
-                holder.flush()
+            # Writes are answered once queued for the spool (at most 16 MiB ahead of it),
+            # so the write that finds the disk full fails, or one of the next ones does.
+            with pytest.raises(OSError) as full:
+                for _ in range(64):
+                    holder.write(os.urandom(MIB))
+                    holder.flush()
+            assert full.value.errno == 28  # ENOSPC
+            # The failed write is cut from the spool file, which frees a little: take it.
+            filler = cache / "filler"
+            with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as fill:
+                while fill.write(b"\0" * 4096):
+                    pass
             fds = len(os.listdir(f"/proc/{m.pid}/fd"))
             for i in range(20):
                 with pytest.raises(OSError) as caught:
@@ -356,6 +365,7 @@ def test_a_full_spool_refuses_new_files_without_leaking(tmp_path: Path) -> None:
         finally:
             with contextlib.suppress(OSError):
                 holder.close()
+            (cache / "filler").unlink(missing_ok=True)
         (uploads / "after").write_bytes(b"fits again")
         assert (uploads / "after").read_bytes() == b"fits again"
         assert not list((cache / "spool").glob("*.data"))  # the holder committed on close

@@ -295,6 +295,31 @@ def test_every_descriptor_may_write_until_its_close(fx: Fixture) -> None:
     )
 
 
+def test_writes_answered_before_they_land_are_all_there(fx: Fixture) -> None:
+    """Large writes are answered once queued for the spool file (a worker lands them):
+    a read through another descriptor, a truncate, an overwrite and fsync all see every
+    write answered before them, in order."""
+    path = fx.uploads / "behind"
+    data = bytearray(os.urandom(24 * MIB))
+    with open(path, "wb", buffering=0) as writer, open(path, "rb", buffering=0) as reader:
+        for offset in range(0, 16 * MIB, MIB):
+            writer.write(data[offset : offset + MIB])
+        # from the mount, not from the pages the kernel kept of the writes
+        os.posix_fadvise(reader.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(reader.fileno(), 16 * MIB, 0) == data[: 16 * MIB]
+        os.pwrite(writer.fileno(), b"x" * MIB, 3 * MIB)  # rewrite a block in the middle
+        data[3 * MIB : 4 * MIB] = b"x" * MIB
+        os.truncate(writer.fileno(), 12 * MIB)
+        del data[12 * MIB :]
+        writer.seek(12 * MIB)
+        writer.write(bytes(data[: 8 * MIB]))
+        data += data[: 8 * MIB]
+        os.fsync(writer.fileno())
+        assert xattr(path, "user.casfs.digest") == str(Digest.of_bytes(bytes(data)))
+    assert path.read_bytes() == data
+    assert fx.on_server(Digest.of_bytes(bytes(data))) == data
+
+
 def test_concurrent_closes_all_commit(fx: Fixture) -> None:
     work = fx.uploads / "closes"
     work.mkdir()

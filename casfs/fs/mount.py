@@ -184,6 +184,8 @@ async def _watch_signals(
                 await uploads.idle.wait()
             if uploads.active:
                 log.warning("%d upload(s) left spooled for the next mount", uploads.active)
+        with trio.move_on_after(drain_timeout):
+            await uploads.settle_all()  # writes answered but not in their spool files yet
         pyfuse3.terminate()
         return
 
@@ -291,6 +293,8 @@ async def _serve(
         if not config.read_only:
             nursery.start_soon(_finish_leftovers, operations)
         await pyfuse3.main(min_tasks=2, max_tasks=config.max_tasks)
+        with trio.move_on_after(config.drain_timeout):
+            await operations.uploads.settle_all()  # after a lazy unmount, files may be open
     finally:
         nursery.cancel_scope.cancel()
         notify.stopping(f"unmounting {config.mountpoint}")

@@ -297,7 +297,7 @@ class CasOperations(pyfuse3.Operations):
         if fields.update_size:
             if not isinstance(entry, FileEntry):
                 raise pyfuse3.FUSEError(errno.EISDIR)
-            self.uploads.truncate(entry, attr.st_size)
+            await self.uploads.truncate(entry, attr.st_size)
         if fields.update_mode and isinstance(entry, FileEntry):
             entry.mode = stat.S_IMODE(attr.st_mode)  # committed files show it read-only
             entry.invalidate()  # the executable bit is part of the Directory digest
@@ -530,8 +530,10 @@ class CasOperations(pyfuse3.Operations):
 
     # -- files ------------------------------------------------------------------------------
 
-    def _open_upload(self, entry: FileEntry, writable: bool, truncate: bool) -> pyfuse3.FileInfo:
-        self.uploads.open(entry, write=writable, truncate=truncate)
+    async def _open_upload(
+        self, entry: FileEntry, writable: bool, truncate: bool
+    ) -> pyfuse3.FileInfo:
+        await self.uploads.open(entry, write=writable, truncate=truncate)
         handle = next(self._handles)
         self._open[handle] = _OpenUpload(entry, writable, Readahead())
         return pyfuse3.FileInfo(fh=handle)
@@ -553,7 +555,7 @@ class CasOperations(pyfuse3.Operations):
         else:
             instance, directory = self._directory(parent_inode)
             entry = self.uploads.new_file(instance, directory, text, mode, None)
-        return self._open_upload(entry, True, False), self._new_entry(instance, entry)
+        return await self._open_upload(entry, True, False), self._new_entry(instance, entry)
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -563,7 +565,7 @@ class CasOperations(pyfuse3.Operations):
         if isinstance(entry, FileEntry):
             if writing:
                 self._writable()
-            return self._open_upload(entry, writing, bool(flags & os.O_TRUNC))
+            return await self._open_upload(entry, writing, bool(flags & os.O_TRUNC))
         if entry is not None:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if not isinstance(node, BlobFile):
@@ -572,7 +574,7 @@ class CasOperations(pyfuse3.Operations):
             # Writing an existing blob's name: verified on close like any direct write.
             self._writable()
             direct = self.uploads.new_file(node.instance, None, "", 0o444, node.digest)
-            return self._open_upload(direct, True, False)
+            return await self._open_upload(direct, True, False)
         handle = next(self._handles)
         self._open[handle] = _OpenBlob(node, Readahead())
         self._store_small_blob(inode, node.instance, node.digest)
@@ -630,7 +632,7 @@ class CasOperations(pyfuse3.Operations):
             return await self._read_blob(node.instance, node.digest, off, size, handle.readahead)
         entry = handle.entry
         if entry.spool is not None:
-            return self.uploads.read_spool(entry, off, size)
+            return await self.uploads.read_spool(entry, off, size)
         if entry.digest is None:  # a direct write refused for its content: nothing to read
             raise pyfuse3.FUSEError(errno.EIO)
         return await self._read_blob(entry.instance, entry.digest, off, size, handle.readahead)
@@ -677,7 +679,7 @@ class CasOperations(pyfuse3.Operations):
         if not isinstance(handle, _OpenUpload):
             return
         entry = handle.entry
-        self.uploads.release(entry, wrote=handle.writable)
+        await self.uploads.release(entry, wrote=handle.writable)
         if handle.writable and not entry.opens and not entry.committed and not entry.unlinked:
             log.info("%s stays spooled, not uploaded", entry.label())
 

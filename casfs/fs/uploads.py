@@ -11,10 +11,20 @@ a commit (through a descriptor still open: a duplicate, a forked child, mmap) ma
 file pending again, and the next close commits it again, so every close reports on the
 data written so far. The spool file lives until the last open handle is released.
 
+A write is answered once it is queued for its spool file: a ``SpoolWriter`` lands the
+writes in order in a worker thread (whole blocks around the page cache, since the spool
+is read once, by the upload), so ``cp`` sends its next write while the last one goes to
+the disk. Everything that looks at the spool first waits for the writes answered before
+it (``_settle``): reads, truncates, the last writer's release, and the close that commits.
+A write that fails there (a full disk) cuts the file before it and is reported once, by
+the file's next write or by its close, which still commits the bytes before it.
+
 Next to each spool file a ``<id>.json`` says where the file belongs and whether a close
 asked for it (``closed``). A mount that ends or dies before a closed file is committed
 leaves it to the next mount of the same cache directory, which uploads it; a file that
-was never closed (its writer died with the mount) comes back pending and is not uploaded.
+was never closed (its writer died with the mount) comes back pending and is not uploaded,
+and if the mount was killed its last writes (16 MiB at most) may be missing from it: they
+were answered but still queued. An unmount or a signal lands them first.
 
 Concurrency notes: everything runs in the mount's trio thread. Each file has a
 ``trio.Lock`` held while it is finalized, so concurrent closes upload it once; writes,
@@ -45,6 +55,7 @@ from casfs.digest import Digest, DigestFunction, digest_file
 from casfs.fs.budget import ByteBudget
 from casfs.fs.errors import MountError
 from casfs.fs.hashbehind import HashBehind
+from casfs.fs.spoolwriter import SpoolWriter
 
 log = logging.getLogger("casfs.fs")
 _ids = itertools.count(1)
@@ -116,6 +127,8 @@ class FileEntry(Entry):
     closed: bool = False  # a close asked for this content to be committed
     unlinked: bool = False
     hasher: HashBehind | None = None  # None: the writes were not sequential
+    spooler: SpoolWriter | None = None  # lands the writes in the spool file, behind them
+    write_error: OSError | None = None  # a write that failed after it was answered
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -237,6 +250,8 @@ class Uploads:
         self.spool = spool
         self._nursery = nursery  # where files' hashing workers run
         self._hash_budget = ByteBudget()  # bytes written, not hashed yet, of all files
+        self._spool_budget = ByteBudget()  # bytes answered, not in a spool file yet
+        self._writing: set[FileEntry] = set()  # files with a spool writer
         self.roots = {name: DirEntry(name="", parent=None) for name in clients}
         self.active = 0
         self.stats = UploadStats()
@@ -269,7 +284,7 @@ class Uploads:
         if entry.lock.locked():
             raise UploadError(errno.EBUSY, f"{entry.label()} is being uploaded")
 
-    def open(self, entry: FileEntry, *, write: bool, truncate: bool) -> None:
+    async def open(self, entry: FileEntry, *, write: bool, truncate: bool) -> None:
         """Count an open handle. Writing a committed file whose spool is gone starts it over
         (only with O_TRUNC: casfs keeps no copy of committed content to modify)."""
         if write:
@@ -281,7 +296,7 @@ class Uploads:
                 self._create_spool(entry)
                 entry.modified()
             elif truncate:
-                self.truncate(entry, 0)
+                await self.truncate(entry, 0)
             if entry.fd is None and entry.spool is not None:
                 entry.fd = os.open(entry.spool, os.O_RDWR)
             entry.writers += 1
@@ -303,23 +318,67 @@ class Uploads:
         entry.modified()
 
     async def write(self, entry: FileEntry, offset: int, data: bytes) -> int:
-        """Spool a write. Sequential writes are hashed behind (see ``hashbehind``); the
-        state is updated before any wait, so a close that comes meanwhile sees it all."""
+        """Answer a write once it is queued for the spool file (``spoolwriter``); sequential
+        writes are hashed behind too (``hashbehind``). The state is updated before any
+        wait, so a close that comes meanwhile sees it all. An earlier write that failed
+        after it was answered fails this one, once."""
         self.check_idle(entry)
-        if entry.fd is None:
+        if entry.fd is None or entry.spool is None:
             raise UploadError(errno.EBADF, f"{entry.label()} is not open for writing")
-        written = os.pwrite(entry.fd, data, offset)
+        if entry.spooler is not None and entry.spooler.error is not None:
+            await self._settle(entry)
+        if entry.write_error is not None:
+            error, entry.write_error = entry.write_error, None
+            raise error
+        spooler = entry.spooler
+        if spooler is None:
+            spooler = entry.spooler = SpoolWriter(entry.spool, self._nursery, self._spool_budget)
+            self._writing.add(entry)
+        spooler.submit(offset, data)
         hasher = entry.hasher
         if hasher is None or offset != hasher.size:
             entry.hasher = hasher = None  # not sequential: rehash at finalize
-        entry.size = max(entry.size, offset + written)
+        entry.size = max(entry.size, offset + len(data))
         self._changed(entry)
         if hasher is not None:
-            await hasher.feed(data if written == len(data) else data[:written])
-        return written
+            hasher.feed_nowait(data)
+        await spooler.keep_up()
+        if hasher is not None:
+            await hasher.keep_up()
+        return len(data)
 
-    def truncate(self, entry: FileEntry, size: int) -> None:
+    async def _settle(self, entry: FileEntry) -> None:
+        """Wait until the spool file holds every write answered so far. A write that
+        failed there (a full disk) cut the file short before it: its error goes to
+        ``entry.write_error``, for the next write or close to report."""
+        spooler = entry.spooler
+        if spooler is None:
+            return
+        await spooler.settle()
+        if spooler.error is None or entry.spooler is not spooler:
+            return
+        entry.write_error = spooler.error
+        if spooler.failed_at is not None and spooler.failed_at < entry.size and entry.spool:
+            entry.size = spooler.failed_at
+            os.truncate(entry.spool, entry.size)  # and a partial write past it
+            entry.hasher = None
+            self._changed(entry)
+        self._stop_spooler(entry)  # the next write starts a new one
+
+    def _stop_spooler(self, entry: FileEntry) -> None:
+        if entry.spooler is not None:
+            entry.spooler.close()
+            entry.spooler = None
+        self._writing.discard(entry)
+
+    async def settle_all(self) -> None:
+        """Land every answered write in its spool file (before the mount ends)."""
+        for entry in list(self._writing):
+            await self._settle(entry)
+
+    async def truncate(self, entry: FileEntry, size: int) -> None:
         self.check_idle(entry)
+        await self._settle(entry)
         if entry.spool is None:
             raise UploadError(errno.EACCES, f"{entry.label()} is committed and read-only")
         os.truncate(entry.spool, size)
@@ -330,20 +389,26 @@ class Uploads:
         entry.size = size
         self._changed(entry)
 
-    def read_spool(self, entry: FileEntry, offset: int, size: int) -> bytes:
-        assert entry.spool is not None
+    async def read_spool(self, entry: FileEntry, offset: int, size: int) -> bytes:
+        await self._settle(entry)
+        if entry.spool is None:  # committed and released while we waited
+            raise UploadError(errno.EIO, f"{entry.label()}: its spool is gone")
         if entry.fd is not None:
             return os.pread(entry.fd, size, offset)
         with open(entry.spool, "rb") as file:
             file.seek(offset)
             return file.read(size)
 
-    def release(self, entry: FileEntry, *, wrote: bool) -> None:
-        """A handle is gone. The last one drops the spool of a committed or unlinked file;
-        a pending one keeps it (a failed upload: for fsync or the next mount)."""
+    async def release(self, entry: FileEntry, *, wrote: bool) -> None:
+        """A handle is gone. The last writer's lands its writes in the spool; the last
+        handle drops the spool of a committed or unlinked file, and a pending one keeps it
+        (a failed upload: for fsync or the next mount)."""
         entry.opens -= 1
         if wrote:
             entry.writers -= 1
+            if not entry.writers:
+                await self._settle(entry)
+                self._stop_spooler(entry)
         if entry.opens:
             return
         if entry.committed or entry.unlinked:
@@ -358,6 +423,7 @@ class Uploads:
         if isinstance(entry, FileEntry):
             self.check_idle(entry)
             entry.unlinked = True
+            self._stop_spooler(entry)  # what is still queued would only fill the disk
             self.spool.forget(entry)
             if not entry.opens:
                 self.spool.discard(entry)
@@ -398,6 +464,7 @@ class Uploads:
         is discarded. Cancellation leaves the file pending.
         """
         async with entry.lock:
+            await self._settle(entry)
             if entry.digest is not None:
                 return entry.digest
             if entry.spool is None:  # refused (a direct write's content) while we waited
@@ -419,6 +486,9 @@ class Uploads:
             self.spool.forget(entry)  # committed: nothing for a later mount to do
             if not entry.opens:
                 self.spool.discard(entry)
+            if entry.write_error is not None:  # the bytes before it are committed
+                failed, entry.write_error = entry.write_error, None
+                raise failed
             return digest
 
     async def _upload(self, entry: FileEntry) -> Digest:
@@ -445,7 +515,7 @@ class Uploads:
                     raise UploadError(errno.EIO, f"{entry.label()} changed during its upload")
                 await client.batch_update([(digest, data)])
             else:
-                await client.write(digest, spool)
+                await client.write(digest, spool, cold=True)
             self.stats.uploaded_bytes += digest.size
             log.info(
                 "uploaded %s as %s in %.2fs", entry.label(), digest, time.monotonic() - started
