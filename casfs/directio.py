@@ -26,10 +26,12 @@ server's handler of the upload's stream).
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import logging
 import mmap
 import os
+from collections.abc import Generator
 from pathlib import Path
 
 log = logging.getLogger("casfs.directio")
@@ -119,16 +121,20 @@ class DirectWriter:
 
 class DirectReader:
     """Reads a file that is not in the page cache (one written by ``DirectWriter``) without
-    bringing it in: aligned reads by ``O_DIRECT`` into a staging buffer, copied out.
+    bringing it in: aligned reads by ``O_DIRECT`` into staging buffers, copied out.
 
-    Without ``direct``, on a file system that refuses ``O_DIRECT``, or for a read at an
-    unaligned offset, it reads the ordinary way. Not thread-safe; ``close`` when done.
+    A direct read waits for the device (about 0.7 ms per MiB here) and, unlike a buffered
+    one, gets no readahead from the kernel, so ``chunks`` reads the next piece in a thread
+    of its own while the caller sends this one. Without ``direct``, on a file system that
+    refuses ``O_DIRECT``, or at an unaligned offset, it reads the ordinary way.
+
+    Not thread-safe (its own helper thread aside); ``close`` when done.
     """
 
     def __init__(self, path: os.PathLike[str] | str, *, direct: bool = True) -> None:
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._direct_fd: int | None = None
-        self._bounce: mmap.mmap | None = None
+        self._bounces: list[mmap.mmap] = []
         if not direct:
             return
         try:
@@ -138,32 +144,61 @@ class DirectReader:
                 os.close(self._fd)
                 raise
 
-    def pread(self, length: int, offset: int) -> bytes:
-        """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file)."""
-        if self._direct_fd is None or offset % ALIGNMENT or length > _BOUNCE_BYTES:
+    def pread(self, length: int, offset: int, *, bounce: int = 0) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (fewer only at the end of the file), read
+        through staging buffer number ``bounce``."""
+        direct_fd = self._direct_fd
+        if direct_fd is None or offset % ALIGNMENT or length > _BOUNCE_BYTES:
             return os.pread(self._fd, length, offset)
-        if self._bounce is None:
-            self._bounce = mmap.mmap(-1, _BOUNCE_BYTES)
+        while len(self._bounces) <= bounce:
+            self._bounces.append(mmap.mmap(-1, _BOUNCE_BYTES))
+        buffer = self._bounces[bounce]
         padded = -(-length // ALIGNMENT) * ALIGNMENT
-        view = memoryview(self._bounce)
+        view = memoryview(buffer)
         try:
-            got = os.preadv(self._direct_fd, [view[:padded]], offset)
+            got = os.preadv(direct_fd, [view[:padded]], offset)
         except OSError as error:
             if error.errno != errno.EINVAL:
                 raise
-            os.close(self._direct_fd)
-            self._direct_fd = None
-            return os.pread(self._fd, length, offset)
+            return os.pread(self._fd, length, offset)  # refused here: this read only
         finally:
             view.release()
-        return self._bounce[: min(got, length)]
+        return buffer[: min(got, length)]
+
+    def chunks(self, offset: int, end: int, size: int) -> Generator[bytes, None, None]:
+        """The bytes from ``offset`` to ``end`` (or to the end of the file) in pieces of
+        ``size``; while the caller has one piece, the next is being read. A piece shorter
+        than asked ends it (the file ended early)."""
+        if self._direct_fd is None:
+            while offset < end:
+                piece = os.pread(self._fd, min(size, end - offset), offset)
+                yield piece
+                if len(piece) < min(size, end - offset):
+                    return
+                offset += len(piece)
+            return
+        with concurrent.futures.ThreadPoolExecutor(1, "casfs-readahead") as ahead:
+            turn = 0
+            following = ahead.submit(self.pread, min(size, end - offset), offset, bounce=turn)
+            while offset < end:
+                piece = following.result()
+                wanted = min(size, end - offset)
+                offset += len(piece)
+                turn ^= 1
+                if len(piece) == wanted and offset < end:
+                    following = ahead.submit(
+                        self.pread, min(size, end - offset), offset, bounce=turn
+                    )
+                yield piece
+                if len(piece) < wanted:
+                    return
 
     def close(self) -> None:
-        """Close the descriptors and drop the staging buffer."""
+        """Close the descriptors and drop the staging buffers."""
         for fd in (self._direct_fd, self._fd):
             if fd is not None:
                 os.close(fd)
         self._direct_fd = None
-        if self._bounce is not None:
-            self._bounce.close()
-            self._bounce = None
+        for buffer in self._bounces:
+            buffer.close()
+        self._bounces.clear()

@@ -129,3 +129,20 @@ def test_a_cold_file_is_read_without_filling_the_page_cache(tmp_path: Path) -> N
         assert _cached_pages(path) <= 2  # the tail's page, and the unaligned read's
     finally:
         reader.close()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_chunks_read_ahead_and_stop_where_the_file_does(tmp_path: Path, direct: bool) -> None:
+    path = tmp_path / "file"
+    data = os.urandom(3 * MIB + 5)
+    path.write_bytes(data)
+    reader = DirectReader(path, direct=direct)
+    try:
+        assert b"".join(reader.chunks(0, len(data), MIB)) == data
+        assert [len(p) for p in reader.chunks(MIB, len(data), MIB)] == [MIB, MIB, 5]
+        assert b"".join(reader.chunks(2 * MIB, 10 * MIB, MIB)) == data[2 * MIB :]  # short
+        unfinished = reader.chunks(0, len(data), MIB)
+        assert next(unfinished) == data[:MIB]
+        unfinished.close()  # its read-ahead ends before the descriptors go
+    finally:
+        reader.close()

@@ -648,11 +648,12 @@ def _plain_requests(
     """WriteRequests for ``path[offset:size]``; runs in grpc's request-consuming thread.
     ``cold``: the file is not in the page cache, so it is read around it (``directio``)."""
     reader = DirectReader(path, direct=cold)
+    pieces = reader.chunks(offset, size, chunk_size)
     try:
         position = offset
         first = True
         while True:
-            chunk = reader.pread(min(chunk_size, size - position), position)
+            chunk = next(pieces, b"") if position < size else b""
             if not chunk and position < size:
                 raise OSError(f"{path} shrank to {position} bytes during the upload")
             finish = position + len(chunk) >= size
@@ -669,6 +670,7 @@ def _plain_requests(
             if finish:
                 return
     finally:
+        pieces.close()  # first: its thread may still be reading
         reader.close()
 
 
