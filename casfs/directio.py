@@ -1,18 +1,21 @@
 """Writing a file that is written once and read once, without filling the page cache.
 
-``casfs serve`` writes each upload to a ``.part`` file, hashes the bytes as they arrive,
-and renames the file into the store: nobody reads those pages soon, yet buffered writes
-copy every byte into new page-cache pages first. On the development VM (Firecracker, whose
-balloon takes back the guest's free pages) a fresh page also costs a fault in the host,
-and that copy (``copy_folio_from_iter_atomic``) was 42% of the server's CPU while it took
-an upload: a buffered ``dd`` of 1 GiB after ``drop_caches`` ran at 272 MB/s, the same with
+Two files are written once and read once: the ``.part`` file ``casfs serve`` writes an
+upload to (hashed as it arrives, then renamed into the store), and the mount's spool file
+(read back by the upload). Buffered writes copy every byte into new page-cache pages
+first. On the development VM (Firecracker, whose balloon takes back the guest's free
+pages) a fresh page also costs a fault in the host, and that copy
+(``copy_folio_from_iter_atomic``) was 42% of the server's CPU while it took an upload: a
+buffered ``dd`` of 1 GiB after ``drop_caches`` ran at 272 MB/s, the same with
 ``oflag=direct`` at 1.3-1.8 GB/s. Whole aligned blocks therefore go to the disk directly
 (``O_DIRECT``), as databases write their logs; what is not aligned (the head of a write
-that starts inside a block, the tail of a file) takes the ordinary path.
+that starts inside a block, the tail of a file) takes the ordinary path. ``DirectReader``
+reads such a file back the same way.
 
-The mount's spool keeps buffered writes: a direct write returns only once the device has
-the data, and ``cp`` waits for every FUSE write, so it added the disk's latency to each
-MiB (measured: the write phase of 1 GiB went from 2.5 to 3.2 s).
+A direct write returns only once the device has the data, so the mount does not make
+``cp`` wait for it: its spool writes go through a queue and a worker thread
+(``casfs.fs.spoolwriter``). Answered after the write, the same spool was slower than a
+buffered one (the write phase of 1 GiB went from 2.5 to 3.2 s).
 
 Linux keeps the two paths coherent for one file: a direct write first writes back and
 drops cached pages in its range, so a later buffered read sees the bytes. A file system
@@ -21,7 +24,7 @@ writes only, as does a write the device refuses (``EINVAL``): nothing fails for 
 direct I/O.
 
 Not thread-safe: one ``DirectWriter`` per file, used by one thread at a time (the
-server's handler of the upload's stream).
+server's handler of an upload's stream; the mount's spool writer).
 """
 
 from __future__ import annotations
