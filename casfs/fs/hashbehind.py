@@ -3,8 +3,9 @@ writes, and a blob's blocks as they are read.
 
 A write is answered as soon as its bytes are queued for the spool file (``spoolwriter``);
 hashing them goes on in a worker thread while the program sends its next write, so a
-``cp`` into ``uploads/`` keeps both cores busy. sha256 runs at about 1.2 GB/s here: inline, it was a third of the mount's
-CPU on the write path, and every write waited for it.
+``cp`` into ``uploads/`` keeps both cores busy. sha256 runs at about 1.2 GB/s here:
+inline, it was a third of the mount's CPU on the write path, and every write waited for
+it.
 
 Concurrency notes:
 
