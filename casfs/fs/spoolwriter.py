@@ -15,9 +15,12 @@ Concurrency notes:
   mount: past its limit the caller waits (``keep_up``), so memory stays bounded however
   many files are written at once.
 - A write that fails (``ENOSPC``) stops the writer: what was queued after it is dropped,
-  ``error`` holds the failure and ``landed`` where the file's good bytes end if the writes
-  were sequential. The caller reports the error to the program once (at its next write or
-  at ``close``), as the kernel does for a failed writeback.
+  ``error`` holds the failure and ``failed_at`` the lowest offset among the failed write
+  and the dropped ones (for sequential writes, where the file's good bytes end). The
+  caller reports the error to the program once (at its next write or at ``close``), as the
+  kernel does for a failed writeback.
+- A batch leaves the queue when its thread starts: the queue holds only what no thread
+  has, and each byte is given back to the budget once, by whoever holds it.
 - The writer has descriptors of its own, so the caller may close its descriptor at any
   time. ``close`` drops what is still queued; a batch already in its thread finishes
   first, and the descriptors are closed after it.
@@ -59,13 +62,14 @@ class SpoolWriter:
         self.failed_at: int | None = None  # the offset of the write that failed
 
     def submit(self, offset: int, data: bytes) -> None:
-        """Queue a write (the caller checks ``error`` first). A small write with nothing
-        queued lands at once, in this thread: a thread hop would cost more, and a file
-        of a few writes is then whole in its spool when its writes are answered. Its
-        failure raises ``OSError`` here."""
-        if self.error is not None or self._closed:
-            raise OSError(errno.EBADF, "the spool writer is stopped")
-        if not self._working and len(data) <= INLINE_BYTES:
+        """Queue a write (the caller checks ``error`` first; a write queued after a failure
+        is dropped like the others queued then). A small write with nothing queued lands
+        at once, in this thread: a thread hop would cost more, and a file of a few writes
+        is then whole in its spool when its writes are answered. Its failure raises
+        ``OSError`` here, with some of it possibly written."""
+        if self._closed:
+            raise OSError(errno.EBADF, "the spool writer is closed")
+        if not self._working and self.error is None and len(data) <= INLINE_BYTES:
             self._writer.pwrite(data, offset)
             return
         self._queue.append((offset, data))
@@ -93,10 +97,11 @@ class SpoolWriter:
     async def _work(self) -> None:
         try:
             while self._queue and self.error is None:
-                batch = list(self._queue)
-                await trio.to_thread.run_sync(self._land, batch)
-                del self._queue[: len(batch)]
-                self._budget.give_back(sum(len(data) for _, data in batch))
+                batch, self._queue = self._queue, []
+                try:
+                    await trio.to_thread.run_sync(self._land, batch)
+                finally:
+                    self._budget.give_back(sum(len(data) for _, data in batch))
                 self._wake()
         finally:
             self._working = False
@@ -106,15 +111,23 @@ class SpoolWriter:
             self._wake()
 
     def _land(self, batch: list[tuple[int, bytes]]) -> None:  # in a worker thread
-        for offset, data in batch:
+        for index, (offset, data) in enumerate(batch):
             try:
                 self._writer.pwrite(data, offset)
             except OSError as error:
-                self.error, self.failed_at = error, offset
+                self._failed(error, [at for at, _ in batch[index:]])
                 return
+
+    def _failed(self, error: OSError, offsets: list[int]) -> None:
+        self.error = error
+        lowest = min(offsets, default=None)
+        if lowest is not None and (self.failed_at is None or lowest < self.failed_at):
+            self.failed_at = lowest
 
     def _drop_queue(self) -> None:
         if self._queue:
+            if self.error is not None:  # dropped after a failure: the cut goes below them
+                self._failed(self.error, [at for at, _ in self._queue])
             self._budget.give_back(sum(len(data) for _, data in self._queue))
             self._queue.clear()
 
