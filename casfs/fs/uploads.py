@@ -288,6 +288,7 @@ class Uploads:
         """Count an open handle. Writing a committed file whose spool is gone starts it over
         (only with O_TRUNC: casfs keeps no copy of committed content to modify)."""
         if write:
+            await self._settle(entry)  # no wait from here on: the checks below hold
             self.check_idle(entry)
             if entry.spool is None:
                 if not truncate:
@@ -296,7 +297,7 @@ class Uploads:
                 self._create_spool(entry)
                 entry.modified()
             elif truncate:
-                await self.truncate(entry, 0)
+                self._truncate_settled(entry, 0)
             if entry.fd is None and entry.spool is not None:
                 entry.fd = os.open(entry.spool, os.O_RDWR)
             entry.writers += 1
@@ -322,11 +323,11 @@ class Uploads:
         writes are hashed behind too (``hashbehind``). The state is updated before any
         wait, so a close that comes meanwhile sees it all. An earlier write that failed
         after it was answered fails this one, once."""
+        if entry.spooler is not None and entry.spooler.error is not None:
+            await self._settle(entry)  # no wait from here until the write is queued
         self.check_idle(entry)
         if entry.fd is None or entry.spool is None:
             raise UploadError(errno.EBADF, f"{entry.label()} is not open for writing")
-        if entry.spooler is not None and entry.spooler.error is not None:
-            await self._settle(entry)
         if entry.write_error is not None:
             error, entry.write_error = entry.write_error, None
             raise error
@@ -334,7 +335,12 @@ class Uploads:
         if spooler is None:
             spooler = entry.spooler = SpoolWriter(entry.spool, self._nursery, self._spool_budget)
             self._writing.add(entry)
-        spooler.submit(offset, data)
+        try:
+            spooler.submit(offset, data)
+        except OSError:  # a small write, landed at once, failed: nothing of it stays past the end
+            if offset + len(data) > entry.size:
+                os.truncate(entry.spool, entry.size)
+            raise
         hasher = entry.hasher
         if hasher is None or offset != hasher.size:
             entry.hasher = hasher = None  # not sequential: rehash at finalize
@@ -377,12 +383,17 @@ class Uploads:
             await self._settle(entry)
 
     async def truncate(self, entry: FileEntry, size: int) -> None:
-        self.check_idle(entry)
         await self._settle(entry)
+        self.check_idle(entry)
+        self._truncate_settled(entry, size)
+
+    def _truncate_settled(self, entry: FileEntry, size: int) -> None:
+        """Truncate a file whose answered writes have all landed (no wait in between)."""
         if entry.spool is None:
             raise UploadError(errno.EACCES, f"{entry.label()} is committed and read-only")
         os.truncate(entry.spool, size)
         if size == 0:
+            entry.write_error = None  # written anew: an old failure is no longer news
             self._restart_hash(entry)
         elif entry.hasher is None or size != entry.hasher.size:
             entry.hasher = None
@@ -400,15 +411,20 @@ class Uploads:
             return file.read(size)
 
     async def release(self, entry: FileEntry, *, wrote: bool) -> None:
-        """A handle is gone. The last writer's lands its writes in the spool; the last
+        """A handle is gone. The last writer's lands its writes in the spool (a write that
+        failed there stays in ``entry.write_error`` for the next close or fsync); the last
         handle drops the spool of a committed or unlinked file, and a pending one keeps it
         (a failed upload: for fsync or the next mount)."""
         entry.opens -= 1
         if wrote:
             entry.writers -= 1
             if not entry.writers:
-                await self._settle(entry)
-                self._stop_spooler(entry)
+                try:
+                    await self._settle(entry)
+                except OSError as error:  # cutting the file after a failure failed too
+                    log.warning("%s: %s", entry.label(), error)
+                finally:
+                    self._stop_spooler(entry)
         if entry.opens:
             return
         if entry.committed or entry.unlinked:
