@@ -577,17 +577,20 @@ class CasOperations(pyfuse3.Operations):
             return await self._open_upload(direct, True, False)
         handle = next(self._handles)
         self._open[handle] = _OpenBlob(node, Readahead())
-        self._store_small_blob(inode, node.instance, node.digest)
+        await self._store_small_blob(inode, node.instance, node.digest)
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)
 
-    def _store_small_blob(self, inode: int, instance: str, digest: Digest) -> None:
+    async def _store_small_blob(self, inode: int, instance: str, digest: Digest) -> None:
         """Hand a small blob that is in the cache (its lookup fetched it whole, see
         ``_existence_probe``) to the kernel's page cache (FUSE_NOTIFY_STORE), so that
         reading it costs no FUSE read: a round trip to this process fewer per small file.
 
         Called in ``open``, where the kernel knows the inode (it refuses a store for an
         inode it does not know), and before the reply with ``keep_cache``, which keeps the
-        pages. A kernel that refuses (an ``OSError``) leaves the reads to ``read``.
+        pages. A kernel that refuses (an ``OSError``) leaves the reads to ``read``. The
+        store waits for the page's lock, which a READ of the same page holds until this
+        process answers it, so it runs in a worker thread: the trio thread stays free to
+        answer that READ. Cancelled, the open goes on and the store finishes alone.
         """
         if not 0 < digest.size <= min(SMALL_READ, self.cache.block_size):
             return
@@ -595,7 +598,9 @@ class CasOperations(pyfuse3.Operations):
         if data is None:
             return
         try:
-            pyfuse3.notify_store(inode, 0, bytes(data))
+            await trio.to_thread.run_sync(
+                pyfuse3.notify_store, inode, 0, bytes(data), abandon_on_cancel=True
+            )
         except OSError as error:
             log.debug("%s: not put in the page cache: %s", digest, error)
             return
