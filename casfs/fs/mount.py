@@ -177,14 +177,15 @@ async def _watch_signals(
     async for signum in signals:
         log.info("%s: unmounting", signal.Signals(signum).name)
         notify.stopping(f"unmounting {mountpoint}")
+        deadline = trio.current_time() + drain_timeout  # one bound for both waits
         if uploads.active:
             log.info("waiting up to %.0fs for %d upload(s)", drain_timeout, uploads.active)
             notify.status(f"unmounting {mountpoint}: waiting for {uploads.active} upload(s)")
-            with trio.move_on_after(drain_timeout):
+            with trio.move_on_at(deadline):
                 await uploads.idle.wait()
             if uploads.active:
                 log.warning("%d upload(s) left spooled for the next mount", uploads.active)
-        with trio.move_on_after(drain_timeout):
+        with trio.move_on_at(deadline):
             await uploads.settle_all()  # writes answered but not in their spool files yet
         pyfuse3.terminate()
         return
