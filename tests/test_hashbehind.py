@@ -8,7 +8,7 @@ import os
 import trio
 
 from casfs.digest import Digest, DigestFunction
-from casfs.fs.budget import ByteBudget
+from casfs.fs.behind import ByteBudget
 from casfs.fs.hashbehind import INLINE_BYTES, HashBehind
 
 

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from casfs.digest import Digest
-from casfs.fs.budget import ByteBudget
+from casfs.fs.behind import ByteBudget
 from casfs.fs.spoolwriter import SpoolWriter
 from casfs.fs.uploads import Spool, UploadError, Uploads
 from tests.test_faults import tmpfs

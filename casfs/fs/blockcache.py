@@ -46,7 +46,7 @@ import trio
 from casfs.cas.client import Chunk
 from casfs.cas.errors import CasError, DataLoss
 from casfs.digest import Digest
-from casfs.fs.budget import ByteBudget
+from casfs.fs.behind import ByteBudget
 from casfs.fs.hashbehind import HashBehind
 
 log = logging.getLogger("casfs.fs")

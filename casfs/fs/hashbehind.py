@@ -28,24 +28,20 @@ import trio
 
 from casfs.cas.client import Chunk
 from casfs.digest import Digest, DigestBuilder, DigestFunction
-from casfs.fs.budget import ByteBudget
+from casfs.fs.behind import Behind, ByteBudget
 
 INLINE_BYTES = 64 << 10
 
 
-class HashBehind:
+class HashBehind(Behind[Chunk]):
     """The running digest of a file written sequentially from offset 0."""
 
     def __init__(
         self, function: DigestFunction, nursery: trio.Nursery, budget: ByteBudget | None = None
     ) -> None:
+        super().__init__(nursery, budget if budget is not None else ByteBudget())
         self._builder = DigestBuilder(function)
-        self._nursery = nursery
-        self._budget = budget if budget is not None else ByteBudget()
-        self._queue: list[Chunk] = []
-        self._working = False
         self._incomplete = False
-        self._progress = trio.Event()
         self.size = 0  # bytes fed: where the next sequential write must start
 
     async def feed(self, data: Chunk) -> None:
@@ -61,20 +57,11 @@ class HashBehind:
         if not self._working and len(data) <= INLINE_BYTES:
             self._builder.update(data)
             return
-        self._queue.append(data)
-        self._budget.take(len(data))
-        if not self._working:
-            self._working = True
-            self._nursery.start_soon(self._work)
-
-    async def keep_up(self) -> None:
-        """Wait while the budget is over its limit."""
-        await self._budget.room()
+        self._enqueue(data, len(data))
 
     async def digest(self) -> Digest | None:
         """The digest of everything fed, once it is hashed; None if it never will be."""
-        while self._working:
-            await self._progress.wait()
+        await self._idle()
         return None if self._incomplete else self._builder.digest()
 
     async def _work(self) -> None:
@@ -96,7 +83,3 @@ class HashBehind:
     def _hash(self, batch: list[Chunk]) -> None:  # in a worker thread
         for data in batch:
             self._builder.update(data)
-
-    def _wake(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()

@@ -37,12 +37,12 @@ from pathlib import Path
 import trio
 
 from casfs.directio import DirectWriter
-from casfs.fs.budget import ByteBudget
+from casfs.fs.behind import Behind, ByteBudget
 
 INLINE_BYTES = 64 << 10
 
 
-class SpoolWriter:
+class SpoolWriter(Behind[tuple[int, bytes]]):
     """The writes of one spool file, landed in order by a worker thread."""
 
     def __init__(self, path: Path, nursery: trio.Nursery, budget: ByteBudget) -> None:
@@ -52,12 +52,8 @@ class SpoolWriter:
         except OSError:
             os.close(self._fd)
             raise
-        self._nursery = nursery
-        self._budget = budget
-        self._queue: list[tuple[int, bytes]] = []
-        self._working = False
+        super().__init__(nursery, budget)
         self._closed = False
-        self._progress = trio.Event()
         self.error: OSError | None = None
         self.failed_at: int | None = None  # the offset of the write that failed
 
@@ -72,20 +68,11 @@ class SpoolWriter:
         if not self._working and self.error is None and len(data) <= INLINE_BYTES:
             self._writer.pwrite(data, offset)
             return
-        self._queue.append((offset, data))
-        self._budget.take(len(data))
-        if not self._working:
-            self._working = True
-            self._nursery.start_soon(self._work)
-
-    async def keep_up(self) -> None:
-        """Wait while the shared budget is over its limit."""
-        await self._budget.room()
+        self._enqueue((offset, data), len(data))
 
     async def settle(self) -> None:
         """Wait until every write queued so far has landed or failed."""
-        while self._working:
-            await self._progress.wait()
+        await self._idle()
 
     def close(self) -> None:
         """Drop what is still queued and close the descriptors (once no batch runs)."""
@@ -136,7 +123,3 @@ class SpoolWriter:
             self._writer.close()
             os.close(self._fd)
             self._fd = -1
-
-    def _wake(self) -> None:
-        self._progress.set()
-        self._progress = trio.Event()

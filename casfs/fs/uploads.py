@@ -52,7 +52,7 @@ import trio
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs.cas.client import CasClient
 from casfs.digest import Digest, DigestFunction, digest_file
-from casfs.fs.budget import ByteBudget
+from casfs.fs.behind import ByteBudget
 from casfs.fs.errors import MountError
 from casfs.fs.hashbehind import HashBehind
 from casfs.fs.spoolwriter import SpoolWriter
