@@ -575,9 +575,9 @@ class CasOperations(pyfuse3.Operations):
             self._writable()
             direct = self.uploads.new_file(node.instance, None, "", 0o444, node.digest)
             return await self._open_upload(direct, True, False)
+        await self._store_small_blob(inode, node.instance, node.digest)
         handle = next(self._handles)
         self._open[handle] = _OpenBlob(node, Readahead())
-        await self._store_small_blob(inode, node.instance, node.digest)
         return pyfuse3.FileInfo(fh=handle, keep_cache=True)
 
     async def _store_small_blob(self, inode: int, instance: str, digest: Digest) -> None:

@@ -55,7 +55,7 @@ class SpoolWriter(Behind[tuple[int, bytes]]):
         super().__init__(nursery, budget)
         self._closed = False
         self.error: OSError | None = None
-        self.failed_at: int | None = None  # the offset of the write that failed
+        self.failed_at: int | None = None  # after a failure: the lowest offset not landed
 
     def submit(self, offset: int, data: bytes) -> None:
         """Queue a write (the caller checks ``error`` first; a write queued after a failure
