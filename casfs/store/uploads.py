@@ -80,9 +80,14 @@ class UploadSession:
         return self.digest.size + self.digest.size // 64 + (64 << 10)
 
     def attach(self) -> None:
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        os.fchmod(self._fd, 0o600)
-        self._writer = DirectWriter(self.path, self._fd)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            self._writer = DirectWriter(self.path, fd)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
 
     def detach(self) -> None:
         self._hashed()
