@@ -14,7 +14,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from bench.common import STEP_TIMEOUT, BenchError, progress
@@ -53,22 +53,11 @@ class FuseProcess(Managed):
 
     def start(self) -> FuseProcess:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not is_mounted(self.mountpoint):
-            code = self.process.poll()
-            if code is not None or time.monotonic() > deadline:
-                self.stop()
-                why = f"exited with {code}" if code is not None else "did not mount in time"
-                raise BenchError(f"{self.name} {why}: {self.log_tail()}")
-            time.sleep(0.02)
+        self.process = spawn(self.command, self.log)
+        why = wait_until(lambda: is_mounted(self.mountpoint), self.process, "mount")
+        if why:
+            self.stop()
+            raise BenchError(f"{self.name} {why}: {self.log_tail()}")
         return self
 
     def stop(self) -> int | None:
@@ -81,6 +70,33 @@ class FuseProcess(Managed):
         if is_mounted(self.mountpoint):
             subprocess.run(["fusermount3", "-uz", str(self.mountpoint)], capture_output=True)
         return code
+
+
+def spawn(command: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` in a session of its own (Ctrl-C reaches only the benchmark),
+    its output appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], what: str) -> str:
+    """Wait until ``ready()``; '' then, else why not (the process exited, or it did not
+    ``what`` within ``MOUNT_TIMEOUT``)."""
+    deadline = time.monotonic() + MOUNT_TIMEOUT
+    while not ready():
+        code = process.poll()
+        if code is not None:
+            return f"exited with {code}"
+        if time.monotonic() > deadline:
+            return f"did not {what} in time"
+        time.sleep(0.02)
+    return ""
 
 
 def terminate(process: subprocess.Popen[bytes]) -> int:
@@ -113,20 +129,11 @@ class HttpServer(Managed):
     def start(self) -> HttpServer:
         command = [self.rclone, "serve", "http", str(self.served), "--read-only"]
         command += ["--addr", f"127.0.0.1:{self.port}"]
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not port_accepts(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise BenchError(f"rclone serve http did not start: {self.log.read_text()[-500:]}")
-            time.sleep(0.05)
+        self.process = spawn(command, self.log)
+        why = wait_until(lambda: port_accepts(self.port), self.process, "listen")
+        if why:
+            self.stop()
+            raise BenchError(f"rclone serve http {why}: {self.log.read_text()[-500:]}")
         return self
 
     def stop(self) -> int | None:
