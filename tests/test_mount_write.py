@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import mmap
 import os
 import re
 import signal
@@ -293,6 +294,48 @@ def test_every_descriptor_may_write_until_its_close(fx: Fixture) -> None:
     assert xattr(work / "dup", "user.casfs.digest") == str(
         Digest.of_bytes(b"through the duplicate")
     )
+
+
+def test_a_shared_mapping_writes_the_file(fx: Fixture) -> None:
+    """A read-write descriptor may be mapped and written through the mapping (as linkers
+    write their output); write-only descriptors, which go around the page cache, may not
+    be mapped at all, so nothing that worked before is refused."""
+    path = fx.uploads / "mapped"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, MIB + 5)
+        with mmap.mmap(fd, MIB + 5, mmap.MAP_SHARED) as mapping:
+            mapping[:5] = b"start"
+            mapping[-3:] = b"end"
+            mapping.flush()
+    finally:
+        os.close(fd)
+    expected = b"start" + bytes(MIB - 3) + b"end"
+    digest = Digest.of_bytes(expected)
+    assert xattr(path, "user.casfs.digest") == str(digest)
+    assert fx.on_server(digest) == expected
+
+
+def test_a_reader_sees_what_a_write_only_descriptor_wrote_since(fx: Fixture) -> None:
+    """``tail -f`` on a file being appended to: the reader's cached pages never hide what
+    a write-only descriptor (whose writes skip the page cache) wrote after it read."""
+    path = fx.uploads / "growing.log"
+    writer = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        os.write(writer, b"line one\n")
+        assert os.read(reader, 100) == b"line one\n"
+        os.write(writer, b"line two\n")
+        assert os.read(reader, 100) == b"line two\n"
+        overwriter = os.open(path, os.O_WRONLY)
+        os.pwrite(overwriter, b"LINE", 0)
+        os.close(overwriter)
+        assert os.pread(reader, 100, 0) == b"LINE one\nline two\n"
+    finally:
+        os.close(reader)
+        os.close(writer)
+    tail = sh("tail", "-c", "9", str(path)).stdout
+    assert tail == b"line two\n"
 
 
 def test_writes_answered_before_they_land_are_all_there(fx: Fixture) -> None:
