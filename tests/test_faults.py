@@ -5,6 +5,7 @@ it takes) and that every byte committed reads back identical afterwards."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import signal
@@ -221,7 +222,7 @@ def test_server_killed_mid_finalize_then_restarted(tmp_path: Path) -> None:
         # Killed once the session holds every byte: while it verifies, fsyncs, renames.
         # The window is short where fsync is cheap: a kill that comes too late (the
         # blob was already committed) is tried again with new content.
-        for attempt in range(4):
+        for attempt in range(8):  # the loss lands on a split write only some of the time
             source = write_file(tmp_path / f"big{attempt}", size)
             target = mount.mountpoint / "main" / "uploads" / f"big{attempt}"
             with server.killed_mid_upload(after=size - 1) as killed_at:
@@ -332,6 +333,35 @@ def test_the_spool_disk_full(tmp_path: Path) -> None:
         for source in (kept, again):
             digest = Digest(sha256_file(source), source.stat().st_size)
             assert on_server(server, digest, tmp_path / "back") == digest.hash
+
+
+def test_a_full_spool_never_commits_a_hole(tmp_path: Path) -> None:
+    """The kernel splits a 4 MiB write into 1 MiB requests. When one of them finds that an
+    earlier, answered one never reached the full disk, the program sees a short write, not
+    the error, and goes on at its own offset: that write must fail, not leave zeros where
+    the lost bytes were, and whatever is committed must be a true prefix."""
+    data = os.urandom(20_000_000)
+    with (
+        tmpfs(tmp_path / "cache", "8m") as cache,
+        CasfsServer(tmp_path / "store") as server,
+        CasfsMount(tmp_path / "mnt", "--remote", server.endpoint, "--cache-dir", str(cache)) as m,
+    ):
+        uploads = m.mountpoint / "main" / "uploads"
+        for attempt in range(8):  # the loss lands on a split write only some of the time
+            path = uploads / f"big{attempt}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            with pytest.raises(OSError) as full:
+                try:
+                    offset = 0
+                    while offset < len(data):  # as cp and dd do: a short write goes on
+                        offset += os.write(fd, data[offset : offset + 4 * MIB])
+                finally:
+                    os.close(fd)
+            assert full.value.errno == errno.ENOSPC
+            kept = path.read_bytes()
+            assert len(kept) < len(data)
+            assert kept == data[: len(kept)], f"attempt {attempt}: not a prefix"
+            path.unlink()
 
 
 def test_a_full_spool_refuses_new_files_without_leaking(tmp_path: Path) -> None:

@@ -129,6 +129,11 @@ class FileEntry(Entry):
     hasher: HashBehind | None = None  # None: the writes were not sequential
     spooler: SpoolWriter | None = None  # lands the writes in the spool file, behind them
     write_error: OSError | None = None  # a write that failed after it was answered
+    # Writes were answered that never landed (a full disk) and the file was cut where they
+    # began. Until a truncate to at most its size says what the file holds, a write past
+    # its end would leave a hole where the program believes its bytes are: it fails with
+    # this error, and so does the close.
+    lost: OSError | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -322,7 +327,8 @@ class Uploads:
         """Answer a write once it is queued for the spool file (``spoolwriter``); sequential
         writes are hashed behind too (``hashbehind``). The state is updated before any
         wait, so a close that comes meanwhile sees it all. An earlier write that failed
-        after it was answered fails this one, once."""
+        after it was answered fails this one, once, and every later one past the end of the
+        file that failure cut short (see ``FileEntry.lost``)."""
         if entry.spooler is not None and entry.spooler.error is not None:
             await self._settle(entry)  # no wait from here until the write is queued
         self.check_idle(entry)
@@ -331,6 +337,14 @@ class Uploads:
         if entry.write_error is not None:
             error, entry.write_error = entry.write_error, None
             raise error
+        if entry.lost is not None and offset > entry.size:
+            # The kernel turned the failure of one part of a large write into a short
+            # write, and the program goes on past bytes it believes are written.
+            raise UploadError(
+                entry.lost.errno or errno.EIO,
+                f"{entry.label()}: bytes written before offset {offset} were lost at "
+                f"{entry.size} ({entry.lost.strerror or entry.lost})",
+            )
         spooler = entry.spooler
         if spooler is None:
             spooler = entry.spooler = SpoolWriter(entry.spool, self._nursery, self._spool_budget)
@@ -363,7 +377,7 @@ class Uploads:
         await spooler.settle()
         if spooler.error is None or entry.spooler is not spooler:
             return
-        entry.write_error = spooler.error
+        entry.write_error = entry.lost = spooler.error
         if spooler.failed_at is not None and spooler.failed_at < entry.size and entry.spool:
             entry.size = spooler.failed_at
             os.truncate(entry.spool, entry.size)  # and a partial write past it
@@ -392,6 +406,8 @@ class Uploads:
         if entry.spool is None:
             raise UploadError(errno.EACCES, f"{entry.label()} is committed and read-only")
         os.truncate(entry.spool, size)
+        if size <= entry.size:
+            entry.lost = None  # the file ends before the lost bytes: it holds what it should
         if size == 0:
             entry.write_error = None  # written anew: an old failure is no longer news
             self._restart_hash(entry)
@@ -502,8 +518,9 @@ class Uploads:
             self.spool.forget(entry)  # committed: nothing for a later mount to do
             if not entry.opens:
                 self.spool.discard(entry)
-            if entry.write_error is not None:  # the bytes before it are committed
-                failed, entry.write_error = entry.write_error, None
+            failed = entry.write_error or entry.lost
+            entry.write_error = entry.lost = None
+            if failed is not None:  # the bytes before the loss are committed
                 raise failed
             return digest
 
