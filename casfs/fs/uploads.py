@@ -134,6 +134,11 @@ class FileEntry(Entry):
     # its end would leave a hole where the program believes its bytes are: it fails with
     # this error, and so does the close.
     lost: OSError | None = None
+    # A direct write whose content did not match its name at its last close. A shell's
+    # ``cat x > blobs/H/S`` closes a duplicate of the descriptor before anything is
+    # written, so the file stays writable through the other descriptors until the last
+    # one is released; then it is dropped, and nothing is stored.
+    refused: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -318,6 +323,7 @@ class Uploads:
     def _changed(self, entry: FileEntry) -> None:
         """The content changed: pending again, and not closed since."""
         entry.digest = None
+        entry.refused = False
         if entry.closed:
             entry.closed = False
             self.spool.record(entry)
@@ -429,8 +435,8 @@ class Uploads:
     async def release(self, entry: FileEntry, *, wrote: bool) -> None:
         """A handle is gone. The last writer's lands its writes in the spool (a write that
         failed there stays in ``entry.write_error`` for the next close or fsync); the last
-        handle drops the spool of a committed or unlinked file, and a pending one keeps it
-        (a failed upload: for fsync or the next mount)."""
+        handle drops the spool of a committed, unlinked or refused file, and a pending one
+        keeps it (a failed upload: for fsync or the next mount)."""
         entry.opens -= 1
         if wrote:
             entry.writers -= 1
@@ -443,6 +449,8 @@ class Uploads:
                     self._stop_spooler(entry)
         if entry.opens:
             return
+        if entry.refused and not entry.committed:
+            entry.unlinked = True  # its content never matched its name: keep nothing
         if entry.committed or entry.unlinked:
             self.spool.discard(entry)
         elif entry.fd is not None:
@@ -534,8 +542,10 @@ class Uploads:
         if digest is None:
             digest = await trio.to_thread.run_sync(digest_file, spool, function)
         if entry.expected is not None and digest != entry.expected:
-            self.spool.discard(entry)
-            entry.unlinked = True
+            entry.refused = True
+            if not entry.opens:  # a left-over: nobody can set it right any more
+                self.spool.discard(entry)
+                entry.unlinked = True
             raise UploadError(
                 errno.EIO, f"content is {digest}, not {entry.expected}: nothing was stored"
             )
