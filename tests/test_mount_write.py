@@ -418,6 +418,24 @@ def test_failed_direct_write_leaves_nothing(fx: Fixture) -> None:
         time.sleep(0.05)
 
 
+def test_a_refused_write_through_a_read_write_descriptor_leaves_the_blob_intact(
+    fx: Fixture,
+) -> None:
+    """A read-write descriptor writes through the kernel's page cache of the blob's own
+    file: once the close refuses the content, readers must still get the blob's bytes."""
+    data = os.urandom(3 * 4096 + 5)
+    digest = run_client(fx.server.endpoint, lambda c: c.upload_bytes(data))
+    target = fx.blobs / digest.hash / str(digest.size)
+    with open(target, "rb") as reader:
+        assert reader.read() == data  # cached by the kernel now
+        with pytest.raises(OSError) as refused, open(target, "r+b") as file:
+            file.write(b"not the blob")
+        assert refused.value.errno == errno.EIO
+        assert os.pread(reader.fileno(), len(data), 0) == data
+    assert target.read_bytes() == data
+    assert sh("cat", str(target)).stdout == data
+
+
 def test_a_shell_redirect_writes_a_blob_by_its_name(fx: Fixture) -> None:
     """``cat x > blobs/H/S``: the shell opens the name, moves the descriptor to 1 and
     closes the first one (a close of nothing written yet), then ``cat`` writes and closes."""

@@ -128,6 +128,7 @@ class _OpenUpload:
     entry: FileEntry
     writable: bool
     readahead: Readahead
+    blob_inode: int | None = None  # a direct write over an existing blob's file
 
 
 class CasOperations(pyfuse3.Operations):
@@ -531,7 +532,7 @@ class CasOperations(pyfuse3.Operations):
     # -- files ------------------------------------------------------------------------------
 
     async def _open_upload(
-        self, entry: FileEntry, flags: int, *, created: bool = False
+        self, entry: FileEntry, flags: int, *, created: bool = False, blob_inode: int | None = None
     ) -> pyfuse3.FileInfo:
         """Open a file of uploads/ (or a direct write of a blob's name).
 
@@ -548,7 +549,7 @@ class CasOperations(pyfuse3.Operations):
         truncate = not created and bool(flags & os.O_TRUNC)
         await self.uploads.open(entry, write=writable, truncate=truncate)
         handle = next(self._handles)
-        self._open[handle] = _OpenUpload(entry, writable, Readahead())
+        self._open[handle] = _OpenUpload(entry, writable, Readahead(), blob_inode)
         return pyfuse3.FileInfo(fh=handle, direct_io=access == os.O_WRONLY)
 
     @_fuse_errors
@@ -588,7 +589,7 @@ class CasOperations(pyfuse3.Operations):
             # Writing an existing blob's name: verified on close like any direct write.
             self._writable()
             direct = self.uploads.new_file(node.instance, None, "", 0o444, node.digest)
-            return await self._open_upload(direct, flags, created=True)
+            return await self._open_upload(direct, flags, created=True, blob_inode=inode)
         await self._store_small_blob(inode, node.instance, node.digest)
         handle = next(self._handles)
         self._open[handle] = _OpenBlob(node, Readahead())
@@ -672,8 +673,26 @@ class CasOperations(pyfuse3.Operations):
         entry = handle.entry
         if entry.committed or entry.unlinked:
             return
-        digest = await self.uploads.finalize(entry)
+        try:
+            digest = await self.uploads.finalize(entry)
+        except Exception:
+            if handle.blob_inode is not None:
+                await self._drop_cached_pages(handle.blob_inode)
+            raise
         self.catalog.found(entry.instance, digest)
+
+    async def _drop_cached_pages(self, inode: int) -> None:
+        """Make the kernel forget the pages it caches of a blob's file. A read-write
+        descriptor writes a direct write of a blob through those pages (a write-only one
+        goes around them); once the content is refused, a reader that has the blob open
+        must not be served the refused bytes. The invalidation waits for page locks, which
+        a READ holds until the trio thread answers it, so it runs in a worker thread."""
+        try:
+            await trio.to_thread.run_sync(
+                pyfuse3.invalidate_inode, inode, False, abandon_on_cancel=True
+            )
+        except OSError as error:  # the kernel no longer knows the inode: nothing cached
+            log.debug("inode %d: cached pages not dropped: %s", inode, error)
 
     @_fuse_errors
     async def flush(self, fh: int) -> None:
