@@ -682,11 +682,12 @@ class CasOperations(pyfuse3.Operations):
         self.catalog.found(entry.instance, digest)
 
     async def _drop_cached_pages(self, inode: int) -> None:
-        """Make the kernel forget the pages it caches of a blob's file. A read-write
-        descriptor writes a direct write of a blob through those pages (a write-only one
-        goes around them); once the content is refused, a reader that has the blob open
-        must not be served the refused bytes. The invalidation waits for page locks, which
-        a READ holds until the trio thread answers it, so it runs in a worker thread."""
+        """Make the kernel forget the pages it caches of a blob's file, after a write to
+        the blob's name failed to commit. Writes through a read-write descriptor go through
+        those pages (a write-only descriptor's go around them), and a reader that has the
+        blob open must not be served refused bytes. The invalidation waits for page locks,
+        which a READ holds until the trio thread answers it, so it runs in a worker thread;
+        cancelled (the mount is ending), the invalidation finishes alone."""
         try:
             await trio.to_thread.run_sync(
                 pyfuse3.invalidate_inode, inode, False, abandon_on_cancel=True
