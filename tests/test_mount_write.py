@@ -153,20 +153,30 @@ def test_everyday_file_operations(fx: Fixture) -> None:
     assert appended.returncode != 0
 
 
-def test_direct_writes_are_verified(fx: Fixture) -> None:
+DIRECT_WRITERS = {
+    "cp": lambda source, target: ["cp", str(source), str(target)],
+    # The shell opens the name, moves the descriptor to 1 and closes the first one (a
+    # close with nothing written yet), then cat writes and closes.
+    "redirect": lambda source, target: ["bash", "-c", f"cat {source} > {target}"],
+}
+
+
+@pytest.mark.parametrize("writer", sorted(DIRECT_WRITERS))
+def test_direct_writes_are_verified(fx: Fixture, writer: str) -> None:
+    command = DIRECT_WRITERS[writer]
     data = os.urandom(2 * MIB + 3)
     digest = Digest.of_bytes(data)
-    good = fx.root / "good"
+    good = fx.root / f"good-{writer}"
     good.write_bytes(data)
-    bad = fx.root / "bad"
+    bad = fx.root / f"bad-{writer}"
     bad.write_bytes(os.urandom(len(data)))
     target = fx.blobs / digest.hash / str(digest.size)
-    failed = sh("cp", str(bad), str(target), check=False)
-    assert failed.returncode != 0 and b"Input/output error" in failed.stderr
+    failed = sh(*command(bad, target), check=False)
+    assert failed.returncode != 0 and b"Input/output error" in failed.stderr, failed.stderr
     assert not run_client(fx.server.endpoint, lambda c: c.contains(digest))
-    sh("cp", str(good), str(target))
+    sh(*command(good, target))
     assert fx.on_server(digest) == data
-    sh("cp", str(good), str(target))  # already there: success without an upload
+    sh(*command(good, target))  # already there: success without an upload
     assert target.read_bytes() == data
 
 
@@ -434,25 +444,6 @@ def test_a_refused_write_through_a_read_write_descriptor_leaves_the_blob_intact(
         assert os.pread(reader.fileno(), len(data), 0) == data
     assert target.read_bytes() == data
     assert sh("cat", str(target)).stdout == data
-
-
-def test_a_shell_redirect_writes_a_blob_by_its_name(fx: Fixture) -> None:
-    """``cat x > blobs/H/S``: the shell opens the name, moves the descriptor to 1 and
-    closes the first one (a close of nothing written yet), then ``cat`` writes and closes."""
-    data = os.urandom(MIB + 7)
-    digest = Digest.of_bytes(data)
-    good = fx.root / "redirect-good"
-    good.write_bytes(data)
-    bad = fx.root / "redirect-bad"
-    bad.write_bytes(os.urandom(len(data)))
-    target = fx.blobs / digest.hash / str(digest.size)
-    failed = sh("bash", "-c", f"cat {bad} > {target}", check=False)
-    assert failed.returncode != 0 and b"Input/output error" in failed.stderr, failed.stderr
-    assert not run_client(fx.server.endpoint, lambda c: c.contains(digest))
-    sh("bash", "-c", f"cat {good} > {target}")
-    assert fx.on_server(digest) == data
-    sh("sh", "-c", f"cat {good} > {target}")  # already there: success without an upload
-    assert target.read_bytes() == data
 
 
 def test_a_file_never_closed_is_not_uploaded_after_a_crash(tmp_path: Path) -> None:
