@@ -364,6 +364,38 @@ def test_a_full_spool_never_commits_a_hole(tmp_path: Path) -> None:
             path.unlink()
 
 
+def test_a_loss_to_a_full_spool_is_not_cleared_by_a_duplicate_close(tmp_path: Path) -> None:
+    """A duplicate's close (a shell, a forked child) reports the loss and commits what
+    the file holds, and the writer's next write past the cut still fails, as on a local
+    disk: the file never gets a hole of zeros, even once the disk has room again."""
+    with (
+        tmpfs(tmp_path / "cache", "8m") as cache,
+        CasfsServer(tmp_path / "store") as server,
+        CasfsMount(tmp_path / "mnt", "--remote", server.endpoint, "--cache-dir", str(cache)) as m,
+    ):
+        uploads = m.mountpoint / "main" / "uploads"
+        filler = os.open(uploads / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(filler, os.urandom(3 * MIB))  # holds 3 MiB of the spool while open
+        data = os.urandom(6 * MIB)
+        fd = os.open(uploads / "out", os.O_WRONLY | os.O_CREAT, 0o644)
+        duplicate = os.dup(fd)
+        try:
+            assert os.write(fd, data) == len(data)  # answered before it lands
+            with pytest.raises(OSError) as loss:
+                os.close(duplicate)
+            assert loss.value.errno == errno.ENOSPC
+            os.close(filler)  # committed: its spool goes, and the disk has room again
+            with pytest.raises(OSError) as past_the_cut:
+                os.write(fd, os.urandom(MIB))
+            assert past_the_cut.value.errno == errno.ENOSPC
+        finally:
+            os.close(fd)  # nothing changed since the duplicate's close committed it
+        kept = (uploads / "out").read_bytes()
+        assert 0 < len(kept) < len(data)
+        assert kept == data[: len(kept)]
+        assert not list((cache / "spool").glob("*.data"))
+
+
 def test_a_full_spool_refuses_new_files_without_leaking(tmp_path: Path) -> None:
     with (
         tmpfs(tmp_path / "cache", "4m") as cache,

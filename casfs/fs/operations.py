@@ -676,6 +676,8 @@ class CasOperations(pyfuse3.Operations):
         try:
             digest = await self.uploads.finalize(entry)
         except Exception:
+            if entry.digest is not None:  # committed, and then its earlier loss reported
+                self.catalog.found(entry.instance, entry.digest)
             if handle.blob_inode is not None:
                 await self._drop_cached_pages(handle.blob_inode)
             raise
@@ -719,6 +721,8 @@ class CasOperations(pyfuse3.Operations):
             return
         entry = handle.entry
         await self.uploads.release(entry, wrote=handle.writable)
+        if handle.blob_inode is not None and not entry.committed and not entry.opens:
+            await self._drop_cached_pages(handle.blob_inode)  # written through a mapping
         if handle.writable and not entry.opens and not entry.committed and not entry.unlinked:
             log.info("%s stays spooled, not uploaded", entry.label())
 

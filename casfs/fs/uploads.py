@@ -132,7 +132,8 @@ class FileEntry(Entry):
     # Writes were answered that never landed (a full disk) and the file was cut where they
     # began. Until a truncate to at most its size says what the file holds, a write past
     # its end would leave a hole where the program believes its bytes are: it fails with
-    # this error, and so does the close.
+    # this error, and so does every close that commits the file (through any descriptor:
+    # a duplicate's close must not clear it for the writer).
     lost: OSError | None = None
     # A direct write whose content did not match its name at its last close. A shell's
     # ``cat x > blobs/H/S`` closes a duplicate of the descriptor before anything is
@@ -449,8 +450,11 @@ class Uploads:
                     self._stop_spooler(entry)
         if entry.opens:
             return
-        if entry.refused and not entry.committed:
-            entry.unlinked = True  # its content never matched its name: keep nothing
+        # A direct write whose content never matched its name, or that changed after its
+        # last close (through a mapping): nobody can open this write again to close it.
+        abandoned = entry.refused or not entry.closed
+        if entry.expected is not None and not entry.committed and abandoned:
+            entry.unlinked = True
         if entry.committed or entry.unlinked:
             self.spool.discard(entry)
         elif entry.fd is not None:
@@ -500,8 +504,11 @@ class Uploads:
         """Hash and upload a file unless the server has it; return its digest.
 
         On failure the file stays pending and spooled, so a later close, fsync or mount can
-        finish it. A direct write whose content does not match its name fails with EIO and
-        is discarded. Cancellation leaves the file pending.
+        finish it. A direct write whose content does not match its name fails with EIO, and
+        one that lost bytes to a full spool with that error; either is discarded at its last
+        release. A file that lost bytes commits what it holds and fails with the loss, at
+        every commit until a truncate clears it (``FileEntry.lost``). Cancellation leaves
+        the file pending.
         """
         async with entry.lock:
             await self._settle(entry)
@@ -509,6 +516,9 @@ class Uploads:
                 return entry.digest
             if entry.spool is None:  # refused (a direct write's content) while we waited
                 raise UploadError(errno.EIO, f"{entry.label()}: its content was refused")
+            if entry.expected is not None and entry.lost is not None:
+                entry.refused = True  # bytes of it are gone: it cannot match its name
+                raise entry.lost
             with self._busy():
                 if not entry.closed:
                     entry.closed = True
@@ -527,7 +537,7 @@ class Uploads:
             if not entry.opens:
                 self.spool.discard(entry)
             failed = entry.write_error or entry.lost
-            entry.write_error = entry.lost = None
+            entry.write_error = None  # reported once; a loss until a truncate clears it
             if failed is not None:  # the bytes before the loss are committed
                 raise failed
             return digest
