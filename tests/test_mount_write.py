@@ -327,8 +327,10 @@ def test_a_shared_mapping_writes_the_file(fx: Fixture) -> None:
 
 
 def test_a_reader_sees_what_a_write_only_descriptor_wrote_since(fx: Fixture) -> None:
-    """``tail -f`` on a file being appended to: the reader's cached pages never hide what
-    a write-only descriptor (whose writes skip the page cache) wrote after it read."""
+    """``tail -f`` on a file being appended to: a reader never gets stale bytes for what a
+    write-only descriptor (whose writes skip the page cache) wrote after it read. (Each
+    read here also refreshes the file's attributes, whose change drops cached pages; a
+    review checked separately that Linux 6.18 keeps the pages right without it, too.)"""
     path = fx.uploads / "growing.log"
     writer = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     reader = os.open(path, os.O_RDONLY)
