@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
 from casfs.cas.retry import RetryPolicy
 from casfs.config import RemoteConfig
 from tests.servers import CasfsServer
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (a CI timeout, a ``kill``) interrupts the run like Ctrl-C, so fixtures
+    still unmount their mounts and stop their servers instead of leaving them behind."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
 
 # Patient enough to ride out a server restart, quick enough for tests.
 TEST_RETRY = RetryPolicy(attempts=12, initial_backoff=0.1, max_backoff=1.0)
