@@ -118,6 +118,45 @@ class CasfsServer(Managed):
         return self.process.returncode
 
     @contextlib.contextmanager
+    def killed_at_commit(self) -> Iterator[list[int]]:
+        """SIGKILL the server at the next rename it makes (an upload moving into the store,
+        every byte received, verified and fsynced), then start it again on the same port
+        and store. strace stops the server in that system call and kills it there, so the
+        kill lands in that window whatever the machine's speed. Yields a list that gets
+        the killed process's id (empty if nothing inside the block renamed)."""
+        assert self.process is not None
+        server = self.process
+        tracer = subprocess.Popen(
+            [
+                "strace", "-f", "-o", os.devnull, "-p", str(server.pid),
+                "-e", "trace=rename,renameat,renameat2",
+                "-e", "inject=rename,renameat,renameat2:signal=SIGKILL",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert tracer.stderr is not None
+        attached = tracer.stderr.readline()  # "strace: Process N attached ..."
+        assert "attached" in attached, attached
+        killed: list[int] = []
+
+        def restart() -> None:
+            tracer.wait()  # it ends once the server is dead, or when told to detach
+            if server.poll() == -signal.SIGKILL:
+                killed.append(server.pid)
+                self.start()
+
+        thread = threading.Thread(target=restart)
+        thread.start()
+        try:
+            yield killed
+        finally:
+            if tracer.poll() is None:
+                tracer.terminate()  # detaches; the server goes on untouched
+            thread.join()
+            tracer.stderr.close()
+
+    @contextlib.contextmanager
     def killed_mid_upload(self, after: int) -> Iterator[list[int]]:
         """SIGKILL the server once an upload session holds ``after`` bytes, then start it
         again on the same port and store. Yields a list that gets the bytes held at the
