@@ -43,6 +43,7 @@ from casfs.config import (
     parse_size,
 )
 from casfs.digest import Digest, DigestError, DigestFunction
+from casfs.embedded import EmbeddedError, embedded_server
 from casfs.fs.errors import MountError
 from casfs.metrics import RpcCollector, parse_address, serve_metrics
 from casfs.progress import progress
@@ -58,7 +59,6 @@ from casfs.resource import ResourceNameError, validate_instance_name
 from casfs.rpcstats import RpcStats
 
 log = logging.getLogger("casfs")
-DEFAULT_REMOTE = f"grpc://{DEFAULT_LISTEN}"
 
 EXIT_STATUS = """\
 exit status:
@@ -140,7 +140,11 @@ def _size(text: str) -> int:
 def _remote_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--remote",
-        help=f"CAS endpoint, or the NAME of a remote in the config file ({DEFAULT_REMOTE})",
+        help="CAS endpoint, or the NAME of a remote in the config file (default: the embedded "
+        "CAS, the store casfs mount uses with no --remote)",
+    )
+    parser.add_argument(
+        "--store", type=Path, help=f"the embedded store, with no --remote ({default_store_dir()})"
     )
     parser.add_argument(
         "--instance",
@@ -176,7 +180,10 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _remote_config(args: argparse.Namespace, instance: str) -> RemoteConfig:
+def _remote_config(
+    args: argparse.Namespace, instance: str, endpoint: str | None = None
+) -> RemoteConfig:
+    """The remote of the flags (``--remote``, else ``endpoint``) and its connection options."""
     headers = []
     for header in args.header:
         key, sep, value = header.partition("=")
@@ -190,7 +197,7 @@ def _remote_config(args: argparse.Namespace, instance: str) -> RemoteConfig:
     if not 0 < timeout < 10**6:  # also refuses nan and inf
         raise ConfigError("--timeout must be a positive number of seconds")
     return RemoteConfig(
-        endpoint=args.remote or DEFAULT_REMOTE,
+        endpoint=endpoint or args.remote,
         instance=instance,
         retry=RetryPolicy(attempts=retries),
         rpc_timeout=timeout,
@@ -429,23 +436,32 @@ def _named_remote(args: argparse.Namespace) -> Remote | None:
     return remote
 
 
-def _client_config(args: argparse.Namespace) -> RemoteConfig:
-    """put/get/stat: the remote to talk to, from the flags and a named remote."""
+@contextlib.contextmanager
+def _client_config(args: argparse.Namespace) -> Iterator[RemoteConfig]:
+    """put/get/stat: the remote to talk to, from the flags and a named remote. With no
+    endpoint, the embedded CAS (its store, as ``casfs mount`` with no remote uses it), on
+    a private server for the length of the block."""
     remote = _named_remote(args)
-    if remote is not None and args.remote is None:
-        raise ConfigError(
-            f"{remote.source}: [remotes.{remote.name!r}] has no 'endpoint' to talk to "
-            "(an embedded store is reached through casfs serve or casfs mount)"
-        )
-    return _remote_config(args, DEFAULT_INSTANCE if args.instance is None else args.instance)
+    instance = DEFAULT_INSTANCE if args.instance is None else args.instance
+    if args.remote is not None:
+        yield _remote_config(args, instance)
+        return
+    store = args.store or default_store_dir()
+    if remote is not None:
+        log.debug("%s: [remotes.%r] has no endpoint: the embedded CAS", remote.source, remote.name)
+    try:
+        with embedded_server(store, [instance], quiet=not args.verbose) as endpoint:
+            yield _remote_config(args, instance, endpoint)
+    except EmbeddedError as error:
+        raise CasError(str(error)) from None
 
 
-async def _put(args: argparse.Namespace) -> int:
+async def _put(args: argparse.Namespace, config: RemoteConfig) -> int:
     """Upload each file in turn; a file that cannot be read is reported and skipped (exit 1
     at the end), a CAS error stops the command."""
     function = DigestFunction.from_name(args.digest_function)
     failed = False
-    async with CasClient(_client_config(args)) as client:
+    async with CasClient(config) as client:
         for name in args.files:
             try:
                 source = _spooled_stdin() if name == "-" else contextlib.nullcontext(Path(name))
@@ -473,11 +489,11 @@ def _spooled_stdin() -> Iterator[Path]:
         yield path
 
 
-async def _get(args: argparse.Namespace) -> int:
+async def _get(args: argparse.Namespace, config: RemoteConfig) -> int:
     """Stream a blob to stdout, or to a temporary file beside OUTPUT renamed into place once
     the whole blob has arrived and matched its digest (a failure leaves no OUTPUT)."""
     digest = Digest.parse(args.digest, DigestFunction.from_name(args.digest_function))
-    async with CasClient(_client_config(args)) as client:
+    async with CasClient(config) as client:
         if args.output is None:
             await _download(client, digest, sys.stdout.buffer, digest.hash[:12])
             return 0
@@ -523,9 +539,9 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stat(args: argparse.Namespace) -> int:
+async def _stat(args: argparse.Namespace, config: RemoteConfig) -> int:
     digest = Digest.parse(args.digest, DigestFunction.from_name(args.digest_function))
-    async with CasClient(_client_config(args)) as client:
+    async with CasClient(config) as client:
         if await client.contains(digest):
             print(f"{digest} present")
             return 0
@@ -609,7 +625,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return status(args)
         runner = {"put": _put, "get": _get, "stat": _stat}[args.command]
-        return trio.run(runner, args)
+        with _client_config(args) as config:
+            return trio.run(runner, args, config)
     except (ConfigError, EndpointError, DigestError, ResourceNameError) as error:
         print(f"casfs: {error}", file=sys.stderr)
         return 2

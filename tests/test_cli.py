@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from casfs import __version__
+from tests.mounts import CasfsMount
 from tests.servers import REPO, CasfsServer
 from tests.test_client_server import MIB, write_file
 
@@ -185,3 +186,50 @@ def on_a_terminal(*args: str) -> tuple[int, str]:
 def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     server = CasfsServer(tmp_path / "store").start()
     assert server.stop() == 0
+
+
+def test_put_get_stat_with_no_remote_use_the_store_the_mount_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A newcomer's first minutes: mount with no remote, then put, get and stat with no
+    remote either. They share the default store, at the same time as the mount writes to
+    it, and the store stays sound: every blob whole and named by its hash."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # casfs's defaults, not ours
+    store = tmp_path / "data" / "casfs" / "store"
+    sources = [write_file(tmp_path / f"src{i}", size) for i, size in enumerate(SIZES)]
+    with CasfsMount(tmp_path / "mnt") as mount:
+        uploads = mount.mountpoint / "main" / "uploads"
+        blobs = mount.mountpoint / "main" / "blobs"
+        # The mount and casfs put write the same files into one store at once.
+        putting = subprocess.Popen(
+            [sys.executable, "-m", "casfs", "put", *map(str, sources)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+        )
+        for source in sources:
+            subprocess.run(["cp", str(source), str(uploads / source.name)], check=True)
+        out, err = putting.communicate(timeout=120)
+        assert putting.returncode == 0, err
+        digests = out.decode().split()
+        assert digests == [f"{_sha256(s)}/{s.stat().st_size}" for s in sources]
+        for source, digest in zip(sources, digests, strict=True):
+            assert (blobs / digest).read_bytes() == source.read_bytes()
+            assert casfs("stat", digest).returncode == 0
+            assert casfs("get", digest).stdout == source.read_bytes()
+        written = tmp_path / "by-put"
+        written.write_bytes(b"put while mounted")
+        digest = casfs("put", str(written)).stdout.decode().strip()
+        assert (blobs / digest).read_bytes() == b"put while mounted"  # the mount sees it
+    stored = sorted((store / "cas" / "sha256").glob("*/*"))
+    expected = {d.split("/")[0] for d in [*digests, digest] if not d.endswith("/0")}
+    assert [blob.name for blob in stored] == sorted(expected)  # the empty blob needs no file
+    for blob in stored:
+        assert _sha256(blob) == blob.name
+
+
+SIZES = [0, 1, 4096, 100_000, 3 * MIB + 7, 9 * MIB]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -45,9 +45,13 @@ def test_put_stat_get_with_a_named_remote(
     got = casfs("get", "--remote", "lab", digest, env=home)
     assert got.stdout == "named"
     assert casfs("stat", "--remote", "lab", "--instance", "other", digest, env=home).returncode == 1
-    _write(home, '[remotes.local]\nstore = "/srv/cas"\n')
-    embedded = casfs("stat", "--remote", "local", digest, env=home)
-    assert embedded.returncode == 2 and "[remotes.'local'] has no 'endpoint'" in embedded.stderr
+    # A remote with no endpoint is an embedded store, as for casfs mount.
+    store = tmp_path / "local-store"
+    _write(home, f'[remotes.local]\nstore = "{store}"\n')
+    assert casfs("stat", "--remote", "local", digest, env=home).returncode == 1
+    assert casfs("put", "--remote", "local", str(tmp_path / "file"), env=home).stdout == put.stdout
+    assert casfs("stat", "--store", str(store), digest, env=home).returncode == 0
+    assert (store / "cas" / "sha256" / digest[:2] / digest.partition("/")[0]).read_text() == "named"
 
 
 def test_mount_a_named_remote_at_its_mountpoint_flags_override(

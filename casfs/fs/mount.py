@@ -19,13 +19,9 @@ import ctypes
 import dataclasses
 import errno
 import logging
-import os
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pyfuse3
@@ -36,6 +32,7 @@ from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
 from casfs.config import MountConfig, RemoteConfig, mount_cache_dir
 from casfs.digest import DigestFunction
+from casfs.embedded import EmbeddedError, embedded_server
 from casfs.fs.blockcache import BlockCache
 from casfs.fs.errors import MountError
 from casfs.fs.metrics import MountCollector
@@ -46,51 +43,9 @@ from casfs.metrics import RpcCollector, serve_metrics_in_trio
 from casfs.rpcstats import RpcStats
 
 log = logging.getLogger("casfs.fs")
-PR_SET_PDEATHSIG = 1
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-@contextlib.contextmanager
-def embedded_server(config: MountConfig) -> Iterator[str]:
-    """Run ``casfs serve`` on ``config.store`` over a private unix socket; yield its URL."""
-    runtime = Path(tempfile.mkdtemp(prefix="casfs-serve-"))
-    socket = runtime / "cas.sock"
-    command = [sys.executable, "-m", "casfs", "serve", "--store", str(config.store)]
-    command += ["--listen", f"unix:{socket}"]
-    for instance in config.instances:
-        command += ["--instance", instance]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        text=True,
-        preexec_fn=_die_with_parent,
-        start_new_session=True,  # Ctrl-C at a terminal must reach only the mount
-        env=notify.without_notify_socket(dict(os.environ)),  # its READY=1 is not ours
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        if "listening on" not in line:
-            raise MountError(f"the embedded CAS on {config.store} did not start")
-        log.info("embedded CAS: store %s", config.store)
-        yield f"unix:{socket}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
-        shutil.rmtree(runtime, ignore_errors=True)
 
 
 def _mount_device(mountpoint: Path) -> str | None:
@@ -333,5 +288,10 @@ def mount(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None
     with contextlib.ExitStack() as stack:
         remote = config.remote
         if remote is None:
-            remote = RemoteConfig(endpoint=stack.enter_context(embedded_server(config)))
+            try:
+                endpoint = stack.enter_context(embedded_server(config.store, config.instances))
+            except EmbeddedError as error:
+                raise MountError(str(error)) from None
+            log.info("embedded CAS: store %s", config.store)
+            remote = RemoteConfig(endpoint=endpoint)
         trio.run(serve_mount, config, remote, ready)
