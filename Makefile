@@ -6,8 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MNT ?= $(HOME)/cas
-# systemd: for systemd-analyze, which the tests run on the shipped units.
-SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl attr systemd
+# systemd: for systemd-analyze, which the tests run on the shipped units; strace: the tests
+# kill a server inside one system call with it.
+SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl attr systemd strace
 # make install: casfs in its own venv under PREFIX, on PATH, as /sbin/mount.casfs, and
 # its systemd units (which run $(PREFIX)/bin/casfs).
 PREFIX ?= /opt/casfs
