@@ -485,3 +485,18 @@ def test_a_bad_spool_file_does_not_stop_the_mount(tmp_path: Path) -> None:
             assert "cannot bring back junk.data" in mount.log_text()
             assert mount.process is not None and mount.process.poll() is None
     assert not (cache / "spool" / "orphan.data").exists()
+
+
+def test_a_shell_redirect_uploads_once(fx: Fixture) -> None:
+    """The shell opens with O_TRUNC and closes a duplicate before echo writes: that close
+    commits an empty file, which must cost no call and say nothing; the upload the log
+    reports is the one of what echo wrote."""
+    before = len(fx.mount.log_text())
+    sh("bash", "-c", f"echo redirected > {fx.uploads / 'redirect'}")
+    assert (fx.uploads / "redirect").read_bytes() == b"redirected\n"
+    said = fx.mount.log_text()[before:]
+    assert said.count("uploaded") == 1, said
+    assert EMPTY.hash not in said, said
+
+
+EMPTY = Digest.of_bytes(b"")

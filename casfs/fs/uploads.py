@@ -559,6 +559,8 @@ class Uploads:
             raise UploadError(
                 errno.EIO, f"content is {digest}, not {entry.expected}: nothing was stored"
             )
+        if digest.size == 0:  # every server has it (REAPI): nothing to ask, nothing to log
+            return digest
         client = self.clients[entry.instance]
         started = time.monotonic()
         if await client.find_missing([digest]):
@@ -575,7 +577,7 @@ class Uploads:
             )
         else:
             self.stats.deduplicated += 1
-            log.info("%s: the server already has %s", entry.label(), digest)
+            log.debug("%s: the server already has %s", entry.label(), digest)
         return digest
 
     async def directory_digest(self, directory: DirEntry, instance: str) -> Digest:
