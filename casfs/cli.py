@@ -291,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, help=f"upload spool (one per mountpoint in {default_cache_dir()})"
     )
     flag = argparse.BooleanOptionalAction
+    mount.add_argument(
+        "--check-remote",
+        action=flag,
+        help="before mounting, make sure the remote answers (default); --no-check-remote "
+        "mounts a remote that comes up later",
+    )
     mount.add_argument("--read-only", action=flag, help="mount read-only")
     mount.add_argument("--allow-other", action=flag, help="let other users in")
     mount.add_argument("--cache-size", type=_size, help="block cache (512M)")
@@ -372,7 +378,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
 
 def serve(args: argparse.Namespace) -> int:
     """Run the embedded server until SIGTERM or SIGINT, then stop with a short grace."""
-    from casfs.server.app import Security, build_server
+    from casfs.server.app import Security, build_server, listen_address
     from casfs.server.auth import load_tokens
     from casfs.server.instances import Instances
 
@@ -392,9 +398,7 @@ def serve(args: argparse.Namespace) -> int:
             )
         except ValueError as error:
             raise ConfigError(str(error)) from None
-        address = config.listen
-        if not address.startswith("unix:"):
-            address = f"{address.rpartition(':')[0]}:{port}"
+        address = listen_address(config.listen, port)
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):  # before "listening": a supervisor may
             signal.signal(signum, lambda *_: stop.set())  # signal as soon as it reads it
@@ -596,6 +600,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         fuse_options=tuple(o for o in options if o != "ro"),
         **sizes,
         metrics=args.metrics,
+        check_remote=args.check_remote is not False,
     )
 
 

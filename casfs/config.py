@@ -245,6 +245,7 @@ class MountConfig:
     max_tasks: int = 64
     drain_timeout: float = 300.0
     metrics: str | None = None  # [HOST:]PORT of a Prometheus endpoint; None: none
+    check_remote: bool = True  # refuse to mount a remote that does not answer
 
     def __post_init__(self) -> None:
         if self.block_size < 4096 or self.block_size & (self.block_size - 1):

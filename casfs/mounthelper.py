@@ -42,6 +42,7 @@ VALUE_OPTIONS = {
     "metrics": "--metrics",
 }
 FLAG_OPTIONS = {"ro": "--read-only", "read_only": "--read-only", "allow_other": "--allow-other"}
+FLAG_OPTIONS["no_check_remote"] = "--no-check-remote"
 
 
 class UsageError(ValueError):

@@ -88,7 +88,7 @@ class CasfsServer(Managed):
         deadline = time.monotonic() + 30
         for line in self.process.stdout:
             if "listening on" in line:
-                if self.listen is None:
+                if not (self.listen or "").startswith("unix:"):
                     self.port = int(line.rsplit(":", 1)[1])
                 return self
             if time.monotonic() > deadline:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -162,3 +164,58 @@ def test_fake_mount_and_bad_command_lines() -> None:
     for argv in (["lab"], ["lab", "/m", "-x"], ["lab", "/m", "-o", "cache_size"]):
         with pytest.raises(UsageError):
             translate(argv)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_dead_remote_fails_the_mount_unless_told_it_comes_later(
+    helper: Path, tmp_path: Path, mountpoint: Path
+) -> None:
+    endpoint = f"grpc://127.0.0.1:{_free_port()}"  # nothing listens there (yet)
+    log = tmp_path / "mount.log"
+    options = f"cache_dir={tmp_path / 'cache'},log_file={log}"
+    refused = _run("mount", "-t", "casfs", endpoint, mountpoint, "-o", options)
+    assert refused.returncode != 0
+    assert f"cannot reach {endpoint}" in refused.stderr, refused.stderr
+    assert "Connection refused" in refused.stderr and "no_check_remote" in refused.stderr
+    assert not is_mounted(mountpoint)
+    later = _run("mount", "-t", "casfs", endpoint, mountpoint, "-o", f"no_check_remote,{options}")
+    assert later.returncode == 0, later.stderr + log.read_text()
+    try:
+        with CasfsServer(tmp_path / "store", listen=endpoint.removeprefix("grpc://")) as server:
+            digest = _put(server, tmp_path, b"came up later\n")
+            blob = mountpoint / "main" / "blobs" / digest
+            deadline = time.monotonic() + 30  # the channel reconnects within its backoff
+            while subprocess.run(["cat", str(blob)], capture_output=True).returncode != 0:
+                assert time.monotonic() < deadline, "the mount never reached the server"
+                time.sleep(0.2)
+            assert blob.read_bytes() == b"came up later\n"
+    finally:
+        assert _run("umount", mountpoint).returncode == 0
+    _wait_for("unmounted", log)
+
+
+def test_a_second_mount_and_a_bad_option_say_what_is_wrong(
+    helper: Path, server: CasfsServer, tmp_path: Path, mountpoint: Path
+) -> None:
+    log = tmp_path / "mount.log"
+    options = f"cache_dir={tmp_path / 'cache'},log_file={log}"
+    bad = _run("mount", "-t", "casfs", server.endpoint, mountpoint, "-o", f"bogus_opt,{options}")
+    assert bad.returncode != 0 and "unknown option(s): -o bogus_opt" in bad.stderr, bad.stderr
+    assert not is_mounted(mountpoint)
+    first = _run("mount", "-t", "casfs", server.endpoint, mountpoint, "-o", options)
+    assert first.returncode == 0, first.stderr
+    try:
+        pid = json.loads(os.getxattr(mountpoint, "user.casfs.status"))["pid"]
+        options = f"cache_dir={tmp_path / 'other-cache'},log_file={log}"
+        second = _run("mount", "-t", "casfs", server.endpoint, mountpoint, "-o", options)
+        assert second.returncode != 0
+        assert f"mounted already, by casfs (pid {pid}" in second.stderr, second.stderr
+        assert f"fusermount3 -u {mountpoint}" in second.stderr
+    finally:
+        assert _run("umount", mountpoint).returncode == 0
+    _wait_for("unmounted", log)

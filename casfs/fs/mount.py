@@ -19,9 +19,13 @@ import ctypes
 import dataclasses
 import errno
 import logging
+import os
+import re
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Callable
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pyfuse3
@@ -29,7 +33,8 @@ import trio
 
 from casfs import notify
 from casfs.cas.client import CasClient
-from casfs.cas.errors import CasError
+from casfs.cas.errors import CasError, InvalidArgument, NotFound, PermissionDenied
+from casfs.cas.retry import RetryPolicy
 from casfs.config import MountConfig, RemoteConfig, mount_cache_dir
 from casfs.digest import DigestFunction
 from casfs.embedded import EmbeddedError, embedded_server
@@ -38,6 +43,7 @@ from casfs.fs.errors import MountError
 from casfs.fs.metrics import MountCollector
 from casfs.fs.namespace import Namespace
 from casfs.fs.operations import CasOperations
+from casfs.fs.status import StatusError, read_status
 from casfs.fs.uploads import Spool, UploadError, Uploads
 from casfs.metrics import RpcCollector, serve_metrics_in_trio
 from casfs.rpcstats import RpcStats
@@ -48,8 +54,9 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
 
-def _mount_device(mountpoint: Path) -> str | None:
-    """``major:minor`` of the file system mounted at ``mountpoint``, from mountinfo.
+def _mounted_at(mountpoint: Path) -> tuple[str, str] | None:
+    """``(major:minor, fstype)`` of the file system mounted at ``mountpoint`` (the top of
+    the stack), from mountinfo; None if nothing is mounted there.
 
     Not ``os.stat``: a stat of our own mountpoint before the FUSE loop runs would wait for
     an answer that only this process can give.
@@ -57,13 +64,57 @@ def _mount_device(mountpoint: Path) -> str | None:
     escaped = str(mountpoint)
     for char in "\\ \t\n":  # mountinfo writes these as octal escapes
         escaped = escaped.replace(char, f"\\{ord(char):03o}")
-    device = None
+    found = None
     with open("/proc/self/mountinfo") as mountinfo:
         for line in mountinfo:
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == escaped:
-                device = fields[2]  # the last match is the top of the stack
-    return device
+            fields, _, rest = line.partition(" - ")
+            numbers = fields.split()
+            if len(numbers) > 4 and numbers[4] == escaped and rest:
+                found = (numbers[2], rest.split()[0])  # the last match is the top
+    return found
+
+
+def _mount_device(mountpoint: Path) -> str | None:
+    """``major:minor`` of the file system mounted at ``mountpoint``."""
+    mounted = _mounted_at(mountpoint)
+    return mounted[0] if mounted else None
+
+
+def refuse_a_second_mount(mountpoint: Path) -> None:
+    """A casfs mount already on ``mountpoint`` (and answering) is not mounted over: raise
+    ``MountError`` saying which process holds it and how to unmount it."""
+    mounted = _mounted_at(mountpoint)
+    if mounted is None or not mounted[1].startswith("fuse"):
+        return
+    try:
+        status = read_status(mountpoint)
+    except StatusError:
+        return  # another FUSE file system: mounting on top of it is the user's call
+    raise MountError(
+        f"{mountpoint} is mounted already, by casfs (pid {status.get('pid')}, "
+        f"{status.get('remote')}); unmount it first: fusermount3 -u {mountpoint}"
+    )
+
+
+@contextlib.contextmanager
+def _libfuse_says() -> Iterator[list[str]]:
+    """Collect what libfuse writes to standard error in the block (such as which mount
+    option it does not know: its ``RuntimeError`` does not say), and write it on to
+    standard error afterwards too. The list gets its lines when the block ends."""
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode(errors="replace")
+            sys.stderr.write(text)
+            said.extend(line.removeprefix("fuse: ") for line in text.splitlines() if line)
 
 
 def set_readahead(mountpoint: Path, kilobytes: int) -> None:
@@ -113,6 +164,33 @@ def clear_stale_mount(mountpoint: Path) -> None:
     )
     if result.returncode != 0:
         raise MountError(f"cannot clear the stale mount on {mountpoint}: {result.stderr.strip()}")
+
+
+CHECK_TIMEOUT = 5.0  # seconds for one GetCapabilities before mounting; two attempts
+
+
+async def check_remote(remote: RemoteConfig, instances: Sequence[str]) -> None:
+    """Ask the remote for each instance's capabilities, with a short deadline and one
+    retry, before anything is mounted: a dead, mistyped or refusing endpoint, or an
+    instance the server does not have, raises ``MountError`` naming the endpoint and the
+    cause, instead of a mount whose every read fails later. A server without the
+    Capabilities service answers UNIMPLEMENTED and passes; so does any other answer."""
+    probe = dataclasses.replace(remote, retry=RetryPolicy(attempts=2), rpc_timeout=CHECK_TIMEOUT)
+    for name in instances:
+        async with CasClient(dataclasses.replace(probe, instance=name)) as client:
+            try:
+                await client.capabilities()
+            except (PermissionDenied, NotFound, InvalidArgument) as error:
+                raise MountError(f"{remote.endpoint} refused instance {name!r}: {error}") from None
+            except CasError as error:
+                if not error.transient:
+                    log.warning("%s: %s (mounting all the same)", remote.endpoint, error)
+                    continue
+                raise MountError(
+                    f"cannot reach {remote.endpoint}: {error}\n"
+                    "(--no-check-remote, or -o no_check_remote, mounts all the same, for a "
+                    "remote that comes up later)"
+                ) from None
 
 
 async def _digest_functions(clients: dict[str, CasClient]) -> set[DigestFunction]:
@@ -175,6 +253,8 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     }
     spool: Spool | None = None
     try:
+        if config.remote is not None and config.check_remote:
+            await check_remote(remote, config.instances)
         namespace = Namespace(config.instances, await _digest_functions(clients))
         spool = Spool(config.cache_dir or mount_cache_dir(config.mountpoint))
         # Signals are caught from before the mount exists: one that comes as soon as a
@@ -224,10 +304,13 @@ async def _serve(
     """Mount ``operations``, run the FUSE loop until it ends, and always unmount."""
     options = fuse_options(config)
     try:
-        pyfuse3.init(operations, str(config.mountpoint), options)
+        with _libfuse_says() as said:
+            pyfuse3.init(operations, str(config.mountpoint), options)
     except RuntimeError as error:
+        why = re.sub(r"`([^']*)'", r"\1", "; ".join(said)) or str(error)  # `-o x' -> -o x
         raise MountError(
-            f"cannot mount on {config.mountpoint} with -o {','.join(sorted(options))}: {error}"
+            f"cannot mount on {config.mountpoint}: {why} (FUSE options: "
+            f"{','.join(sorted(options))})"
         ) from None
 
     source = endpoint if config.remote else f"the embedded CAS in {config.store}"
@@ -282,6 +365,7 @@ def _tune_malloc_for_blocks() -> None:
 def mount(config: MountConfig, ready: Callable[[], None] = lambda: None) -> None:
     """Mount in the foreground until unmounted; raises ``MountError`` if it cannot."""
     clear_stale_mount(config.mountpoint)
+    refuse_a_second_mount(config.mountpoint)
     if not config.mountpoint.is_dir():
         raise MountError(f"mountpoint {config.mountpoint} is not a directory")
     _tune_malloc_for_blocks()

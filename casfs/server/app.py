@@ -48,6 +48,12 @@ class Security:
         return grpc.ssl_server_credentials([pair])
 
 
+def listen_address(listen: str, port: int) -> str:
+    """Where a server listening on ``listen`` is reached: its port filled in if it picked
+    one (``host:0``); a unix socket's path as it is (it has no port)."""
+    return listen if listen.startswith("unix:") else f"{listen.rpartition(':')[0]}:{port}"
+
+
 def build_server(
     instances: Instances,
     listen: str,
@@ -92,5 +98,5 @@ def build_server(
     if port == 0:
         raise ListenError(f"cannot listen on {listen}")
     server.start()
-    log.info("serving instances %r on %s (port %d)", instances.names, listen, port)
+    log.info("serving instances %r on %s", instances.names, listen_address(listen, port))
     return server, port
