@@ -500,3 +500,99 @@ def test_a_shell_redirect_uploads_once(fx: Fixture) -> None:
 
 
 EMPTY = Digest.of_bytes(b"")
+
+
+def test_a_write_during_another_descriptors_commit_waits_and_is_committed(fx: Fixture) -> None:
+    """One descriptor closes (and so commits) while another goes on writing: the writes
+    that come during the commit wait for it instead of failing with EBUSY, and the
+    second close commits every byte, with no hole where a write was refused."""
+    path = fx.uploads / "two-descriptors"
+    head = os.urandom(64 * MIB)  # enough that its commit takes a while
+    first = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(first, head)
+    second = os.open(path, os.O_WRONLY)
+    started, first_closed = threading.Event(), threading.Event()
+    written: list[bytes] = []
+    failures: list[OSError] = []
+
+    def keep_writing() -> None:
+        offset = len(head)
+        try:
+            while len(written) < 64 or not first_closed.is_set():
+                piece = os.urandom(64 * 1024)
+                assert os.pwrite(second, piece, offset) == len(piece)
+                written.append(piece)
+                offset += len(piece)
+                started.set()
+        except OSError as error:
+            failures.append(error)
+            started.set()
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        assert started.wait(timeout=60)
+        os.close(first)  # commits what is there now, while the writer goes on
+        first_closed.set()
+        writer.join(timeout=120)
+        assert not writer.is_alive()
+        assert not failures, failures
+    finally:
+        first_closed.set()
+        writer.join(timeout=120)
+        os.close(second)  # commits it all again
+    expected = head + b"".join(written)
+    assert xattr(path, "user.casfs.digest") == str(Digest.of_bytes(expected))
+    assert fx.on_server(Digest.of_bytes(expected)) == expected
+
+
+def test_writers_that_truncate_one_name_get_no_ebusy(fx: Fixture) -> None:
+    """Eight programs at once, each writing its own content into one name with O_TRUNC,
+    round after round: every write and close succeeds or fails for a real reason (EBUSY
+    is none), and the committed blob is always the file's bytes."""
+    path = fx.uploads / "contended"
+    errors: list[OSError] = []
+
+    def write_once(index: int) -> None:
+        try:
+            with open(path, "wb") as file:
+                file.write(bytes([index]) * (MIB + index))
+        except OSError as error:
+            errors.append(error)
+
+    for _ in range(15):
+        threads = [threading.Thread(target=write_once, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors, errors
+        data = path.read_bytes()
+        assert xattr(path, "user.casfs.digest") == str(Digest.of_bytes(data))
+
+
+def test_sync_of_a_pending_file_retries_its_upload(tmp_path: Path) -> None:
+    """``sync FILE`` opens the file read-only and fsyncs it: that retries a failed upload
+    too, and says whether it worked."""
+    source = write_file(tmp_path / "src", 3 * MIB)
+    digest = Digest(sha256_file(source), 3 * MIB)
+    with CasfsServer(tmp_path / "store") as server:
+        args = ["--cache-dir", str(tmp_path / "cache"), "--retries", "2"]
+        with CasfsMount(tmp_path / "mnt", "--remote", server.endpoint, *args) as mount:
+            target = mount.mountpoint / "main" / "uploads" / "f"
+            server.kill()
+            assert sh("cp", str(source), str(target), check=False).returncode != 0
+            still_down = sh("sync", str(target), check=False)
+            assert still_down.returncode != 0 and b"Input/output error" in still_down.stderr
+            server.start()
+            deadline = time.monotonic() + 30  # the channel reconnects within its backoff
+            while sh("sync", str(target), check=False).returncode != 0:
+                assert time.monotonic() < deadline, mount.log_text()[-2000:]
+                time.sleep(0.2)
+            assert xattr(target, "user.casfs.digest") == str(digest)
+        assert on_server_bytes(server, digest, tmp_path / "back") == source.read_bytes()
+
+
+def on_server_bytes(server: CasfsServer, digest: Digest, out: Path) -> bytes:
+    run_client(server.endpoint, lambda c: download(c, digest, out))
+    return out.read_bytes()

@@ -411,6 +411,8 @@ class CasOperations(pyfuse3.Operations):
     @_fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         entry = self._child_to_remove(parent_inode, name)
+        while await self.uploads.wait_for_commits(entry):  # then look again: no checkpoint
+            entry = self._child_to_remove(parent_inode, name)
         if isinstance(entry, DirEntry):
             raise pyfuse3.FUSEError(errno.EISDIR)
         self.uploads.remove(entry)
@@ -434,7 +436,8 @@ class CasOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        """Move within one instance's uploads/ tree (POSIX replace rules)."""
+        """Move within one instance's uploads/ tree (POSIX replace rules). A file being
+        committed, moved or replaced, is moved once its commit is done."""
         instance_old, old_parent = self._directory(parent_inode_old)
         instance_new, new_parent = self._directory(parent_inode_new)
         self._writable()
@@ -443,6 +446,10 @@ class CasOperations(pyfuse3.Operations):
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise pyfuse3.FUSEError(errno.EINVAL)
         old_name, new_name = os.fsdecode(name_old), _name(name_new)
+        while await self.uploads.wait_for_commits(  # then look again: no checkpoint after
+            old_parent.children.get(old_name), new_parent.children.get(new_name)
+        ):
+            pass
         entry = old_parent.children.get(old_name)
         if entry is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -568,6 +575,8 @@ class CasOperations(pyfuse3.Operations):
             instance = blob.instance
         else:
             instance, directory = self._directory(parent_inode)
+            while await self.uploads.wait_for_commits(directory.children.get(text)):
+                pass  # a file it replaces is being committed; then look again
             entry = self.uploads.new_file(instance, directory, text, mode, None)
         opened = await self._open_upload(entry, flags, created=True)
         return opened, self._new_entry(instance, entry)
@@ -666,9 +675,10 @@ class CasOperations(pyfuse3.Operations):
         self.stats.written_bytes += written
         return written
 
-    async def _commit(self, fh: int) -> None:
+    async def _commit(self, fh: int, *, any_descriptor: bool = False) -> None:
+        """Commit the file of a writable descriptor (or, ``any_descriptor``, of any)."""
         handle = self._open.get(fh)
-        if not isinstance(handle, _OpenUpload) or not handle.writable:
+        if not isinstance(handle, _OpenUpload) or not (handle.writable or any_descriptor):
             return
         entry = handle.entry
         if entry.committed or entry.unlinked:
@@ -710,8 +720,9 @@ class CasOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        """``fsync()``: commit now, and retry a failed upload (its spool is still there)."""
-        await self._commit(fh)
+        """``fsync()``: commit now, and retry a failed upload (its spool is still there),
+        through any descriptor of the file: ``sync FILE`` opens it read-only."""
+        await self._commit(fh, any_descriptor=True)
 
     @_fuse_errors
     async def release(self, fh: int) -> None:

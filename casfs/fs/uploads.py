@@ -28,7 +28,9 @@ were answered but still queued. An unmount or a signal lands them first.
 
 Concurrency notes: everything runs in the mount's trio thread. Each file has a
 ``trio.Lock`` held while it is finalized, so concurrent closes upload it once; writes,
-truncates, unlinks and renames of a file being finalized are refused (EBUSY).
+truncates, opens for writing, unlinks and renames of a file being finalized wait for it
+(``wait_for_commits``), then check the state again with no checkpoint before they change
+it (``check_idle`` guards that), so nothing changes a file under its commit.
 ``Uploads.active`` counts finalizations in progress, so that an unmount can wait for them.
 """
 
@@ -140,7 +142,10 @@ class FileEntry(Entry):
     # written, so the file stays writable through the other descriptors until the last
     # one is released; then it is dropped, and nothing is stored.
     refused: bool = False
-    lock: trio.Lock = field(default_factory=trio.Lock)
+    lock: trio.Lock = field(default_factory=trio.Lock)  # held by the commit (finalize)
+    # Set while a commit runs; done when it ends. Changes wait on it, not on ``lock``:
+    # waiters that took and gave back the lock in turn would see it held forever.
+    committing: trio.Event | None = None
 
     @property
     def committed(self) -> bool:
@@ -292,15 +297,44 @@ class Uploads:
         return entry
 
     def check_idle(self, entry: FileEntry) -> None:
-        if entry.lock.locked():
+        """A guard for changes made with no checkpoint after ``wait_for_commits``."""
+        if entry.committing is not None:
             raise UploadError(errno.EBUSY, f"{entry.label()} is being uploaded")
+
+    async def wait_for_commits(self, *entries: Entry | None) -> bool:
+        """Wait until no commit of these files is in progress; return whether it waited
+        (then the caller looks its entries up again: the tree may have changed). A change
+        that comes during a commit waits for it, as a program waits for a lock on a local
+        file system, then makes the file pending again (its next close commits it again):
+        no program expects EBUSY from a write. Cancelled, it stops waiting."""
+        waited = False
+        for entry in entries:
+            if isinstance(entry, FileEntry) and entry.committing is not None:
+                await entry.committing.wait()
+                waited = True
+        return waited
+
+    async def _quiet(self, entry: FileEntry, *, settle: bool) -> None:
+        """Wait until no commit of ``entry`` is in progress and, with ``settle`` (else only
+        after a write failed there), every answered write is in its spool. It returns
+        with no checkpoint after its last check, so the caller's change holds."""
+        while True:
+            if await self.wait_for_commits(entry):
+                continue
+            failed = entry.spooler is not None and entry.spooler.error is not None
+            if settle or failed:
+                await self._settle(entry)
+                settle = False
+                if entry.committing is not None:
+                    continue
+            return
 
     async def open(self, entry: FileEntry, *, write: bool, truncate: bool) -> None:
         """Count an open handle. Writing a committed file whose spool is gone starts it over
-        (only with O_TRUNC: casfs keeps no copy of committed content to modify)."""
+        (only with O_TRUNC: casfs keeps no copy of committed content to modify). Opening
+        for writing waits for a commit in progress."""
         if write:
-            await self._settle(entry)  # no wait from here on: the checks below hold
-            self.check_idle(entry)
+            await self._quiet(entry, settle=True)  # no wait from here on: the checks hold
             if entry.spool is None:
                 if not truncate:
                     raise UploadError(errno.EACCES, f"{entry.label()} is committed and read-only")
@@ -335,10 +369,9 @@ class Uploads:
         writes are hashed behind too (``hashbehind``). The state is updated before any
         wait, so a close that comes meanwhile sees it all. An earlier write that failed
         after it was answered fails this one, once, and every later one past the end of the
-        file that failure cut short (see ``FileEntry.lost``)."""
-        if entry.spooler is not None and entry.spooler.error is not None:
-            await self._settle(entry)  # no wait from here until the write is queued
-        self.check_idle(entry)
+        file that failure cut short (see ``FileEntry.lost``). A write during a commit
+        waits for it."""
+        await self._quiet(entry, settle=False)  # no wait from here until the write is queued
         if entry.fd is None or entry.spool is None:
             raise UploadError(errno.EBADF, f"{entry.label()} is not open for writing")
         if entry.write_error is not None:
@@ -404,8 +437,7 @@ class Uploads:
             await self._settle(entry)
 
     async def truncate(self, entry: FileEntry, size: int) -> None:
-        await self._settle(entry)
-        self.check_idle(entry)
+        await self._quiet(entry, settle=True)
         self._truncate_settled(entry, size)
 
     def _truncate_settled(self, entry: FileEntry, size: int) -> None:
@@ -511,36 +543,45 @@ class Uploads:
         the file pending.
         """
         async with entry.lock:
-            await self._settle(entry)
-            if entry.digest is not None:
-                return entry.digest
-            if entry.spool is None:  # refused (a direct write's content) while we waited
-                raise UploadError(errno.EIO, f"{entry.label()}: its content was refused")
-            if entry.expected is not None and entry.lost is not None:
-                entry.refused = True  # bytes of it are gone: it cannot match its name
-                raise entry.lost
-            with self._busy():
-                if not entry.closed:
-                    entry.closed = True
-                    try:
-                        self.spool.record(entry)
-                    except OSError as error:  # the spool disk is full: upload all the same
-                        log.warning("%s: cannot mark it closed (%s)", entry.label(), error)
+            entry.committing = trio.Event()
+            try:
+                return await self._finalize_locked(entry)
+            finally:
+                entry.committing.set()
+                entry.committing = None
+
+    async def _finalize_locked(self, entry: FileEntry) -> Digest:
+        """``finalize`` with the file's lock held."""
+        await self._settle(entry)
+        if entry.digest is not None:
+            return entry.digest
+        if entry.spool is None:  # refused (a direct write's content) while we waited
+            raise UploadError(errno.EIO, f"{entry.label()}: its content was refused")
+        if entry.expected is not None and entry.lost is not None:
+            entry.refused = True  # bytes of it are gone: it cannot match its name
+            raise entry.lost
+        with self._busy():
+            if not entry.closed:
+                entry.closed = True
                 try:
-                    digest = await self._upload(entry)
-                except Exception:
-                    self.stats.failed += 1
-                    raise
-            self.stats.committed += 1
-            entry.digest = digest
-            self.spool.forget(entry)  # committed: nothing for a later mount to do
-            if not entry.opens:
-                self.spool.discard(entry)
-            failed = entry.write_error or entry.lost
-            entry.write_error = None  # reported once; a loss until a truncate clears it
-            if failed is not None:  # the bytes before the loss are committed
-                raise failed
-            return digest
+                    self.spool.record(entry)
+                except OSError as error:  # the spool disk is full: upload all the same
+                    log.warning("%s: cannot mark it closed (%s)", entry.label(), error)
+            try:
+                digest = await self._upload(entry)
+            except Exception:
+                self.stats.failed += 1
+                raise
+        self.stats.committed += 1
+        entry.digest = digest
+        self.spool.forget(entry)  # committed: nothing for a later mount to do
+        if not entry.opens:
+            self.spool.discard(entry)
+        failed = entry.write_error or entry.lost
+        entry.write_error = None  # reported once; a loss until a truncate clears it
+        if failed is not None:  # the bytes before the loss are committed
+            raise failed
+        return digest
 
     async def _upload(self, entry: FileEntry) -> Digest:
         assert entry.spool is not None
