@@ -1,4 +1,6 @@
-"""The block cache's logic alone: single flight, readahead, random reads, failures."""
+"""The block cache's logic alone: single flight, readahead, random reads, failures. Trio's
+MockClock runs the sources' delays in virtual time: a run takes no real time, and a hang
+fails at once (the clock jumps to the deadline when every task waits)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+from trio.testing import MockClock
 
 from casfs.cas.errors import CasError, DataLoss, Unavailable
 from casfs.digest import Digest
-from casfs.fs.blockcache import BlockCache, Readahead
+from casfs.fs.blocks.cache import BlockCache
+from casfs.fs.blocks.readahead import Readahead
 
 BLOCK = 4096
 DATA = os.urandom(64 * BLOCK + 100)
@@ -48,7 +52,7 @@ def run(scenario) -> None:  # type: ignore[no-untyped-def]
             await scenario(cache, Source())
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    trio.run(main, clock=MockClock(autojump_threshold=0))
 
 
 def test_concurrent_readers_share_one_fetch() -> None:
@@ -92,9 +96,9 @@ def test_sequential_reads_leave_consumed_blocks_to_the_page_cache() -> None:
             assert data == DATA[offset : offset + half]
         # Blocks 0-7 were read to their end: the kernel has them and the cache let them go.
         # Block 8, read halfway, and the readahead past it are still there.
-        assert not any((DIGEST, index) in cache._blocks for index in range(8))
-        assert (DIGEST, 8) in cache._blocks
-        assert cache._blocks.currsize < cache._blocks.maxsize
+        assert not any((DIGEST, index) in cache.blocks for index in range(8))
+        assert (DIGEST, 8) in cache.blocks
+        assert cache.blocks.currsize < cache.blocks.maxsize
 
     run(scenario)
 
@@ -135,14 +139,14 @@ def test_a_blob_read_from_its_start_is_verified() -> None:
             assert failed is not None and failed[0] == 64 * BLOCK
             with pytest.raises(DataLoss):  # and every later read of the blob fails
                 await cache.read_file(Source(), DIGEST, 0, BLOCK, Readahead())
-            assert not any(key[0] == DIGEST for key in cache._blocks)
+            assert not any(key[0] == DIGEST for key in cache.blocks)
 
     async def main() -> None:  # two caches: the good read must not mark the blob
         async with trio.open_nursery() as nursery:
             await scenario(BlockCache(nursery, block_size=BLOCK, capacity=32 * BLOCK), Source())
             nursery.cancel_scope.cancel()
 
-    trio.run(main)
+    trio.run(main, clock=MockClock(autojump_threshold=0))
 
 
 def test_unaligned_reads_of_a_rotten_blob_fail_at_the_end() -> None:
@@ -152,7 +156,7 @@ def test_unaligned_reads_of_a_rotten_blob_fail_at_the_end() -> None:
         with pytest.raises(DataLoss):
             for offset in range(0, len(DATA), 3000):  # the last read is short, at the end
                 await cache.read_file(rotten, DIGEST, offset, 3000, readahead)
-        assert not cache._verifiers
+        assert not cache.verification.active
 
     run(scenario)
 
@@ -198,7 +202,7 @@ def test_concurrent_readers_of_two_blobs_never_wait_forever() -> None:
             nursery.cancel_scope.cancel()
 
     for _ in range(30):
-        trio.run(main)
+        trio.run(main, clock=MockClock(autojump_threshold=0))
 
 
 def test_a_reader_that_starts_midway_is_not_verified_and_leaves_no_verifier() -> None:
@@ -209,7 +213,7 @@ def test_a_reader_that_starts_midway_is_not_verified_and_leaves_no_verifier() ->
         for offset in range(start, len(DATA), BLOCK):
             got += await cache.read_file(source, DIGEST, offset, BLOCK, readahead)
         assert got == DATA[start:]
-        assert not cache._verifiers
+        assert not cache.verification.active
 
     run(scenario)
 

@@ -38,7 +38,7 @@ from casfs.cas.retry import RetryPolicy
 from casfs.config import MountConfig, RemoteConfig, mount_cache_dir
 from casfs.digest import DigestFunction
 from casfs.embedded import EmbeddedError, embedded_server
-from casfs.fs.blockcache import BlockCache
+from casfs.fs.blocks.cache import BlockCache
 from casfs.fs.errors import MountError
 from casfs.fs.metrics import MountCollector
 from casfs.fs.namespace import Namespace

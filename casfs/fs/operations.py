@@ -35,7 +35,8 @@ import trio
 from casfs.cas.client import SMALL_READ, CasClient, Chunk
 from casfs.cas.errors import CasError, NotFound
 from casfs.digest import Digest
-from casfs.fs.blockcache import BlockCache, Readahead
+from casfs.fs.blocks.cache import BlockCache
+from casfs.fs.blocks.readahead import Readahead
 from casfs.fs.catalog import Catalog, FindMissing
 from casfs.fs.inodes import InodeTable
 from casfs.fs.namespace import (
@@ -346,7 +347,7 @@ class CasOperations(pyfuse3.Operations):
         if (
             digest.size > min(SMALL_READ, self.cache.block_size)
             or not digest.function.hashable
-            or self.cache.holds(digest, 0)  # (for another instance, maybe: ask this one)
+            or self.cache.covered(digest, 0)  # (for another instance, maybe: ask this one)
         ):
             return client.find_missing
 
