@@ -55,8 +55,13 @@ def test_put_stat_get_with_a_named_remote(
 
 
 def test_mount_a_named_remote_at_its_mountpoint_flags_override(
-    server: CasfsServer, tmp_path: Path, home: dict[str, str]
+    tmp_path: Path, home: dict[str, str]
 ) -> None:
+    with CasfsServer(tmp_path / "store", "--instance", "main", "--instance", "ci/linux") as server:
+        _mount_a_named_remote(server, tmp_path, home)
+
+
+def _mount_a_named_remote(server: CasfsServer, tmp_path: Path, home: dict[str, str]) -> None:
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     log = tmp_path / "mount.log"

@@ -6,6 +6,7 @@ import dataclasses
 import errno
 import shutil
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -13,14 +14,13 @@ import pytest
 
 from casfs.cas import errors
 from casfs.cas.client import CasClient
-from casfs.cas.retry import RetryPolicy
 from casfs.cli import _serve_config, build_parser
-from casfs.config import MountConfig
+from casfs.config import MountConfig, RetryPolicy
 from casfs.digest import Digest
 from casfs.fs.mount import fuse_options
 from casfs.server.auth import load_tokens
-from tests.mounts import CasfsMount
-from tests.servers import CasfsServer
+from tests.mounts import CasfsMount, is_mounted
+from tests.servers import REPO, CasfsServer
 from tests.test_client_server import MIB, run_client, sha256_file, write_file
 
 QUICK = RetryPolicy(attempts=2, initial_backoff=0.05)
@@ -184,22 +184,30 @@ def test_mount_over_tls_with_a_token_never_logs_it(tmp_path: Path) -> None:
             with pytest.raises(PermissionError):  # EACCES: the read-only token cannot store
                 (m.mountpoint / "main" / "uploads" / "g").write_bytes(b"refused")
         name = f"main/blobs/{sha256_file(source)}/{3 * MIB}"
-        for mountpoint, tokens_args, expected in [
-            ("mnt3", ["--token-file", str(tokens["wrong"])], errno.EACCES),
-            ("mnt4", [], errno.EACCES),  # no token at all
-        ]:
-            with CasfsMount(tmp_path / mountpoint, *common, *tokens_args) as m:
-                with pytest.raises(OSError) as caught:
-                    (m.mountpoint / name).stat()
-                assert caught.value.errno == expected, mountpoint
         (tmp_path / "other").mkdir()
         other_ca, _, _ = make_ca_and_server_cert(tmp_path / "other")
         wrong_ca = ["--remote", remote, "--ca-file", str(other_ca), "--retries", "2"]
-        with CasfsMount(tmp_path / "mnt5", *wrong_ca, "--token-file", str(tokens["writer"])) as m:
-            with pytest.raises(OSError) as caught:  # the server is not who it should be
-                (m.mountpoint / name).stat()
-            assert caught.value.errno == errno.EIO
-            assert "s3cret" not in m.log_text()
+        for mountpoint, args, expected, said in [
+            ("mnt3", [*common, "--token-file", str(tokens["wrong"])], errno.EACCES, "refused"),
+            ("mnt4", common, errno.EACCES, "refused"),  # no token at all
+            # the server is not who it should be
+            ("mnt5", [*wrong_ca, "--token-file", str(tokens["writer"])], errno.EIO, "reach"),
+        ]:
+            # The mount checks the remote first, and says why it will not mount.
+            (tmp_path / mountpoint).mkdir()
+            refused = subprocess.run(
+                [sys.executable, "-m", "casfs", "mount", str(tmp_path / mountpoint), *args],
+                capture_output=True, text=True, cwd=REPO, timeout=120,
+            )  # fmt: skip
+            assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+            assert "s3cret" not in refused.stderr
+            assert not is_mounted(tmp_path / mountpoint)
+            # Told to mount all the same, it does, and every access fails the same way.
+            with CasfsMount(tmp_path / mountpoint, *args, "--no-check-remote") as m:
+                with pytest.raises(OSError) as caught:
+                    (m.mountpoint / name).stat()
+                assert caught.value.errno == expected, mountpoint
+                assert "s3cret" not in m.log_text()
         for log in [tmp_path / "mnt-mount.log", tmp_path / "mnt2-mount.log", srv.log]:
             text = log.read_text()
             assert "DEBUG" in text and "s3cret" not in text, log
