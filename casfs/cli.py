@@ -28,13 +28,13 @@ from casfs import __version__, notify
 from casfs.cas.channel import EndpointError
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
-from casfs.cas.retry import RetryPolicy
 from casfs.config import (
     DEFAULT_INSTANCE,
     DEFAULT_LISTEN,
     ConfigError,
     MountConfig,
     RemoteConfig,
+    RetryPolicy,
     ServeConfig,
     StoreConfig,
     default_cache_dir,

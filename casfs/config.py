@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from casfs.cas.retry import RetryPolicy
 
 DEFAULT_LISTEN = "127.0.0.1:8980"
 DEFAULT_INSTANCE = "main"
@@ -36,6 +36,23 @@ def mount_cache_dir(mountpoint: Path) -> Path:
 def default_store_dir() -> Path:
     """The embedded CAS's default store; ``casfs serve`` and ``casfs mount`` share it."""
     return default_data_dir() / "store"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently to retry a transient failure."""
+
+    attempts: int = 8
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        """The sleeps between attempts: ``attempts - 1`` values with full jitter."""
+        ceiling = self.initial_backoff
+        for _ in range(self.attempts - 1):
+            yield random.uniform(0, ceiling)
+            ceiling = min(self.max_backoff, ceiling * self.multiplier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +240,14 @@ def load_serve_config(path: Path) -> ServeConfig:
     return ServeConfig(listen=listen, instances=instances)
 
 
+BLOCK_SIZE_RULE = "a power of two of at least 4K"
+
+
+def is_block_size(size: int) -> bool:
+    """Whether ``size`` can be the mount's fetch unit (``BLOCK_SIZE_RULE``)."""
+    return size >= 4096 and not size & (size - 1)
+
+
 @dataclass(frozen=True, slots=True)
 class MountConfig:
     """``casfs mount``: what to mount where, and how much memory the block cache may use.
@@ -248,8 +273,8 @@ class MountConfig:
     check_remote: bool = True  # refuse to mount a remote that does not answer
 
     def __post_init__(self) -> None:
-        if self.block_size < 4096 or self.block_size & (self.block_size - 1):
-            raise ConfigError(f"--block-size must be a power of two >= 4K, not {self.block_size}")
+        if not is_block_size(self.block_size):
+            raise ConfigError(f"--block-size must be {BLOCK_SIZE_RULE}, not {self.block_size}")
         if self.cache_size < 16 * self.block_size:
             raise ConfigError("--cache-size must hold at least 16 blocks")
         if not self.instances:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from casfs.config import ConfigError, Table, read_toml
+from casfs.config import BLOCK_SIZE_RULE, ConfigError, Table, is_block_size, read_toml
 from casfs.resource import validate_instance_name
 
 SYSTEM_CONFIG = Path("/etc/casfs/config.toml")
@@ -110,8 +110,8 @@ def _remote_value(table: Table, key: str, kind: str) -> OptionValue | None:
         return table.integer(key, minimum=4)
     if kind == "block_size":
         size = table.size(key)
-        if size is not None and (size < 4096 or size & (size - 1)):
-            raise table.error(key, "a power of two of at least 4K")
+        if size is not None and not is_block_size(size):
+            raise table.error(key, BLOCK_SIZE_RULE)
         return size
     if kind in ("instance", "instances"):
         names = table.strings(key) if kind == "instances" else table.string(key)

@@ -9,8 +9,7 @@ from types import FrameType
 
 import pytest
 
-from casfs.cas.retry import RetryPolicy
-from casfs.config import RemoteConfig
+from casfs.config import RemoteConfig, RetryPolicy
 from tests.servers import CasfsServer
 
 

@@ -9,34 +9,16 @@ straight through, including out of the backoff sleep.
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import trio
 
 from casfs.cas.errors import CasError
+from casfs.config import RetryPolicy
 
 T = TypeVar("T")
 log = logging.getLogger("casfs.cas")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How often and how patiently to retry a transient failure."""
-
-    attempts: int = 8
-    initial_backoff: float = 0.2
-    max_backoff: float = 5.0
-    multiplier: float = 2.0
-
-    def delays(self) -> Iterator[float]:
-        """The sleeps between attempts: ``attempts - 1`` values with full jitter."""
-        ceiling = self.initial_backoff
-        for _ in range(self.attempts - 1):
-            yield random.uniform(0, ceiling)
-            ceiling = min(self.max_backoff, ceiling * self.multiplier)
 
 
 async def with_retries(

@@ -34,8 +34,7 @@ import trio
 from casfs import notify
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError, InvalidArgument, NotFound, PermissionDenied
-from casfs.cas.retry import RetryPolicy
-from casfs.config import MountConfig, RemoteConfig, mount_cache_dir
+from casfs.config import MountConfig, RemoteConfig, RetryPolicy, mount_cache_dir
 from casfs.digest import DigestFunction
 from casfs.embedded import EmbeddedError, embedded_server
 from casfs.fs.blocks.cache import BlockCache
