@@ -14,6 +14,10 @@ can switch them while a mount uses the proxy:
 - ``query_write_status_unimplemented``: QueryWriteStatus answers UNIMPLEMENTED (buildbox-casd).
 - ``refuse_limits_past_eof``: a Read whose ``read_limit`` runs past the blob's end gets
   INVALID_ARGUMENT (buildbox-casd).
+- ``block_reads``: Reads are served in whole 1 MiB blocks only. A Read whose
+  ``read_limit`` is not a multiple of 1 MiB and stops short of the blob's end is refused
+  with DATA_LOSS (``"refuse"``) or answered up to the next block boundary, more than asked
+  (``"overshoot"``).
 - ``reorder_batch_reads``: BatchReadBlobs answers come in reverse order.
 - ``max_batch_zero``: Capabilities advertise ``max_batch_total_size_bytes = 0``.
 
@@ -43,6 +47,7 @@ _BATCH_READ = "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchR
 _CAPABILITIES = "/build.bazel.remote.execution.v2.Capabilities/GetCapabilities"
 _STREAMING_RESPONSES = {_READ, "/build.bazel.remote.execution.v2.ContentAddressableStorage/GetTree"}
 _MESSAGE_LIMIT = 64 << 20
+_BLOCK = 1 << 20
 
 
 class FaultProxy(Managed):
@@ -56,6 +61,7 @@ class FaultProxy(Managed):
         self.cut_writes: tuple[int, int] = (0, 0)
         self.query_write_status_unimplemented = False
         self.refuse_limits_past_eof = False
+        self.block_reads: str | None = None
         self.reorder_batch_reads = False
         self.max_batch_zero = False
         self.calls: collections.Counter[str] = collections.Counter()
@@ -94,6 +100,7 @@ class FaultProxy(Managed):
         self.cut_reads = self.short_reads = self.cut_writes = (0, 0)
         self.query_write_status_unimplemented = self.refuse_limits_past_eof = False
         self.reorder_batch_reads = self.max_batch_zero = False
+        self.block_reads = None
 
     def _take(self, fault: str) -> int | None:
         """The byte budget of a cut fault if one is due (and count it), else None."""
@@ -155,6 +162,7 @@ class FaultProxy(Managed):
                     context.abort(
                         grpc.StatusCode.INVALID_ARGUMENT, "read_limit runs past the blob's end"
                     )
+            raw = self._whole_blocks(request, context) or raw
             budget = self._take("cut_reads")
             short = self._take("short_reads")
         assert self._channel is not None
@@ -176,6 +184,27 @@ class FaultProxy(Managed):
                     context.abort(grpc.StatusCode.UNAVAILABLE, f"stream cut after {passed} bytes")
         except grpc.RpcError as error:
             _relay(error, context)
+
+    def _whole_blocks(
+        self, request: bytestream_pb2.ReadRequest, context: grpc.ServicerContext
+    ) -> bytes | None:
+        """For ``block_reads``: refuse a Read that is not in whole blocks, or return it
+        widened to whole blocks (None: forward it as it is)."""
+        if self.block_reads is None or not request.read_limit or request.read_limit % _BLOCK == 0:
+            return None
+        size = parse_read_name(request.resource_name).digest.size
+        if request.read_offset + request.read_limit >= size:
+            return None
+        with self._lock:
+            self.injected["block_reads"] += 1
+        if self.block_reads == "refuse":
+            blocks = request.read_limit // _BLOCK * _BLOCK
+            context.abort(
+                grpc.StatusCode.DATA_LOSS,
+                f"Blob incomplete: {request.resource_name}. Only read {blocks} bytes",
+            )
+        request.read_limit = -(-request.read_limit // _BLOCK) * _BLOCK
+        return request.SerializeToString()
 
     def client_stream(
         self, method: str, requests: Iterator[bytes], context: grpc.ServicerContext

@@ -46,6 +46,7 @@ from casfs.cas.errors import (
     from_rpc_error,
     from_status,
 )
+from casfs.cas.quirks import RemoteQuirks, is_aligned
 from casfs.cas.retry import with_retries
 from casfs.config import RemoteConfig
 from casfs.digest import Digest, DigestBuilder, DigestFunction, digest_file
@@ -162,8 +163,17 @@ class CasClient:
     ``aclose()`` or ``async with``.
     """
 
-    def __init__(self, config: RemoteConfig, *, rpc_stats: RpcStats | None = None) -> None:
+    def __init__(
+        self,
+        config: RemoteConfig,
+        *,
+        rpc_stats: RpcStats | None = None,
+        quirks: RemoteQuirks | None = None,
+    ) -> None:
+        """``quirks``: what is known of the remote's habits, shared with the other clients
+        of the same endpoint (a fresh record if None)."""
         self.config = config
+        self.quirks = quirks if quirks is not None else RemoteQuirks(config.endpoint)
         self.instance = config.instance
         self._metadata = call_metadata(config)
         self._channel = open_channel(config)
@@ -276,7 +286,10 @@ class CasClient:
         One ranged ByteStream Read, retried from scratch on transient errors (a small blob
         read whole: one BatchReadBlobs, which also checks its digest). Raises
         ``NotFound`` for a missing blob and ``DataLoss`` if the server sends fewer bytes
-        than the digest promises.
+        than the digest promises. A remote that serves whole blocks only (DATA_LOSS for a
+        range that is not, or more bytes than asked) is asked again for the aligned range
+        around it, which is trimmed, and is asked that way from then on
+        (``RemoteQuirks.aligned_reads``).
         """
         if offset < 0 or length < 0:
             raise ValueError(f"negative offset or length: {offset}, {length}")
@@ -292,22 +305,50 @@ class CasClient:
             return (await self.batch_read([digest]))[digest]
         name = BlobName(self.instance, digest).read_name()
         what = f"Read {name} [{offset}+{length}]"
+        end = offset + length
 
         async def attempt() -> bytes:
+            start, stop = self.quirks.read_window(offset, end, digest.size)
             request = bytestream_pb2.ReadRequest(
-                resource_name=name, read_offset=offset, read_limit=length
+                resource_name=name, read_offset=start, read_limit=stop - start
             )
             call = self._raw_read(
-                request, timeout=self._stream_timeout(length), metadata=self._metadata
+                request, timeout=self._stream_timeout(stop - start), metadata=self._metadata
             )
-            data = await self._in_thread(
-                lambda: b"".join(_read_response_data(m) for m in call), call, what
-            )
-            if len(data) < length:
-                raise DataLoss(f"{what}: server sent {len(data)} bytes")
-            return data[:length] if len(data) > length else data
+            try:
+                data = await self._in_thread(
+                    lambda: b"".join(_read_response_data(m) for m in call), call, what
+                )
+            except DataLoss as error:
+                if not self._refused_unaligned(error, start, stop, digest.size):
+                    raise
+                raise _Realign() from None
+            if len(data) > stop - start:
+                self._overshot(start, stop, digest.size, len(data))
+            if len(data) < end - start:
+                raise DataLoss(f"{what}: server sent {len(data) - (offset - start)} bytes")
+            if start == offset and len(data) == length:
+                return data
+            return data[offset - start : end - start]
 
-        return await with_retries(attempt, self.config.retry, what)
+        try:
+            return await with_retries(attempt, self.config.retry, what)
+        except _Realign:  # learned just now: the next attempt asks for whole blocks
+            return await with_retries(attempt, self.config.retry, what)
+
+    def _refused_unaligned(self, error: DataLoss, offset: int, end: int, size: int) -> bool:
+        """Whether the server's DATA_LOSS answers a read that was not in whole blocks; if
+        so, the remote is known from now on to need them."""
+        if error.code is not grpc.StatusCode.DATA_LOSS or is_aligned(offset, end, size):
+            return False
+        self.quirks.learn_aligned_reads(error.message)
+        return True
+
+    def _overshot(self, offset: int, end: int, size: int, got: int) -> None:
+        """The server sent ``got`` bytes for ``[offset, end)``: the surplus is trimmed, and
+        a read that was not in whole blocks is not asked that way again."""
+        if not is_aligned(offset, end, size):
+            self.quirks.learn_aligned_reads(f"sent {got} bytes for a read of {end - offset}")
 
     async def _fits_batch(self, digest: Digest) -> bool:
         return digest.size <= (await self.capabilities()).batch_budget()
@@ -359,12 +400,12 @@ class CasClient:
         attempts = self.config.retry.delays()
         while position < end:
             try:
-                async for chunk in self._read_stream(name, position, end, compressor):
-                    if position + len(chunk) > end:
-                        raise DataLoss(f"{what}: the server sent more than asked for")
+                async for chunk in self._read_stream(name, position, end, digest.size, compressor):
                     position += len(chunk)
                     yield chunk
                     attempts = self.config.retry.delays()  # progress resets the budget
+            except _Realign:  # learned just now: ask again, in whole blocks
+                continue
             except CasError as error:
                 delay = next(attempts, None)
                 if not error.transient or delay is None:
@@ -376,30 +417,46 @@ class CasClient:
                 raise DataLoss(f"{what}: stream ended at {position}, short of {end}")
 
     async def _read_stream(
-        self, name: str, offset: int, end: int, compressor: Compressor
+        self, name: str, offset: int, end: int, size: int, compressor: Compressor
     ) -> AsyncIterator[Chunk]:
-        limit = 0 if compressor is not Compressor.IDENTITY else end - offset
+        """Bytes ``[offset, end)`` as they arrive, from one Read call. A remote that reads
+        in whole blocks is asked for the aligned window around them; whatever the server
+        sends outside ``[offset, end)`` is dropped. Raises ``_Realign`` when the server
+        refuses a read for not being in whole blocks (and remembers that it needs them)."""
+        start, stop, limit = offset, end, 0
+        if compressor is Compressor.IDENTITY:
+            start, stop = self.quirks.read_window(offset, end, size)
+            limit = stop - start
         request = bytestream_pb2.ReadRequest(
-            resource_name=name, read_offset=offset, read_limit=limit
+            resource_name=name, read_offset=start, read_limit=limit
         )
         call = self._raw_read(
-            request, timeout=self._stream_timeout(end - offset), metadata=self._metadata
+            request, timeout=self._stream_timeout(stop - start), metadata=self._metadata
         )
         decompress = _decompressor(compressor)
         responses = iter(call)
+        position = start  # of the next byte the server sends
         try:
-            while True:
-                response = await self._in_thread(
-                    lambda: next(responses, None), call, f"Read {name}"
-                )
-                if response is None:
-                    tail = decompress(b"", True)
-                    if tail:
-                        yield tail
+            while position < end:
+                try:
+                    response = await self._in_thread(
+                        lambda: next(responses, None), call, f"Read {name}"
+                    )
+                except DataLoss as error:
+                    if not self._refused_unaligned(error, start, stop, size):
+                        raise
+                    raise _Realign() from None
+                final = response is None
+                data = decompress(b"" if response is None else _read_response_data(response), final)
+                if position + len(data) > stop:
+                    self._overshot(start, stop, size, position + len(data) - start)
+                keep_from, keep_to = max(0, offset - position), min(len(data), end - position)
+                position += len(data)
+                if keep_to > keep_from:
+                    whole = keep_from == 0 and keep_to == len(data)
+                    yield data if whole else memoryview(data)[keep_from:keep_to]
+                if final:
                     return
-                data = decompress(_read_response_data(response), False)
-                if data:
-                    yield data
         finally:
             call.cancel()
 
@@ -595,6 +652,11 @@ class CasClient:
             return Compressor.IDENTITY
         advertised = (await self.capabilities()).compressors
         return next((c for c in preferred if c in advertised), Compressor.IDENTITY)
+
+
+class _Realign(Exception):
+    """A read was refused for not being in whole blocks; the remote's quirks now say so,
+    and the next attempt asks for whole blocks. Never leaves this module."""
 
 
 _DATA_TAG = 0x52  # ReadResponse.data: field 10, length-delimited

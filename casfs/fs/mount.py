@@ -34,6 +34,7 @@ import trio
 from casfs import notify
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
+from casfs.cas.quirks import RemoteQuirks
 from casfs.config import MountConfig, RemoteConfig, mount_cache_dir
 from casfs.digest import DigestFunction
 from casfs.fs.blockcache import BlockCache
@@ -214,8 +215,11 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     """Mount, call ``ready()`` once the mount answers, serve until unmounted or signalled,
     then unmount."""
     rpc_stats = RpcStats() if config.metrics else None
+    quirks = RemoteQuirks(remote.endpoint)  # one remote: its habits are learned once
     clients = {
-        name: CasClient(dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats)
+        name: CasClient(
+            dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats, quirks=quirks
+        )
         for name in config.instances
     }
     spool: Spool | None = None
