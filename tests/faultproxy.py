@@ -11,6 +11,9 @@ can switch them while a mount uses the proxy:
   ``after`` bytes of data, short of what was asked (a buggy server).
 - ``cut_writes = (after, times)``: the next ``times`` Write streams are ended upstream after
   ``after`` bytes (the server keeps what it got) and fail with UNAVAILABLE to the client.
+- ``refuse_half_close``: a Write stream that reaches the server without finish_write (one
+  ended by ``cut_writes``) is answered UNIMPLEMENTED, "Cannot close stream before finishing
+  write", instead of UNAVAILABLE (a server that cannot resume).
 - ``query_write_status_unimplemented``: QueryWriteStatus answers UNIMPLEMENTED (buildbox-casd).
 - ``refuse_limits_past_eof``: a Read whose ``read_limit`` runs past the blob's end gets
   INVALID_ARGUMENT (buildbox-casd).
@@ -60,6 +63,7 @@ class FaultProxy(Managed):
         self.short_reads: tuple[int, int] = (0, 0)
         self.cut_writes: tuple[int, int] = (0, 0)
         self.query_write_status_unimplemented = False
+        self.refuse_half_close = False
         self.refuse_limits_past_eof = False
         self.block_reads: str | None = None
         self.reorder_batch_reads = False
@@ -101,6 +105,7 @@ class FaultProxy(Managed):
         self.query_write_status_unimplemented = self.refuse_limits_past_eof = False
         self.reorder_batch_reads = self.max_batch_zero = False
         self.block_reads = None
+        self.refuse_half_close = False
 
     def _take(self, fault: str) -> int | None:
         """The byte budget of a cut fault if one is due (and count it), else None."""
@@ -231,6 +236,12 @@ class FaultProxy(Managed):
             )  # fmt: skip
         except grpc.RpcError as error:
             _relay(error, context)
+        if cut.is_set() and self.refuse_half_close:
+            with self._lock:
+                self.injected["refuse_half_close"] += 1
+            context.abort(
+                grpc.StatusCode.UNIMPLEMENTED, "Cannot close stream before finishing write"
+            )
         if cut.is_set():
             context.abort(grpc.StatusCode.UNAVAILABLE, "stream cut")
         return answer

@@ -1,25 +1,34 @@
 """Servers that bend the REAPI rules, each faked by ``tests/faultproxy.py`` in front of a
-real ``casfs serve``, with the mount read and written through by real tools: the bytes must
-come out right, never EIO while they can be had."""
+real ``casfs serve``, with the mount written and read through by real tools: the bytes must
+come out right, never EIO while they can be had.
+
+Each test runs the same battery: four 5 MiB files and a 500-file tree copied in with ``cp``,
+then, through a fresh mount (so that every read reaches the server, not the page cache),
+``sha256sum``, ``tail -c 12345``, ``dd`` with odd ``bs``/``skip``/``count``, ``head -c 1``
+and a ``sha256sum`` of the whole tree.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from casfs.cas.client import CasClient
+from casfs.cas.errors import Unimplemented
 from casfs.digest import Digest
 from tests.faultproxy import FaultProxy
 from tests.mounts import CasfsMount
 from tests.servers import CasfsServer
-from tests.test_client_server import MIB, run_client, write_file
+from tests.test_client_server import MIB, run_client, sha256_file, write_file
 from tests.test_mount_read import sh
 
 TREE_FILES = 500
+TOOLS = ("sha256sum", "tail", "dd", "head")
 
 
 @pytest.fixture
@@ -32,32 +41,73 @@ def proxy(tmp_path: Path) -> Iterator[FaultProxy]:
         yield running
 
 
-def upload(endpoint: str, source: Path) -> Digest:
-    return run_client(endpoint, lambda c: c.upload_file(source))
+@dataclass
+class Battery:
+    """What the tests write and read back: one 5 MiB file per tool, and a tree."""
 
+    root: Path
+    sources: dict[str, Path]
+    files: dict[str, bytes]  # the tree's, by relative name
 
-def tree(root: Path) -> dict[str, bytes]:
-    """A 500-file tree in three directories: most files small (read by BatchReadBlobs),
-    every tenth up to 1.5 MiB (read by ranged ByteStream Reads). Returns name -> content."""
-    rng = random.Random(15)
-    files: dict[str, bytes] = {}
-    for i in range(TREE_FILES):
-        size = rng.randrange(64 << 10, 3 * MIB // 2) if i % 10 == 0 else rng.randrange(20_000)
-        name = f"d{i % 3}/f{i}"
-        files[name] = rng.randbytes(size)
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(files[name])
-    return files
+    @classmethod
+    def make(cls, root: Path) -> Battery:
+        sources = {
+            tool: write_file(root / tool, 5 * MIB + 12345 + n) for n, tool in enumerate(TOOLS)
+        }
+        # Most files small (BatchUpdateBlobs, BatchReadBlobs), every tenth up to 1.5 MiB
+        # (ranged ByteStream Reads).
+        rng = random.Random(15)
+        files: dict[str, bytes] = {}
+        for i in range(TREE_FILES):
+            size = rng.randrange(64 << 10, 3 * MIB // 2) if i % 10 == 0 else rng.randrange(20_000)
+            files[f"d{i % 3}/f{i}"] = rng.randbytes(size)
+        for name, data in files.items():
+            (root / "tree" / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / "tree" / name).write_bytes(data)
+        return cls(root, sources, files)
 
+    def digest(self, tool: str) -> Digest:
+        return Digest(sha256_file(self.sources[tool]), self.sources[tool].stat().st_size)
 
-def read_tree_back(mount: CasfsMount, files: dict[str, bytes]) -> None:
-    """Every file of the tree read through ``blobs/<hash>/<size>`` by one ``sha256sum``."""
-    blobs = mount.mountpoint / "main" / "blobs"
-    want = {hashlib.sha256(data).hexdigest(): len(data) for data in files.values()}
-    paths = [str(blobs / hash_ / str(size)) for hash_, size in want.items()]
-    out = sh("sha256sum", *paths).stdout.decode().splitlines()
-    got = {line.split()[0] for line in out}
-    assert got == set(want)
+    def write_in(self, mount: CasfsMount) -> None:
+        """``cp`` every file into ``uploads/``; each must succeed."""
+        uploads = mount.mountpoint / "main" / "uploads"
+        for tool, source in self.sources.items():
+            sh("cp", str(source), str(uploads / tool))
+        sh("cp", "-r", str(self.root / "tree"), str(uploads))
+
+    def read_back(self, mount: CasfsMount, after_first: Callable[[], None] = lambda: None) -> None:
+        """Read everything through ``blobs/<hash>/<size>`` with the tools; ``after_first``
+        runs once the first tool is done."""
+        blobs = mount.mountpoint / "main" / "blobs"
+
+        def blob(tool: str) -> str:
+            digest = self.digest(tool)
+            return str(blobs / digest.hash / str(digest.size))
+
+        out = sh("sha256sum", blob("sha256sum")).stdout.decode()
+        assert out.split()[0] == self.digest("sha256sum").hash
+        after_first()
+        data = self.sources["tail"].read_bytes()
+        assert sh("tail", "-c", "12345", blob("tail")).stdout == data[-12345:]
+        data = self.sources["dd"].read_bytes()
+        got = sh("dd", f"if={blob('dd')}", "bs=4099", "skip=333", "count=77", "status=none")
+        assert got.stdout == data[333 * 4099 : 410 * 4099]
+        assert sh("head", "-c", "1", blob("head")).stdout == self.sources["head"].read_bytes()[:1]
+        want = {hashlib.sha256(data).hexdigest(): len(data) for data in self.files.values()}
+        paths = [str(blobs / hash_ / str(size)) for hash_, size in want.items()]
+        out = sh("sha256sum", *paths).stdout.decode()
+        assert {line.split()[0] for line in out.splitlines()} == set(want)
+
+    def round_trip(
+        self, endpoint: str, after_first: Callable[[], None] = lambda: None
+    ) -> tuple[str, str]:
+        """Write in through one mount, read back through a fresh one; their logs."""
+        with CasfsMount(self.root / "mnt-in", "--remote", endpoint) as writer:
+            self.write_in(writer)
+        with CasfsMount(self.root / "mnt-out", "--remote", endpoint) as reader:
+            self.read_back(reader, after_first)
+        return writer.log_text(), reader.log_text()
 
 
 # -- 1. ranged reads only in whole blocks ----------------------------------------------------
@@ -68,46 +118,16 @@ def test_a_server_that_reads_whole_blocks_only(
     proxy: FaultProxy, tmp_path: Path, answer: str
 ) -> None:
     """Refused (DATA_LOSS "Blob incomplete") or answered past read_limit, a read that is not
-    in whole 1 MiB blocks is asked again aligned and trimmed; the mount learns it once and
-    asks aligned from then on."""
+    in whole 1 MiB blocks is asked again aligned and trimmed; the mount learns it at its
+    first read and asks aligned from then on."""
     proxy.block_reads = answer
-    sources = {
-        tool: write_file(tmp_path / tool, 5 * MIB + 12345 + n)
-        for n, tool in enumerate(["sha256sum", "tail", "dd", "head"])
-    }
-    digests = {tool: upload(proxy.endpoint, source) for tool, source in sources.items()}
-    files = tree(tmp_path / "tree")
-    with CasfsMount(tmp_path / "mnt", "--remote", proxy.endpoint) as mount:
-        blobs = mount.mountpoint / "main" / "blobs"
-
-        def blob(tool: str) -> str:
-            return str(blobs / digests[tool].hash / str(digests[tool].size))
-
-        out = sh("sha256sum", blob("sha256sum")).stdout.decode()
-        assert out.split()[0] == digests["sha256sum"].hash
-        learned = proxy.injected["block_reads"]
-        assert learned >= 1, "the fault never happened"
-
-        data = sources["tail"].read_bytes()
-        assert sh("tail", "-c", "12345", blob("tail")).stdout == data[-12345:]
-        data = sources["dd"].read_bytes()
-        got = sh("dd", f"if={blob('dd')}", "bs=4099", "skip=333", "count=77", "status=none")
-        assert got.stdout == data[333 * 4099 : 410 * 4099]
-        assert sh("head", "-c", "1", blob("head")).stdout == sources["head"].read_bytes()[:1]
-
-        sh("cp", "-r", str(tmp_path / "tree"), str(mount.mountpoint / "main" / "uploads"))
-        sh("diff", "-r", str(tmp_path / "tree"), str(mount.mountpoint / "main/uploads/tree"))
-        assert proxy.injected["block_reads"] == learned  # every read since was aligned
-        assert "whole 1024 KiB blocks" in mount.log_text()
-    with CasfsMount(tmp_path / "mnt2", "--remote", proxy.endpoint) as fresh:
-        head = fresh.mountpoint / "main" / "blobs" / digests["head"].hash
-        assert (
-            sh("head", "-c", "1", str(head / str(digests["head"].size))).stdout
-            == (sources["head"].read_bytes()[:1])
-        )
-        learned = proxy.injected["block_reads"]
-        read_tree_back(fresh, files)
-        assert proxy.injected["block_reads"] == learned
+    learned: list[int] = []
+    _, log = Battery.make(tmp_path).round_trip(
+        proxy.endpoint, lambda: learned.append(proxy.injected["block_reads"])
+    )
+    assert learned[0] >= 1, "the fault never happened"
+    assert proxy.injected["block_reads"] == learned[0]  # every read since was aligned
+    assert "whole 1024 KiB blocks" in log
 
 
 @pytest.mark.parametrize("answer", ["refuse", "overshoot"])
@@ -118,7 +138,7 @@ def test_the_client_trims_whole_blocks_and_resumes_aligned(
     and resumed, against a server that sends whole blocks: exactly the bytes asked for."""
     source = write_file(tmp_path / "blob", 5 * MIB + 777)
     data = source.read_bytes()
-    digest = upload(proxy.endpoint, source)
+    digest = run_client(proxy.endpoint, lambda c: c.upload_file(source))
     proxy.block_reads = answer
     ranges = [(1, 1), (12345, 100_000), (MIB - 1, 2), (3 * MIB + 5, MIB + 3), (0, 5 * MIB)]
 
@@ -138,3 +158,28 @@ def test_the_client_trims_whole_blocks_and_resumes_aligned(
     assert resumed == data[7 : 4 * MIB + 7]
     assert proxy.injected["cut_reads"] == 1
     assert proxy.injected["block_reads"] == 1  # learned at the first read
+
+
+# -- 2. no half-close ------------------------------------------------------------------------
+
+
+def test_a_server_that_refuses_a_half_close(proxy: FaultProxy, tmp_path: Path) -> None:
+    """Write streams cut before finish_write are answered UNIMPLEMENTED "Cannot close
+    stream before finishing write", and QueryWriteStatus is UNIMPLEMENTED: each upload
+    starts again from offset 0 and ``cp`` succeeds (it failed with EOPNOTSUPP)."""
+    proxy.refuse_half_close = proxy.query_write_status_unimplemented = True
+    proxy.cut_writes = (2 * MIB, 1)  # the first large file (the tree goes by batch)
+    writer_log, _ = Battery.make(tmp_path).round_trip(proxy.endpoint)
+    assert proxy.injected["refuse_half_close"] == 1
+    assert writer_log.count("restarting from offset 0") == 1
+
+
+def test_a_write_refused_twice_in_a_row_is_final(proxy: FaultProxy, tmp_path: Path) -> None:
+    """The restart is once per attempt: a server that answers every Write UNIMPLEMENTED
+    gets two Writes, not a retry loop, and the error is ENOTSUP."""
+    proxy.refuse_half_close = proxy.query_write_status_unimplemented = True
+    proxy.cut_writes = (MIB, 100)
+    source = write_file(tmp_path / "big", 6 * MIB)
+    with pytest.raises(Unimplemented):
+        run_client(proxy.endpoint, lambda c: c.upload_file(source))
+    assert proxy.calls["/google.bytestream.ByteStream/Write"] == 2

@@ -180,6 +180,7 @@ class CasClient:
         if rpc_stats is not None:  # metrics asked for: count and time every call
             self._channel = rpc_stats.client_channel(self._channel)
         self.resumed_writes = 0  # ByteStream Writes resumed at the server's committed_size
+        self.restarted_writes = 0  # Writes sent again from 0 after an UNIMPLEMENTED answer
         self._bytestream = bytestream_pb2_grpc.ByteStreamStub(self._channel)
         # ByteStream.Read answering undecoded messages: the data is cut out of them by
         # _read_response_data, one copy fewer per message than a parse and a field access.
@@ -551,7 +552,11 @@ class CasClient:
         attempt asks QueryWriteStatus for ``committed_size`` and resumes there; a server
         without QueryWriteStatus (UNIMPLEMENTED), an unknown session or a compressed upload
         restarts from 0. A server that ends the stream early because it already has the blob
-        counts as success. Cancellation cancels the call; the server keeps what it has.
+        counts as success. A Write answered UNIMPLEMENTED is sent again from offset 0 under
+        a new upload name, once per attempt: a server that cannot resume answers so to a
+        stream that reached it cut short, before finish_write; a second UNIMPLEMENTED in a
+        row is final (the server takes no writes). Cancellation cancels the call; the
+        server keeps what it has.
         """
         if digest.size == 0:
             return
@@ -559,21 +564,15 @@ class CasClient:
         if actual != digest.size:
             raise ValueError(f"{path} has {actual} bytes, the digest says {digest.size}")
         compressor = await self._wire_compressor(digest, (Compressor.ZSTD,))
-        name = BlobName(self.instance, digest, compressor, str(uuid.uuid4())).write_name()
+
+        def new_name() -> str:
+            return BlobName(self.instance, digest, compressor, str(uuid.uuid4())).write_name()
+
+        name = new_name()
         what = f"Write {name}"
         started = False
 
-        async def attempt() -> None:
-            nonlocal started
-            offset = 0
-            if started and compressor is Compressor.IDENTITY:
-                offset, complete = await self._write_status(name)
-                if complete:
-                    return
-                if offset > 0:
-                    self.resumed_writes += 1
-                    log.info("%s: resuming at offset %d", what, offset)
-            started = True
+        async def send(offset: int) -> None:
             if compressor is Compressor.IDENTITY:
                 requests = _plain_requests(
                     name, path, offset, digest.size, self.config.chunk_size, progress, cold=cold
@@ -594,6 +593,25 @@ class CasClient:
             committed = response.committed_size
             if compressor is Compressor.IDENTITY and committed != digest.size:
                 raise DataLoss(f"{what}: server committed {committed} of {digest.size} bytes")
+
+        async def attempt() -> None:
+            nonlocal started, name
+            offset = 0
+            if started and compressor is Compressor.IDENTITY:
+                offset, complete = await self._write_status(name)
+                if complete:
+                    return
+                if offset > 0:
+                    self.resumed_writes += 1
+                    log.info("%s: resuming at offset %d", what, offset)
+            started = True
+            try:
+                await send(offset)
+            except Unimplemented as error:
+                name = new_name()
+                self.restarted_writes += 1
+                log.info("%s; restarting from offset 0 as %s", error, name)
+                await send(0)
 
         await with_retries(attempt, self.config.retry, what)
 
