@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from casfs.cas.client import CasClient
+from casfs.cas.client import PROBE_BLOB, CasClient
 from casfs.cas.errors import Unimplemented
 from casfs.digest import Digest
 from tests.faultproxy import FaultProxy
@@ -183,3 +183,43 @@ def test_a_write_refused_twice_in_a_row_is_final(proxy: FaultProxy, tmp_path: Pa
     with pytest.raises(Unimplemented):
         run_client(proxy.endpoint, lambda c: c.upload_file(source))
     assert proxy.calls["/google.bytestream.ByteStream/Write"] == 2
+
+
+# -- 3. FindMissingBlobs by hash alone -------------------------------------------------------
+
+
+def test_a_server_that_answers_find_missing_by_hash(proxy: FaultProxy, tmp_path: Path) -> None:
+    """A server that says any size of a stored hash is present: a wrong size looked up
+    before anything is read is ENOENT (it showed a file of that size, whose reads gave
+    EIO), for a large blob (FindMissingBlobs) and a small one (fetched whole at lookup);
+    the right sizes read back right."""
+    proxy.by_hash_store = tmp_path / "store"
+    battery = Battery.make(tmp_path)
+    with CasfsMount(tmp_path / "mnt-in", "--remote", proxy.endpoint) as writer:
+        battery.write_in(writer)
+    small_data = next(data for data in battery.files.values() if 1000 < len(data) < 20_000)
+    small = Digest(hashlib.sha256(small_data).hexdigest(), len(small_data))
+    with CasfsMount(tmp_path / "mnt-out", "--remote", proxy.endpoint) as reader:
+        blobs = reader.mountpoint / "main" / "blobs"
+        for digest in (battery.digest("tail"), small):
+            for wrong in (digest.size - 1, digest.size + 1):
+                got = sh("stat", str(blobs / digest.hash / str(wrong)), check=False)
+                assert b"No such file or directory" in got.stderr, got
+        assert proxy.injected["by_hash"] >= 4, "the fault never happened"
+        battery.read_back(reader)
+    assert "by hash alone" in reader.log_text()
+    assert "confirmed by reading" in reader.log_text()
+
+
+def test_a_read_only_mount_stores_no_probe(proxy: FaultProxy, tmp_path: Path) -> None:
+    """A read-only mount writes nothing to the server, not even the probe blob, so over a
+    server that answers by hash it cannot confirm sizes: it says so, and still reads right."""
+    proxy.by_hash_store = tmp_path / "store"
+    source = write_file(tmp_path / "blob", 3 * MIB + 1)
+    digest = run_client(proxy.endpoint, lambda c: c.upload_file(source))
+    with CasfsMount(tmp_path / "mnt", "--remote", proxy.endpoint, "--read-only") as mount:
+        blob = mount.mountpoint / "main" / "blobs" / digest.hash / str(digest.size)
+        assert sh("sha256sum", str(blob)).stdout.decode().split()[0] == digest.hash
+    assert "a read-only mount stores no probe blob" in mount.log_text()
+    probe = Digest.of_bytes(PROBE_BLOB)
+    assert not (tmp_path / "store" / "cas" / "sha256" / probe.hash[:2] / probe.hash).exists()

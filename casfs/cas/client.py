@@ -46,10 +46,10 @@ from casfs.cas.errors import (
     from_rpc_error,
     from_status,
 )
-from casfs.cas.quirks import RemoteQuirks, is_aligned
+from casfs.cas.quirks import RemoteQuirks, SizeCheck, is_aligned
 from casfs.cas.retry import with_retries
 from casfs.config import RemoteConfig
-from casfs.digest import Digest, DigestBuilder, DigestFunction, digest_file
+from casfs.digest import MAX_SIZE, Digest, DigestBuilder, DigestFunction, digest_file
 from casfs.directio import DirectReader
 from casfs.resource import BlobName, Compressor
 from casfs.rpcstats import RpcStats
@@ -68,6 +68,8 @@ _BATCH_SLACK = 64 << 10
 _PER_BLOB_OVERHEAD = 256
 # Digests per FindMissingBlobs request (about 80 bytes each on the wire).
 FIND_MISSING_CHUNK = 10_000
+# A blob of the client's own, for learning how a remote that ignores sizes reads one.
+PROBE_BLOB = b"casfs: a probe of how this server reads a blob under a wrong size\n"
 
 
 class _Future(Protocol):
@@ -180,7 +182,6 @@ class CasClient:
         if rpc_stats is not None:  # metrics asked for: count and time every call
             self._channel = rpc_stats.client_channel(self._channel)
         self.resumed_writes = 0  # ByteStream Writes resumed at the server's committed_size
-        self.restarted_writes = 0  # Writes sent again from 0 after an UNIMPLEMENTED answer
         self._bytestream = bytestream_pb2_grpc.ByteStreamStub(self._channel)
         # ByteStream.Read answering undecoded messages: the data is cut out of them by
         # _read_response_data, one copy fewer per message than a parse and a field access.
@@ -276,8 +277,101 @@ class CasClient:
         return missing
 
     async def contains(self, digest: Digest) -> bool:
-        """Whether the server has the blob (the empty blob always exists)."""
-        return digest.size == 0 or not await self.find_missing([digest])
+        """Whether the server has the blob at its size (the empty blob always exists)."""
+        return digest.size == 0 or not await self.find_missing_exact([digest])
+
+    async def find_missing_exact(self, digests: Iterable[Digest]) -> set[Digest]:
+        """The digests the server does not have at their size: ``find_missing`` for a name
+        someone typed, where a wrong size must be missing.
+
+        Some remotes answer FindMissingBlobs by hash alone. The first request that finds a
+        blob present also asks for the same hash with another size (a canary, no extra
+        call): present too, the remote answers by hash, and a probe on a blob of the
+        client's own (``_probe_deletion``) tells whether reading past a blob's end under a
+        wrong size deletes it. Where it does not, each blob reported present is confirmed
+        by reading its last byte and one past its end (``_size_confirmed``), and counts as
+        missing if those say another size. Where it does, or the probe was impossible,
+        nothing is confirmed (``RemoteQuirks.size_check`` says so and the log warns once).
+
+        Transient errors propagate (nothing is learned from them); cancellation leaves the
+        lesson unlearned, to be learned by the next call.
+        """
+        unique = [d for d in dict.fromkeys(digests) if d.size > 0]
+        canary = None
+        if self.quirks.size_check is SizeCheck.UNKNOWN and unique:
+            first = unique[0]
+            other = first.size + 1 if first.size < MAX_SIZE else first.size - 1
+            canary = Digest(first.hash, other, first.function)
+        asked = [*unique, canary] if canary is not None and canary not in unique else unique
+        missing = await self.find_missing(asked)
+        if canary is not None and unique[0] not in missing:
+            if canary in missing:
+                self.quirks.learn_size_check(SizeCheck.BY_DIGEST)
+            else:
+                await self._probe_deletion()
+        if canary is not None and canary not in unique:
+            missing.discard(canary)
+        if self.quirks.size_check is SizeCheck.BY_HASH:
+            for digest in unique:
+                if digest not in missing and not await self._size_confirmed(digest):
+                    missing.add(digest)
+        return missing
+
+    async def _probe_deletion(self) -> None:
+        """The remote answers FindMissingBlobs by hash: learn whether a read past a blob's
+        end under a wrong size deletes the blob (buildbox-casd does), on a tiny blob of the
+        client's own (``PROBE_BLOB``, stored if missing), never on someone else's. Once per
+        remote; a remote that refuses the blob (a read-only token) is not probed. A
+        transient error propagates and, like cancellation, leaves it to the next lookup."""
+        async with self.quirks.probing:
+            if self.quirks.size_check is not SizeCheck.UNKNOWN:
+                return
+            if not self.quirks.may_store_probe:
+                self.quirks.learn_size_check(
+                    SizeCheck.NOT_PROBED, "a read-only mount stores no probe blob"
+                )
+                return
+            probe = Digest.of_bytes(PROBE_BLOB)
+            try:
+                if await self.find_missing([probe]):
+                    await self.batch_update([(probe, PROBE_BLOB)])
+                with contextlib.suppress(CasError):  # it was read: what it did is what counts
+                    await self._read_once(Digest(probe.hash, probe.size + 1), probe.size, 1)
+                deleted = bool(await self.find_missing([probe]))
+            except CasError as error:
+                if error.transient:
+                    raise
+                self.quirks.learn_size_check(SizeCheck.NOT_PROBED, f"probe refused: {error}")
+                return
+            self.quirks.learn_size_check(
+                SizeCheck.BY_HASH_DELETING if deleted else SizeCheck.BY_HASH
+            )
+
+    async def _size_confirmed(self, digest: Digest) -> bool:
+        """Whether a blob that a remote answering by hash reports present has ``digest``'s
+        size: its last byte can be read and nothing past it. Only for a remote whose reads
+        past the end delete nothing (``SizeCheck.BY_HASH``); transient errors propagate."""
+        what = f"confirm the size of {digest}"
+        try:
+            last = await with_retries(
+                lambda: self._read_once(digest, digest.size - 1, 1), self.config.retry, what
+            )
+        except CasError as error:
+            if error.transient:
+                raise
+            return False  # no byte there: the blob is shorter
+        try:
+            beyond = await with_retries(
+                lambda: self._read_once(digest, digest.size, 1), self.config.retry, what
+            )
+        except CasError as error:
+            if error.transient:
+                raise
+            beyond = b""  # refused past the end (OUT_OF_RANGE, INVALID_ARGUMENT): it ends there
+        if len(last) != 1 or beyond:
+            log.info("%s: the server has a blob of another size under this hash", digest)
+            return False
+        return True
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -310,16 +404,8 @@ class CasClient:
 
         async def attempt() -> bytes:
             start, stop = self.quirks.read_window(offset, end, digest.size)
-            request = bytestream_pb2.ReadRequest(
-                resource_name=name, read_offset=start, read_limit=stop - start
-            )
-            call = self._raw_read(
-                request, timeout=self._stream_timeout(stop - start), metadata=self._metadata
-            )
             try:
-                data = await self._in_thread(
-                    lambda: b"".join(_read_response_data(m) for m in call), call, what
-                )
+                data = await self._read_once(digest, start, stop - start)
             except DataLoss as error:
                 if not self._refused_unaligned(error, start, stop, digest.size):
                     raise
@@ -350,6 +436,19 @@ class CasClient:
         a read that was not in whole blocks is not asked that way again."""
         if not is_aligned(offset, end, size):
             self.quirks.learn_aligned_reads(f"sent {got} bytes for a read of {end - offset}")
+
+    async def _read_once(self, digest: Digest, offset: int, limit: int) -> bytes:
+        """One ranged Read as asked, not clamped to the blob's end and not retried."""
+        name = BlobName(self.instance, digest).read_name()
+        request = bytestream_pb2.ReadRequest(
+            resource_name=name, read_offset=offset, read_limit=limit
+        )
+        call = self._raw_read(request, timeout=self._stream_timeout(limit), metadata=self._metadata)
+        return await self._in_thread(
+            lambda: b"".join(_read_response_data(m) for m in call),
+            call,
+            f"Read {name} [{offset}+{limit}]",
+        )
 
     async def _fits_batch(self, digest: Digest) -> bool:
         return digest.size <= (await self.capabilities()).batch_budget()
@@ -609,7 +708,6 @@ class CasClient:
                 await send(offset)
             except Unimplemented as error:
                 name = new_name()
-                self.restarted_writes += 1
                 log.info("%s; restarting from offset 0 as %s", error, name)
                 await send(0)
 

@@ -2,16 +2,20 @@
 
 One ``RemoteQuirks`` is shared by every client of one endpoint (a mount has one client per
 instance name): a habit learned through one instance holds for all, so each is paid for
-once. It only ever moves from "plays by the rules" to "needs the workaround", never back,
-and each lesson is logged once, at warning level, naming the remote.
+once. Each lesson is learned once and never unlearned, and is logged once, at warning
+level, naming the remote.
 
-All of it is touched from the one trio thread that owns the clients: no locks.
+All of it is touched from the one trio thread that owns the clients; ``probing`` keeps two
+tasks from probing the same habit at once.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import trio
 
 log = logging.getLogger("casfs.cas")
 
@@ -32,12 +36,41 @@ def aligned_window(offset: int, end: int, size: int) -> tuple[int, int]:
     return start, min(stop, size)
 
 
+class SizeCheck(enum.Enum):
+    """How the remote's FindMissingBlobs treats the size of a digest, and what the client
+    can do about it."""
+
+    UNKNOWN = "not known yet"
+    BY_DIGEST = "by digest"  # as REAPI says: a wrong size is missing
+    BY_HASH = "by hash"  # the size is ignored; sizes are confirmed by reading
+    BY_HASH_DELETING = "by hash, deleting"  # ignored, and a read past a blob's end deletes it
+    NOT_PROBED = "not probed"  # ignored, and whether a read may delete could not be tested
+
+    @property
+    def trusted(self) -> bool:
+        """Whether a blob FindMissingBlobs reports present is present at its size."""
+        return self is SizeCheck.BY_DIGEST
+
+
+_SIZE_CHECK_LESSONS = {
+    SizeCheck.BY_HASH: "the size of a blob is confirmed by reading its last byte before the "
+    "blob is shown",
+    SizeCheck.BY_HASH_DELETING: "and deletes a blob read past its end under a wrong size, so "
+    "sizes cannot be confirmed: a wrong size shows a file, and reading it deletes the blob",
+    SizeCheck.NOT_PROBED: "sizes are not confirmed",
+}
+
+
 @dataclass
 class RemoteQuirks:
-    """The habits of one remote learned so far."""
+    """The habits of one remote learned so far. ``may_store_probe``: whether the client may
+    store a tiny blob of its own to learn them (not for a read-only mount)."""
 
     remote: str
+    may_store_probe: bool = True
     aligned_reads: bool = False  # ranged reads only in whole READ_ALIGNMENT blocks
+    size_check: SizeCheck = SizeCheck.UNKNOWN
+    probing: trio.Lock = field(default_factory=trio.Lock)
 
     def read_window(self, offset: int, end: int, size: int) -> tuple[int, int]:
         """The range to ask for to get ``[offset, end)``: itself, or for a remote that
@@ -57,3 +90,19 @@ class RemoteQuirks:
                 READ_ALIGNMENT >> 10,
                 why,
             )
+
+    def learn_size_check(self, check: SizeCheck, why: str = "") -> None:
+        """FindMissingBlobs was found to check sizes as ``check`` says (``why``: what made
+        a probe impossible)."""
+        if self.size_check is not SizeCheck.UNKNOWN:
+            return
+        self.size_check = check
+        if check is SizeCheck.BY_DIGEST:
+            log.debug("%s answers FindMissingBlobs by digest", self.remote)
+            return
+        log.warning(
+            "%s answers FindMissingBlobs by hash alone, whatever the size%s: %s",
+            self.remote,
+            f" ({why})" if why else "",
+            _SIZE_CHECK_LESSONS[check],
+        )

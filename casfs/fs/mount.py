@@ -34,7 +34,7 @@ import trio
 from casfs import notify
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
-from casfs.cas.quirks import RemoteQuirks
+from casfs.cas.quirks import RemoteQuirks, SizeCheck
 from casfs.config import MountConfig, RemoteConfig, mount_cache_dir
 from casfs.digest import DigestFunction
 from casfs.fs.blockcache import BlockCache
@@ -215,7 +215,10 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     """Mount, call ``ready()`` once the mount answers, serve until unmounted or signalled,
     then unmount."""
     rpc_stats = RpcStats() if config.metrics else None
-    quirks = RemoteQuirks(remote.endpoint)  # one remote: its habits are learned once
+    # One remote: its habits are learned once. The embedded server checks sizes.
+    quirks = RemoteQuirks(remote.endpoint, may_store_probe=not config.read_only)
+    if config.remote is None:
+        quirks.size_check = SizeCheck.BY_DIGEST
     clients = {
         name: CasClient(
             dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats, quirks=quirks
