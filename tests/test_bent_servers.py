@@ -2,10 +2,11 @@
 real ``casfs serve``, with the mount written and read through by real tools: the bytes must
 come out right, never EIO while they can be had.
 
-Each test runs the same battery: four 5 MiB files and a 500-file tree copied in with ``cp``,
-then, through a fresh mount (so that every read reaches the server, not the page cache),
-``sha256sum``, ``tail -c 12345``, ``dd`` with odd ``bs``/``skip``/``count``, ``head -c 1``
-and a ``sha256sum`` of the whole tree.
+The mount tests share one battery (``Battery``): four 5 MiB files and a 500-file tree
+copied in with ``cp``, then, through a fresh mount (so that every read reaches the server,
+not the page cache), ``sha256sum``, ``tail -c 12345``, ``dd`` with odd ``bs``/``skip``/
+``count``, ``head -c 1`` and a ``sha256sum`` of the whole tree. The client tests pin what
+the battery cannot see: odd ranges one by one, resumes, how many calls a refusal costs.
 """
 
 from __future__ import annotations
