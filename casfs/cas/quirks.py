@@ -55,8 +55,9 @@ class SizeCheck(enum.Enum):
 _SIZE_CHECK_LESSONS = {
     SizeCheck.BY_HASH: "the size of a blob is confirmed by reading its last byte before the "
     "blob is shown",
-    SizeCheck.BY_HASH_DELETING: "and deletes a blob read past its end under a wrong size, so "
-    "sizes cannot be confirmed: a wrong size shows a file, and reading it deletes the blob",
+    SizeCheck.BY_HASH_DELETING: "a read past a blob's end under a wrong size deletes the "
+    "blob, so sizes cannot be confirmed: a wrong size shows a file, and reading it deletes "
+    "the blob",
     SizeCheck.NOT_PROBED: "sizes are not confirmed",
 }
 

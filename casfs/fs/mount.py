@@ -216,9 +216,11 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     then unmount."""
     rpc_stats = RpcStats() if config.metrics else None
     # One remote: its habits are learned once. The embedded server checks sizes.
-    quirks = RemoteQuirks(remote.endpoint, may_store_probe=not config.read_only)
-    if config.remote is None:
-        quirks.size_check = SizeCheck.BY_DIGEST
+    quirks = RemoteQuirks(
+        remote.endpoint,
+        may_store_probe=not config.read_only,
+        size_check=SizeCheck.UNKNOWN if config.remote else SizeCheck.BY_DIGEST,
+    )
     clients = {
         name: CasClient(
             dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats, quirks=quirks
