@@ -131,6 +131,23 @@ def test_a_server_that_reads_whole_blocks_only(
     assert "whole 1024 KiB blocks" in log
 
 
+def test_a_habit_is_learned_once_for_every_instance(proxy: FaultProxy, tmp_path: Path) -> None:
+    """The clients of a mount's instances share what they learn of the remote: a read
+    through the second instance goes straight to whole blocks."""
+    proxy.block_reads = "refuse"
+    source = write_file(tmp_path / "blob", 3 * MIB + 5)
+    digest = run_client(proxy.endpoint, lambda c: c.upload_file(source))
+    args = ("--remote", proxy.endpoint, "--instance", "main", "--instance", "")
+    learned: list[int] = []
+    with CasfsMount(tmp_path / "mnt", *args) as mount:
+        for blobs in (mount.mountpoint / "main" / "blobs", mount.mountpoint / "blobs"):
+            blob = blobs / digest.hash / str(digest.size)
+            assert sh("tail", "-c", "12345", str(blob)).stdout == source.read_bytes()[-12345:]
+            learned.append(proxy.injected["block_reads"])
+    assert learned[0] >= 1, "the fault never happened"
+    assert learned[1] == learned[0]
+
+
 @pytest.mark.parametrize("answer", ["refuse", "overshoot"])
 def test_the_client_trims_whole_blocks_and_resumes_aligned(
     proxy: FaultProxy, tmp_path: Path, answer: str
