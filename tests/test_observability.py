@@ -147,6 +147,10 @@ def test_a_small_blob_costs_one_call_to_look_up_and_read(setup: Setup) -> None:
         methods = ("FindMissingBlobs", "BatchReadBlobs", "Read")
         return {m: scrape.value("casfs_grpc_server_handled_total", grpc_method=m) for m in methods}
 
+    # The mount's first lookup also learns how the server checks sizes (one more
+    # FindMissingBlobs, once per mount): have another blob looked up first.
+    other = run_client(setup.server.endpoint, lambda c: c.upload_bytes(b"looked up first"))
+    assert (setup.main / "blobs" / f"{other.hash}/{other.size}").exists()
     before = calls()
     blob = setup.main / "blobs" / f"{digest.hash}/{digest.size}"
     assert subprocess.run(["cat", str(blob)], capture_output=True, check=True).stdout == data

@@ -176,8 +176,9 @@ def test_cp_into_a_mount_over_casd(casd: Casd, tmp_path: Path) -> None:
 
 
 def test_a_wrong_size_looked_up_first_loses_nothing_on_casd(casd: Casd, tmp_path: Path) -> None:
-    """casd answers FindMissingBlobs by hash alone and drops a blob read with a wrong size:
-    a lookup of a wrong size, before any read, must leave the blob readable."""
+    """casd answers FindMissingBlobs by hash alone and drops a blob read past its end under
+    a wrong size: a lookup of a wrong size, before any read, must leave the blob readable
+    (a small one was fetched whole at lookup, under the wrong size)."""
     import subprocess
 
     from tests.mounts import CasfsMount
@@ -187,9 +188,11 @@ def test_a_wrong_size_looked_up_first_loses_nothing_on_casd(casd: Casd, tmp_path
         digest = run_client(casd.endpoint, lambda c, s=source: c.upload_file(s), instance="")
         mnt = tmp_path / f"mnt{size}"
         with CasfsMount(mnt, "--remote", casd.endpoint, "--instance", "") as mount:
-            wrong = mount.mountpoint / "blobs" / digest.hash / str(size - 1)
-            subprocess.run(["stat", str(wrong)], capture_output=True)
+            for wrong_size in (size - 1, size + 1):  # casd deletes on a read past the end
+                wrong = mount.mountpoint / "blobs" / digest.hash / str(wrong_size)
+                subprocess.run(["stat", str(wrong)], capture_output=True)
             blob = mount.mountpoint / "blobs" / digest.hash / str(size)
             subprocess.run(["cmp", str(source), str(blob)], check=True)
+            assert "reading it deletes the blob" in mount.log_text()  # learned, on our probe
         kept = run_client(casd.endpoint, lambda c, d=digest: c.read_blob(d), instance="")
         assert kept == source.read_bytes()

@@ -46,9 +46,10 @@ from casfs.cas.errors import (
     from_rpc_error,
     from_status,
 )
+from casfs.cas.quirks import RemoteQuirks, SizeCheck, is_aligned
 from casfs.cas.retry import with_retries
 from casfs.config import RemoteConfig
-from casfs.digest import Digest, DigestBuilder, DigestFunction, digest_file
+from casfs.digest import MAX_SIZE, Digest, DigestBuilder, DigestFunction, digest_file
 from casfs.directio import DirectReader
 from casfs.resource import BlobName, Compressor
 from casfs.rpcstats import RpcStats
@@ -67,6 +68,8 @@ _BATCH_SLACK = 64 << 10
 _PER_BLOB_OVERHEAD = 256
 # Digests per FindMissingBlobs request (about 80 bytes each on the wire).
 FIND_MISSING_CHUNK = 10_000
+# A blob of the client's own, for learning how a remote that ignores sizes reads one.
+PROBE_BLOB = b"casfs: a probe of how this server reads a blob under a wrong size\n"
 
 
 class _Future(Protocol):
@@ -162,8 +165,17 @@ class CasClient:
     ``aclose()`` or ``async with``.
     """
 
-    def __init__(self, config: RemoteConfig, *, rpc_stats: RpcStats | None = None) -> None:
+    def __init__(
+        self,
+        config: RemoteConfig,
+        *,
+        rpc_stats: RpcStats | None = None,
+        quirks: RemoteQuirks | None = None,
+    ) -> None:
+        """``quirks``: what is known of the remote's habits, shared with the other clients
+        of the same endpoint (a fresh record if None)."""
         self.config = config
+        self.quirks = quirks if quirks is not None else RemoteQuirks(config.endpoint)
         self.instance = config.instance
         self._metadata = call_metadata(config)
         self._channel = open_channel(config)
@@ -265,8 +277,101 @@ class CasClient:
         return missing
 
     async def contains(self, digest: Digest) -> bool:
-        """Whether the server has the blob (the empty blob always exists)."""
-        return digest.size == 0 or not await self.find_missing([digest])
+        """Whether the server has the blob at its size (the empty blob always exists)."""
+        return digest.size == 0 or not await self.find_missing_exact([digest])
+
+    async def find_missing_exact(self, digests: Iterable[Digest]) -> set[Digest]:
+        """The digests the server does not have at their size: ``find_missing`` for a name
+        someone typed, where a wrong size must be missing.
+
+        Some remotes answer FindMissingBlobs by hash alone. The first request that finds a
+        blob present also asks for the same hash with another size (a canary, no extra
+        call): present too, the remote answers by hash, and a probe on a blob of the
+        client's own (``_probe_deletion``) tells whether reading past a blob's end under a
+        wrong size deletes it. Where it does not, each blob reported present is confirmed
+        by reading its last byte and one past its end (``_size_confirmed``), and counts as
+        missing if those say another size. Where it does, or the probe was impossible,
+        nothing is confirmed (``RemoteQuirks.size_check`` says so and the log warns once).
+
+        Transient errors propagate (nothing is learned from them); cancellation leaves the
+        lesson unlearned, to be learned by the next call.
+        """
+        unique = [d for d in dict.fromkeys(digests) if d.size > 0]
+        canary = None
+        if self.quirks.size_check is SizeCheck.UNKNOWN and unique:
+            first = unique[0]
+            other = first.size + 1 if first.size < MAX_SIZE else first.size - 1
+            canary = Digest(first.hash, other, first.function)
+        asked = [*unique, canary] if canary is not None and canary not in unique else unique
+        missing = await self.find_missing(asked)
+        if canary is not None and unique[0] not in missing:
+            if canary in missing:
+                self.quirks.learn_size_check(SizeCheck.BY_DIGEST)
+            else:
+                await self._probe_deletion()
+        if canary is not None and canary not in unique:
+            missing.discard(canary)
+        if self.quirks.size_check is SizeCheck.BY_HASH:
+            for digest in unique:
+                if digest not in missing and not await self._size_confirmed(digest):
+                    missing.add(digest)
+        return missing
+
+    async def _probe_deletion(self) -> None:
+        """The remote answers FindMissingBlobs by hash: learn whether a read past a blob's
+        end under a wrong size deletes the blob (buildbox-casd does), on a tiny blob of the
+        client's own (``PROBE_BLOB``, stored if missing), never on someone else's. Once per
+        remote; a remote that refuses the blob (a read-only token) is not probed. A
+        transient error propagates and, like cancellation, leaves it to the next lookup."""
+        async with self.quirks.probing:
+            if self.quirks.size_check is not SizeCheck.UNKNOWN:
+                return
+            if not self.quirks.may_store_probe:
+                self.quirks.learn_size_check(
+                    SizeCheck.NOT_PROBED, "a read-only mount stores no probe blob"
+                )
+                return
+            probe = Digest.of_bytes(PROBE_BLOB)
+            try:
+                if await self.find_missing([probe]):
+                    await self.batch_update([(probe, PROBE_BLOB)])
+                with contextlib.suppress(CasError):  # it was read: what it did is what counts
+                    await self._read_once(Digest(probe.hash, probe.size + 1), probe.size, 1)
+                deleted = bool(await self.find_missing([probe]))
+            except CasError as error:
+                if error.transient:
+                    raise
+                self.quirks.learn_size_check(SizeCheck.NOT_PROBED, f"probe refused: {error}")
+                return
+            self.quirks.learn_size_check(
+                SizeCheck.BY_HASH_DELETING if deleted else SizeCheck.BY_HASH
+            )
+
+    async def _size_confirmed(self, digest: Digest) -> bool:
+        """Whether a blob that a remote answering by hash reports present has ``digest``'s
+        size: its last byte can be read and nothing past it. Only for a remote whose reads
+        past the end delete nothing (``SizeCheck.BY_HASH``); transient errors propagate."""
+        what = f"confirm the size of {digest}"
+        try:
+            last = await with_retries(
+                lambda: self._read_once(digest, digest.size - 1, 1), self.config.retry, what
+            )
+        except CasError as error:
+            if error.transient:
+                raise
+            return False  # no byte there: the blob is shorter
+        try:
+            beyond = await with_retries(
+                lambda: self._read_once(digest, digest.size, 1), self.config.retry, what
+            )
+        except CasError as error:
+            if error.transient:
+                raise
+            beyond = b""  # refused past the end (OUT_OF_RANGE, INVALID_ARGUMENT): it ends there
+        if len(last) != 1 or beyond:
+            log.info("%s: the server has a blob of another size under this hash", digest)
+            return False
+        return True
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -276,7 +381,10 @@ class CasClient:
         One ranged ByteStream Read, retried from scratch on transient errors (a small blob
         read whole: one BatchReadBlobs, which also checks its digest). Raises
         ``NotFound`` for a missing blob and ``DataLoss`` if the server sends fewer bytes
-        than the digest promises.
+        than the digest promises. A remote that serves whole blocks only (DATA_LOSS for a
+        range that is not, or more bytes than asked) is asked again for the aligned range
+        around it, which is trimmed, and is asked that way from then on
+        (``RemoteQuirks.aligned_reads``).
         """
         if offset < 0 or length < 0:
             raise ValueError(f"negative offset or length: {offset}, {length}")
@@ -292,22 +400,55 @@ class CasClient:
             return (await self.batch_read([digest]))[digest]
         name = BlobName(self.instance, digest).read_name()
         what = f"Read {name} [{offset}+{length}]"
+        end = offset + length
 
         async def attempt() -> bytes:
-            request = bytestream_pb2.ReadRequest(
-                resource_name=name, read_offset=offset, read_limit=length
-            )
-            call = self._raw_read(
-                request, timeout=self._stream_timeout(length), metadata=self._metadata
-            )
-            data = await self._in_thread(
-                lambda: b"".join(_read_response_data(m) for m in call), call, what
-            )
-            if len(data) < length:
-                raise DataLoss(f"{what}: server sent {len(data)} bytes")
-            return data[:length] if len(data) > length else data
+            start, stop = self.quirks.read_window(offset, end, digest.size)
+            try:
+                data = await self._read_once(digest, start, stop - start)
+            except DataLoss as error:
+                if not self._refused_unaligned(error, start, stop, digest.size):
+                    raise
+                raise _Realign() from None
+            if len(data) > stop - start:
+                self._overshot(start, stop, digest.size, len(data))
+            if len(data) < end - start:
+                raise DataLoss(f"{what}: server sent {len(data) - (offset - start)} bytes")
+            if start == offset and len(data) == length:
+                return data
+            return data[offset - start : end - start]
 
-        return await with_retries(attempt, self.config.retry, what)
+        try:
+            return await with_retries(attempt, self.config.retry, what)
+        except _Realign:  # learned just now: the next attempt asks for whole blocks
+            return await with_retries(attempt, self.config.retry, what)
+
+    def _refused_unaligned(self, error: DataLoss, offset: int, end: int, size: int) -> bool:
+        """Whether the server's DATA_LOSS answers a read that was not in whole blocks; if
+        so, the remote is known from now on to need them."""
+        if error.code is not grpc.StatusCode.DATA_LOSS or is_aligned(offset, end, size):
+            return False
+        self.quirks.learn_aligned_reads(error.message)
+        return True
+
+    def _overshot(self, offset: int, end: int, size: int, got: int) -> None:
+        """The server sent ``got`` bytes for ``[offset, end)``: the surplus is trimmed, and
+        a read that was not in whole blocks is not asked that way again."""
+        if not is_aligned(offset, end, size):
+            self.quirks.learn_aligned_reads(f"sent {got} bytes for a read of {end - offset}")
+
+    async def _read_once(self, digest: Digest, offset: int, limit: int) -> bytes:
+        """One ranged Read as asked, not clamped to the blob's end and not retried."""
+        name = BlobName(self.instance, digest).read_name()
+        request = bytestream_pb2.ReadRequest(
+            resource_name=name, read_offset=offset, read_limit=limit
+        )
+        call = self._raw_read(request, timeout=self._stream_timeout(limit), metadata=self._metadata)
+        return await self._in_thread(
+            lambda: b"".join(_read_response_data(m) for m in call),
+            call,
+            f"Read {name} [{offset}+{limit}]",
+        )
 
     async def _fits_batch(self, digest: Digest) -> bool:
         return digest.size <= (await self.capabilities()).batch_budget()
@@ -359,12 +500,12 @@ class CasClient:
         attempts = self.config.retry.delays()
         while position < end:
             try:
-                async for chunk in self._read_stream(name, position, end, compressor):
-                    if position + len(chunk) > end:
-                        raise DataLoss(f"{what}: the server sent more than asked for")
+                async for chunk in self._read_stream(name, position, end, digest.size, compressor):
                     position += len(chunk)
                     yield chunk
                     attempts = self.config.retry.delays()  # progress resets the budget
+            except _Realign:  # learned just now: ask again, in whole blocks
+                continue
             except CasError as error:
                 delay = next(attempts, None)
                 if not error.transient or delay is None:
@@ -376,30 +517,46 @@ class CasClient:
                 raise DataLoss(f"{what}: stream ended at {position}, short of {end}")
 
     async def _read_stream(
-        self, name: str, offset: int, end: int, compressor: Compressor
+        self, name: str, offset: int, end: int, size: int, compressor: Compressor
     ) -> AsyncIterator[Chunk]:
-        limit = 0 if compressor is not Compressor.IDENTITY else end - offset
+        """Bytes ``[offset, end)`` as they arrive, from one Read call. A remote that reads
+        in whole blocks is asked for the aligned window around them; whatever the server
+        sends outside ``[offset, end)`` is dropped. Raises ``_Realign`` when the server
+        refuses a read for not being in whole blocks (and remembers that it needs them)."""
+        start, stop, limit = offset, end, 0
+        if compressor is Compressor.IDENTITY:
+            start, stop = self.quirks.read_window(offset, end, size)
+            limit = stop - start
         request = bytestream_pb2.ReadRequest(
-            resource_name=name, read_offset=offset, read_limit=limit
+            resource_name=name, read_offset=start, read_limit=limit
         )
         call = self._raw_read(
-            request, timeout=self._stream_timeout(end - offset), metadata=self._metadata
+            request, timeout=self._stream_timeout(stop - start), metadata=self._metadata
         )
         decompress = _decompressor(compressor)
         responses = iter(call)
+        position = start  # of the next byte the server sends
         try:
-            while True:
-                response = await self._in_thread(
-                    lambda: next(responses, None), call, f"Read {name}"
-                )
-                if response is None:
-                    tail = decompress(b"", True)
-                    if tail:
-                        yield tail
+            while position < end:
+                try:
+                    response = await self._in_thread(
+                        lambda: next(responses, None), call, f"Read {name}"
+                    )
+                except DataLoss as error:
+                    if not self._refused_unaligned(error, start, stop, size):
+                        raise
+                    raise _Realign() from None
+                final = response is None
+                data = decompress(b"" if response is None else _read_response_data(response), final)
+                if position + len(data) > stop:
+                    self._overshot(start, stop, size, position + len(data) - start)
+                keep_from, keep_to = max(0, offset - position), min(len(data), end - position)
+                position += len(data)
+                if keep_to > keep_from:
+                    whole = keep_from == 0 and keep_to == len(data)
+                    yield data if whole else memoryview(data)[keep_from:keep_to]
+                if final:
                     return
-                data = decompress(_read_response_data(response), False)
-                if data:
-                    yield data
         finally:
             call.cancel()
 
@@ -494,7 +651,11 @@ class CasClient:
         attempt asks QueryWriteStatus for ``committed_size`` and resumes there; a server
         without QueryWriteStatus (UNIMPLEMENTED), an unknown session or a compressed upload
         restarts from 0. A server that ends the stream early because it already has the blob
-        counts as success. Cancellation cancels the call; the server keeps what it has.
+        counts as success. A Write answered UNIMPLEMENTED is sent again from offset 0 under
+        a new upload name, once per attempt: a server that cannot resume answers so to a
+        stream that reached it cut short, before finish_write; a second UNIMPLEMENTED in a
+        row is final (the server takes no writes). Cancellation cancels the call; the
+        server keeps what it has.
         """
         if digest.size == 0:
             return
@@ -502,21 +663,15 @@ class CasClient:
         if actual != digest.size:
             raise ValueError(f"{path} has {actual} bytes, the digest says {digest.size}")
         compressor = await self._wire_compressor(digest, (Compressor.ZSTD,))
-        name = BlobName(self.instance, digest, compressor, str(uuid.uuid4())).write_name()
+
+        def new_name() -> str:
+            return BlobName(self.instance, digest, compressor, str(uuid.uuid4())).write_name()
+
+        name = new_name()
         what = f"Write {name}"
         started = False
 
-        async def attempt() -> None:
-            nonlocal started
-            offset = 0
-            if started and compressor is Compressor.IDENTITY:
-                offset, complete = await self._write_status(name)
-                if complete:
-                    return
-                if offset > 0:
-                    self.resumed_writes += 1
-                    log.info("%s: resuming at offset %d", what, offset)
-            started = True
+        async def send(offset: int) -> None:
             if compressor is Compressor.IDENTITY:
                 requests = _plain_requests(
                     name, path, offset, digest.size, self.config.chunk_size, progress, cold=cold
@@ -537,6 +692,24 @@ class CasClient:
             committed = response.committed_size
             if compressor is Compressor.IDENTITY and committed != digest.size:
                 raise DataLoss(f"{what}: server committed {committed} of {digest.size} bytes")
+
+        async def attempt() -> None:
+            nonlocal started, name
+            offset = 0
+            if started and compressor is Compressor.IDENTITY:
+                offset, complete = await self._write_status(name)
+                if complete:
+                    return
+                if offset > 0:
+                    self.resumed_writes += 1
+                    log.info("%s: resuming at offset %d", what, offset)
+            started = True
+            try:
+                await send(offset)
+            except Unimplemented as error:
+                name = new_name()
+                log.info("%s; restarting from offset 0 as %s", error, name)
+                await send(0)
 
         await with_retries(attempt, self.config.retry, what)
 
@@ -595,6 +768,11 @@ class CasClient:
             return Compressor.IDENTITY
         advertised = (await self.capabilities()).compressors
         return next((c for c in preferred if c in advertised), Compressor.IDENTITY)
+
+
+class _Realign(Exception):
+    """A read was refused for not being in whole blocks; the remote's quirks now say so,
+    and the next attempt asks for whole blocks. Never leaves this module."""
 
 
 _DATA_TAG = 0x52  # ReadResponse.data: field 10, length-delimited

@@ -34,6 +34,7 @@ import trio
 from casfs import notify
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError, InvalidArgument, NotFound, PermissionDenied
+from casfs.cas.quirks import RemoteQuirks, SizeCheck
 from casfs.config import MountConfig, RemoteConfig, RetryPolicy, mount_cache_dir
 from casfs.digest import DigestFunction
 from casfs.embedded import EmbeddedError, embedded_server
@@ -246,8 +247,16 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     """Mount, call ``ready()`` once the mount answers, serve until unmounted or signalled,
     then unmount."""
     rpc_stats = RpcStats() if config.metrics else None
+    # One remote: its habits are learned once. The embedded server checks sizes.
+    quirks = RemoteQuirks(
+        remote.endpoint,
+        may_store_probe=not config.read_only,
+        size_check=SizeCheck.UNKNOWN if config.remote else SizeCheck.BY_DIGEST,
+    )
     clients = {
-        name: CasClient(dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats)
+        name: CasClient(
+            dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats, quirks=quirks
+        )
         for name in config.instances
     }
     spool: Spool | None = None

@@ -342,16 +342,25 @@ class CasOperations(pyfuse3.Operations):
         """How a lookup asks the server whether a blob exists: FindMissingBlobs, or for a
         small blob a fetch of the whole blob (one BatchReadBlobs, checked against its
         digest) into the block cache, so that the read which usually follows costs no
-        call. Both are one call; a missing blob is NOT_FOUND either way."""
+        call. Both are one call; a missing blob is NOT_FOUND either way.
+
+        FindMissingBlobs is asked with ``find_missing_exact``, which confirms the size on a
+        remote that answers by hash alone. Until the remote is known to answer by digest,
+        a small blob is asked that way too before it is fetched: a fetch under a wrong
+        size may delete the blob on such a remote (buildbox-casd)."""
         client = self.clients[instance]
         if (
             digest.size > min(SMALL_READ, self.cache.block_size)
             or not digest.function.hashable
             or self.cache.covered(digest, 0)  # (for another instance, maybe: ask this one)
         ):
-            return client.find_missing
+            return client.find_missing_exact
 
         async def fetch(digests: Iterable[Digest]) -> set[Digest]:
+            if not client.quirks.size_check.trusted:
+                missing = await client.find_missing_exact(digests)
+                if missing or not client.quirks.size_check.trusted:
+                    return missing
             try:
                 await self.cache.block(client, digest, 0)
             except NotFound:
