@@ -124,7 +124,7 @@ class BlobStore:
                 stat = entry.stat()
                 used = max(stat.st_atime, stat.st_mtime)
                 found.append((used, (function, entry.name), stat.st_size))
-        for _, key, size in sorted(found):
+        for _, key, size in sorted(found, key=lambda entry: entry[0]):  # keys never compare
             self._lru[key] = size
             self._total += size
         log.info("store %s: %d blobs, %d bytes", self.root, len(self._lru), self._total)
