@@ -5,17 +5,19 @@ send get through, and checks what the server's other users would notice."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
-from casfs._proto import bytestream_pb2_grpc
+from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs.digest import Digest, DigestFunction
+from tests.mounts import CasfsMount
 from tests.servers import CasfsServer
 
 Code = grpc.StatusCode
@@ -96,3 +98,44 @@ def test_a_store_with_blobs_of_two_digest_functions_used_at_once_opens_again(
         server.start()
         for digest in digests:
             assert batch_read(connect(server), [digest]) == [(0, data)]
+
+
+# -- 6: only the empty blob has size 0 ----------------------------------------------------------
+
+
+def rpc_code(call: Callable[[], object]) -> Code:
+    """The status code a call ends with."""
+    try:
+        call()
+    except grpc.RpcError as error:
+        return error.code()  # type: ignore[attr-defined, no-any-return]
+    return Code.OK
+
+
+def test_size_zero_is_present_only_for_the_empty_blobs_hash(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
+    empty, bogus = Digest.empty(), Digest("ab" * 32, 0)
+    with CasfsServer(tmp_path / "store") as server:
+        stubs = connect(server)
+        missing = stubs.cas.FindMissingBlobs(
+            re_pb2.FindMissingBlobsRequest(
+                instance_name="main", blob_digests=[empty.to_proto(), bogus.to_proto()]
+            ),
+            timeout=30,
+        ).missing_blob_digests
+        assert [Digest.from_proto(d) for d in missing] == [bogus]
+        assert batch_read(stubs, [empty, bogus]) == [(0, b""), (Code.NOT_FOUND.value[0], b"")]
+        read = bytestream_pb2.ReadRequest(resource_name=f"main/blobs/{bogus}")
+        assert rpc_code(lambda: list(stubs.bytestream.Read(read, timeout=30))) == Code.NOT_FOUND
+        write = bytestream_pb2.WriteRequest(
+            resource_name=f"main/uploads/{uuid.uuid4()}/blobs/{bogus}", finish_write=True
+        )
+        code = rpc_code(lambda: stubs.bytestream.Write(iter([write]), timeout=30))
+        assert code == Code.INVALID_ARGUMENT
+        [(code_value, _)] = batch_update(stubs, [(bogus, b"")])
+        assert code_value == Code.INVALID_ARGUMENT.value[0]
+        with CasfsMount(tmp_path / "mnt", "--remote", server.endpoint) as mounted:
+            blobs = mounted.mountpoint / "main" / "blobs"
+            assert (blobs / str(empty)).read_bytes() == b""
+            assert not (blobs / str(bogus)).exists()  # ENOENT

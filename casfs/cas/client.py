@@ -266,7 +266,7 @@ class CasClient:
 
     async def contains(self, digest: Digest) -> bool:
         """Whether the server has the blob (the empty blob always exists)."""
-        return digest.size == 0 or not await self.find_missing([digest])
+        return digest.is_empty or not await self.find_missing([digest])
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -417,8 +417,8 @@ class CasClient:
         """
         budget = (await self.capabilities()).batch_budget()
         unique = list(dict.fromkeys(digests))
-        result: dict[Digest, bytes] = {d: b"" for d in unique if d.size == 0}
-        small = [d for d in unique if 0 < d.size <= budget]
+        result: dict[Digest, bytes] = {d: b"" for d in unique if d.is_empty}
+        small = [d for d in unique if not d.is_empty and d.size <= budget]
         for digest in unique:
             if digest.size > budget:
                 result[digest] = await self.read_range(digest, 0, digest.size)

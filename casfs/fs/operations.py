@@ -344,7 +344,7 @@ class CasOperations(pyfuse3.Operations):
         call. Both are one call; a missing blob is NOT_FOUND either way."""
         client = self.clients[instance]
         if (
-            digest.size > min(SMALL_READ, self.cache.block_size)
+            not 0 < digest.size <= min(SMALL_READ, self.cache.block_size)
             or not digest.function.hashable
             or self.cache.holds(digest, 0)  # (for another instance, maybe: ask this one)
         ):

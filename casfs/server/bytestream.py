@@ -101,6 +101,11 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "empty Write stream")
             name = parse_write_name(first.resource_name)
             instance = self.instances.get(name.instance)
+            if name.digest.size == 0 and not name.digest.is_empty:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{name.digest} has size 0, but it is not the empty blob's digest",
+                )
             existing = bytestream_pb2.WriteResponse(
                 committed_size=-1
                 if name.compressor is not Compressor.IDENTITY

@@ -139,9 +139,9 @@ class BlobStore:
         return self._blobs / digest.function.name_lower / digest.hash[:2] / digest.hash
 
     def contains(self, digest: Digest) -> bool:
-        """Whether the blob is stored; the empty blob always is."""
+        """Whether the blob is stored; the empty blob always is, and no other of size 0."""
         if digest.size == 0:
-            return True
+            return digest.is_empty
         present = self._on_disk(digest)
         if present:  # asking counts as use: REAPI wants FindMissingBlobs to extend lifetimes
             self._touch(digest)
@@ -170,7 +170,7 @@ class BlobStore:
 
     def open(self, digest: Digest) -> BinaryIO:
         """Open a blob for reading and mark it recently used. Raises ``BlobNotFound``."""
-        if digest.size == 0:
+        if digest.is_empty:
             return io.BytesIO(b"")
         try:
             file = open(self.path(digest), "rb")  # noqa: SIM115 - the caller closes it
