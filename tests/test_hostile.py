@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import zstandard
 
 from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
 from casfs._proto import remote_execution_pb2 as re_pb2
@@ -112,6 +113,11 @@ def rpc_code(call: Callable[[], object]) -> Code:
     return Code.OK
 
 
+def write_code(stubs: Stubs, *requests: bytestream_pb2.WriteRequest) -> Code:
+    """The status code of one Write stream of ``requests``."""
+    return rpc_code(lambda: stubs.bytestream.Write(iter(requests), timeout=30))
+
+
 def test_size_zero_is_present_only_for_the_empty_blobs_hash(
     tmp_path: Path, connect: type[Stubs]
 ) -> None:
@@ -131,11 +137,64 @@ def test_size_zero_is_present_only_for_the_empty_blobs_hash(
         write = bytestream_pb2.WriteRequest(
             resource_name=f"main/uploads/{uuid.uuid4()}/blobs/{bogus}", finish_write=True
         )
-        code = rpc_code(lambda: stubs.bytestream.Write(iter([write]), timeout=30))
-        assert code == Code.INVALID_ARGUMENT
+        assert write_code(stubs, write) == Code.INVALID_ARGUMENT
         [(code_value, _)] = batch_update(stubs, [(bogus, b"")])
         assert code_value == Code.INVALID_ARGUMENT.value[0]
         with CasfsMount(tmp_path / "mnt", "--remote", server.endpoint) as mounted:
             blobs = mounted.mountpoint / "main" / "blobs"
             assert (blobs / str(empty)).read_bytes() == b""
             assert not (blobs / str(bogus)).exists()  # ENOENT
+
+
+# -- 2: decompression bombs ---------------------------------------------------------------------
+
+
+def zstd_bomb(declared: int, blocks: int) -> bytes:
+    """A zstd frame declaring ``declared`` bytes, made of ``blocks`` RLE blocks of 128 KiB
+    each (4 bytes apiece on the wire)."""
+    header = (0xFD2FB528).to_bytes(4, "little") + bytes([0x80, 0x38])  # 4-byte size, 128 KiB
+    frame = bytearray(header + declared.to_bytes(4, "little"))
+    for index in range(blocks):
+        last = index == blocks - 1
+        frame += (last | 1 << 1 | (128 << 10) << 3).to_bytes(3, "little") + b"\0"
+    return bytes(frame)
+
+
+def rss(pid: int) -> int:
+    """The resident memory of a process, in bytes (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_decompression_bombs_are_refused_without_using_memory(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
+    small = b"a small blob"
+    digest = Digest.of_bytes(small)
+    bomb = zstd_bomb(2**31, 16 << 10)  # 64 KiB that unpack to 2 GiB
+    undeclared = bomb[:4] + bytes([0x00, 0x38]) + bomb[10:]  # the same blocks, no size
+    with CasfsServer(tmp_path / "store") as server:
+        stubs = connect(server)
+        stubs.capabilities.GetCapabilities(re_pb2.GetCapabilitiesRequest(), timeout=30)
+        before = rss(server.process.pid)  # type: ignore[union-attr]
+        zstd = 1  # Compressor.ZSTD
+        for data in (bomb, undeclared, bomb):
+            request = re_pb2.BatchUpdateBlobsRequest(instance_name="main")
+            request.requests.add(digest=digest.to_proto(), data=data, compressor=zstd)
+            request.requests.add(digest=digest.to_proto(), data=b"not zstd", compressor=zstd)
+            other = b"stored beside the bombs"
+            packed = zstandard.ZstdCompressor().compress(other)
+            request.requests.add(
+                digest=Digest.of_bytes(other).to_proto(), data=packed, compressor=zstd
+            )
+            answers = stubs.cas.BatchUpdateBlobs(request, timeout=30).responses
+            invalid = Code.INVALID_ARGUMENT.value[0]
+            assert [r.status.code for r in answers] == [invalid, invalid, 0]
+            name = f"main/uploads/{uuid.uuid4()}/compressed-blobs/zstd/{digest}"
+            write = bytestream_pb2.WriteRequest(resource_name=name, data=data, finish_write=True)
+            assert write_code(stubs, write) == Code.INVALID_ARGUMENT
+        growth = rss(server.process.pid) - before  # type: ignore[union-attr]
+        assert growth < 100 << 20, f"the server grew by {growth >> 20} MiB"
+        assert batch_read(stubs, [digest]) == [(Code.NOT_FOUND.value[0], b"")]

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from casfs.cas.errors import (
     from_status,
 )
 from casfs.cas.retry import with_retries
+from casfs.compression import CompressionError, Decompressor
 from casfs.config import RemoteConfig
 from casfs.digest import Digest, DigestBuilder, DigestFunction, digest_file
 from casfs.directio import DirectReader
@@ -385,7 +385,7 @@ class CasClient:
         call = self._raw_read(
             request, timeout=self._stream_timeout(end - offset), metadata=self._metadata
         )
-        decompress = _decompressor(compressor)
+        decompress = _decompressor(compressor, end - offset)
         responses = iter(call)
         try:
             while True:
@@ -440,7 +440,8 @@ class CasClient:
                 error = from_status(item.status.code, item.status.message, f"read {digest}")
                 if error is not None:
                     raise error
-                data = bytes(_decompressor(Compressor(item.compressor))(item.data, True))
+                undo = _decompressor(Compressor(item.compressor), digest.size)
+                data = bytes(undo(item.data, True))
                 if Digest.of_bytes(data, function) != digest:
                     raise DataLoss(f"BatchReadBlobs: {digest} arrived with other content")
                 result[digest] = data
@@ -622,17 +623,24 @@ def _read_response_data(message: bytes) -> Chunk:
     return bytestream_pb2.ReadResponse.FromString(message).data
 
 
-def _decompressor(compressor: Compressor) -> Callable[[Chunk, bool], Chunk]:
-    """A function ``(chunk, final) -> bytes`` undoing the wire compression."""
+def _decompressor(compressor: Compressor, limit: int) -> Callable[[Chunk, bool], Chunk]:
+    """A function ``(chunk, final) -> bytes`` undoing the wire compression, which yields
+    at most ``limit`` bytes in all: more, or invalid data, is ``DataLoss``."""
     if compressor is Compressor.IDENTITY:
         return lambda data, final: data
-    if compressor is Compressor.ZSTD:
-        zstd = zstandard.ZstdDecompressor().decompressobj()
-        return lambda data, final: zstd.decompress(data) if data else b""
-    if compressor is Compressor.DEFLATE:
-        inflate = zlib.decompressobj(wbits=-15)  # raw RFC 1951, as REAPI says
-        return lambda data, final: inflate.decompress(data) + (inflate.flush() if final else b"")
-    raise Unimplemented(f"compressor {compressor.name_lower} is not supported")
+    try:
+        decompressor = Decompressor(compressor, limit)
+    except CompressionError as error:
+        raise Unimplemented(str(error)) from None
+
+    def undo(data: Chunk, final: bool) -> Chunk:
+        try:
+            out = decompressor.decompress(bytes(data)) if data else b""
+            return out + decompressor.flush() if final else out
+        except CompressionError as error:
+            raise DataLoss(f"the server sent bad compressed data: {error}") from None
+
+    return undo
 
 
 def _plain_requests(

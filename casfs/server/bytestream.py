@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
-import zstandard
 
 from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
+from casfs.compression import compressor
 from casfs.resource import BlobName, Compressor, parse_read_name, parse_write_name
 from casfs.server.instances import Instances
 from casfs.server.status import RequestError, grpc_errors
@@ -19,21 +18,6 @@ log = logging.getLogger("casfs.server")
 # One Read response message; 1 MiB messages move about three times the bytes per second
 # of 64 KiB ones over grpcio.
 READ_CHUNK = 1 << 20
-
-
-def _compressor(compressor: Compressor) -> Callable[[bytes, bool], bytes]:
-    """``(chunk, final) -> bytes`` compressing a read stream."""
-    if compressor is Compressor.IDENTITY:
-        return lambda data, final: data
-    if compressor is Compressor.ZSTD:
-        zstd = zstandard.ZstdCompressor(level=1).compressobj()
-        return lambda data, final: zstd.compress(data) + (zstd.flush() if final else b"")
-    if compressor is Compressor.DEFLATE:
-        deflate = zlib.compressobj(1, wbits=-15)  # raw RFC 1951, as REAPI says
-        return lambda data, final: deflate.compress(data) + (deflate.flush() if final else b"")
-    raise RequestError(
-        grpc.StatusCode.INVALID_ARGUMENT, f"compressor {compressor.name_lower} is not supported"
-    )
 
 
 class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
@@ -68,7 +52,7 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
             remaining = size - request.read_offset
             if request.read_limit:
                 remaining = min(remaining, request.read_limit)
-            compress = _compressor(name.compressor)
+            compress = compressor(name.compressor)
             log.debug(
                 "Read %s offset=%d length=%d", name.read_name(), request.read_offset, remaining
             )

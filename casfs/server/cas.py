@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 
 import grpc
-import zstandard
 from google.protobuf.message import DecodeError
 
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs._proto import status_pb2
+from casfs.compression import CompressionError, decompress
 from casfs.digest import Digest, DigestFunction
 from casfs.resource import Compressor
 from casfs.server.instances import Instances
@@ -53,15 +52,11 @@ def _status(error: Exception | None) -> status_pb2.Status:
     return status_pb2.Status(code=code.value[0], message=message)
 
 
-def _decompress(compressor: int, data: bytes, limit: int) -> bytes:
-    if compressor == Compressor.IDENTITY.value:
-        return data
-    if compressor == Compressor.ZSTD.value:
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
-    if compressor == Compressor.DEFLATE.value:
-        # One byte past the limit is enough for put() to see the size is wrong.
-        return zlib.decompressobj(wbits=-15).decompress(data, limit + 1)
-    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"compressor {compressor} not supported")
+def _compressor(value: int) -> Compressor:
+    try:
+        return Compressor(value)
+    except ValueError:
+        raise CompressionError(f"unknown compressor {value}") from None
 
 
 class CasServicer(re_grpc.ContentAddressableStorageServicer):
@@ -101,9 +96,9 @@ class CasServicer(re_grpc.ContentAddressableStorageServicer):
                 error: Exception | None = None
                 try:
                     digest = to_digest(item.digest, request.digest_function)
-                    data = _decompress(item.compressor, item.data, digest.size)
+                    data = decompress(_compressor(item.compressor), item.data, digest.size)
                     instance.blobs.put(digest, data)
-                except (StoreError, RequestError, ValueError, zstandard.ZstdError, zlib.error) as e:
+                except (StoreError, RequestError, ValueError) as e:  # DigestError, CompressionError
                     error = e
                 response.responses.add(digest=item.digest, status=_status(error))
             return response

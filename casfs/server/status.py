@@ -9,6 +9,7 @@ from typing import NoReturn
 
 import grpc
 
+from casfs.compression import CompressionError
 from casfs.digest import DigestError
 from casfs.resource import ResourceNameError
 from casfs.server.instances import UnknownInstance
@@ -44,6 +45,7 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (Unsupported, grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownInstance, grpc.StatusCode.INVALID_ARGUMENT),
     (DigestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (CompressionError, grpc.StatusCode.INVALID_ARGUMENT),
     (ResourceNameError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
 
@@ -74,7 +76,9 @@ def grpc_errors(context: grpc.ServicerContext, what: str) -> Iterator[None]:
     """
     try:
         yield
-    except (StoreError, RequestError, UnknownInstance, DigestError, ResourceNameError) as error:
+    except (
+        StoreError, RequestError, UnknownInstance, DigestError, ResourceNameError, CompressionError
+    ) as error:
         log.debug("%s: %s", what, error)
         abort(context, error)
     except Exception as error:

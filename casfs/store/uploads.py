@@ -28,8 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import zstandard
-
+from casfs.compression import CompressionError, zstd_reader
 from casfs.digest import Digest, DigestBuilder
 from casfs.directio import DirectWriter
 from casfs.resource import Compressor
@@ -195,13 +194,13 @@ class UploadSession:
         builder = DigestBuilder(self.digest.function)
         try:
             with out, open(self.path, "rb") as source, disk_errors(f"uploading {self.digest}"):
-                reader = zstandard.ZstdDecompressor().stream_reader(source)
+                reader = zstd_reader(source)
                 while chunk := reader.read(_COPY_CHUNK):
                     builder.update(chunk)
                     if builder.size > self.digest.size:
                         raise SizeMismatch(f"{self.digest}: decompresses to more bytes")
                     out.write(chunk)
-        except zstandard.ZstdError as error:
+        except CompressionError as error:
             tmp.unlink(missing_ok=True)
             raise HashMismatch(f"{self.digest}: the upload is not valid zstd: {error}") from None
         except BaseException:
