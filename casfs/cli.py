@@ -30,8 +30,10 @@ from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
 from casfs.cas.retry import RetryPolicy
 from casfs.config import (
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_INSTANCE,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_STREAMS,
     ConfigError,
     MountConfig,
     RemoteConfig,
@@ -246,6 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--evict", action="store_true", help="evict least recently used blobs at --max-size"
     )
     serve.add_argument("--no-fsync", action="store_true", help="skip fsync (faster, unsafe)")
+    serve.add_argument(
+        "--max-streams",
+        type=int,
+        default=DEFAULT_MAX_STREAMS,
+        help=f"streams (Read, Write, GetTree) served at once; more are refused "
+        f"({DEFAULT_MAX_STREAMS})",
+    )
+    serve.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"end a stream that moves no message for this long; an upload stays resumable "
+        f"({DEFAULT_IDLE_TIMEOUT:g})",
+    )
     serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="the TLS certificate's private key (PEM)")
     serve.add_argument(
@@ -381,7 +398,12 @@ def serve(args: argparse.Namespace) -> int:
                 tokens=tuple(load_tokens(args.token_file)) if args.token_file else (),
             )
             server, port = build_server(
-                Instances(config.instances), config.listen, security=security, rpc_stats=rpc_stats
+                Instances(config.instances),
+                config.listen,
+                security=security,
+                max_streams=args.max_streams,
+                stream_idle_timeout=args.stream_idle_timeout,
+                rpc_stats=rpc_stats,
             )
         except ValueError as error:
             raise ConfigError(str(error)) from None

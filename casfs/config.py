@@ -10,6 +10,9 @@ from typing import Any
 from casfs.cas.retry import RetryPolicy
 
 DEFAULT_LISTEN = "127.0.0.1:8980"
+# casfs serve: streams served at once, and how long one may move no message.
+DEFAULT_MAX_STREAMS = 256
+DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_INSTANCE = "main"
 MIB = 1 << 20
 

@@ -62,7 +62,7 @@ class EmbeddedServer:
         self.root = Path(tempfile.mkdtemp(prefix="casfs-fuzz-"))
         self.store = self.root / "store"
         instances = Instances({"main": StoreConfig(self.store, fsync=False)})
-        self.server, port = build_server(instances, "127.0.0.1:0", workers=8)
+        self.server, port = build_server(instances, "127.0.0.1:0", max_streams=8)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.bytestream = bytestream_pb2_grpc.ByteStreamStub(self.channel)
         self.cas = re_grpc.ContentAddressableStorageStub(self.channel)

@@ -5,6 +5,8 @@ send get through, and checks what the server's other users would notice."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -198,3 +200,138 @@ def test_decompression_bombs_are_refused_without_using_memory(
         growth = rss(server.process.pid) - before  # type: ignore[union-attr]
         assert growth < 100 << 20, f"the server grew by {growth >> 20} MiB"
         assert batch_read(stubs, [digest]) == [(Code.NOT_FOUND.value[0], b"")]
+
+
+# -- 3: idle and numerous streams ---------------------------------------------------------------
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def parts(server: CasfsServer) -> int:
+    """How many partial uploads the server holds."""
+    return len(list((server.store / "uploads").glob("*.part")))
+
+
+class StalledWrites:
+    """Write streams that each send one message (a third of a blob) and then stall until
+    ``release``; ``results`` are their outcomes (status code, details)."""
+
+    def __init__(self, stubs: Stubs, count: int, data: bytes = b"stalled " * 1000) -> None:
+        self.digest = Digest.of_bytes(data)
+        self.data = data
+        self.go = threading.Event()
+        self.names = [f"main/uploads/{uuid.uuid4()}/blobs/{self.digest}" for _ in range(count)]
+        self.futures = [
+            stubs.bytestream.Write.future(self._requests(name), timeout=120)
+            for name in self.names
+        ]
+
+    def _requests(self, name: str) -> Iterator[bytestream_pb2.WriteRequest]:
+        yield bytestream_pb2.WriteRequest(resource_name=name, data=self.data[: len(self.data) // 3])
+        self.go.wait(timeout=100)
+
+    def release(self) -> list[tuple[Code, str]]:
+        self.go.set()
+        results = []
+        for future in self.futures:
+            try:
+                future.result()
+                results.append((Code.OK, ""))
+            except grpc.RpcError as error:
+                results.append((error.code(), error.details()))  # type: ignore[attr-defined]
+        return results
+
+
+def test_unary_calls_are_answered_while_200_streams_sit_idle(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
+    with CasfsServer(tmp_path / "store") as server:
+        stalled = StalledWrites(connect(server), 200)
+        try:
+            wait_until(lambda: parts(server) == 200, "200 streams to be held")
+            capabilities = connect(server).capabilities.GetCapabilities(
+                re_pb2.GetCapabilitiesRequest(instance_name="main"), timeout=1
+            )
+            assert capabilities.cache_capabilities.max_batch_total_size_bytes > 0
+        finally:
+            results = stalled.release()
+        assert results == [(Code.OK, "")] * 200  # ended without finish_write: kept
+
+
+def test_streams_past_max_streams_are_refused_at_once(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
+    with CasfsServer(tmp_path / "store", "--max-streams", "2") as server:
+        stubs = connect(server)
+        stalled = StalledWrites(stubs, 2)
+        try:
+            wait_until(lambda: parts(server) == 2, "2 streams to be held")
+            read = bytestream_pb2.ReadRequest(resource_name=f"main/blobs/{Digest.empty()}")
+            try:
+                list(stubs.bytestream.Read(read, timeout=30))
+            except grpc.RpcError as error:
+                assert error.code() == Code.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+                assert "--max-streams" in error.details()  # type: ignore[attr-defined]
+            else:
+                raise AssertionError("a third stream was served")
+        finally:
+            stalled.release()
+        assert list(stubs.bytestream.Read(read, timeout=30)) == []  # slots are given back
+
+
+def test_an_idle_write_is_ended_and_its_upload_resumes(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
+    with CasfsServer(tmp_path / "store", "--stream-idle-timeout", "1") as server:
+        stubs = connect(server)
+        stalled = StalledWrites(stubs, 1)
+        try:
+            error = stalled.futures[0].exception(timeout=60)  # ended by the server, not us
+        finally:
+            stalled.release()
+        assert isinstance(error, grpc.Call)
+        assert error.code() == Code.DEADLINE_EXCEEDED, error
+        assert "no message for 1 seconds" in error.details(), error  # type: ignore[operator]
+        [name] = stalled.names
+        status = stubs.bytestream.QueryWriteStatus(
+            bytestream_pb2.QueryWriteStatusRequest(resource_name=name), timeout=30
+        )
+        third = len(stalled.data) // 3
+        assert (status.committed_size, status.complete) == (third, False)
+        rest = bytestream_pb2.WriteRequest(
+            resource_name=name, write_offset=third, data=stalled.data[third:], finish_write=True
+        )
+        assert write_code(stubs, rest) == Code.OK
+        assert batch_read(stubs, [stalled.digest]) == [(0, stalled.data)]
+
+
+def test_a_reader_that_stops_reading_is_ended(tmp_path: Path, connect: type[Stubs]) -> None:
+    data = os.urandom(1 << 20) * 64
+    digest = Digest.of_bytes(data)
+    with CasfsServer(tmp_path / "store", "--stream-idle-timeout", "1") as server:
+        stubs = connect(server)
+        name = f"main/uploads/{uuid.uuid4()}/blobs/{digest}"
+        chunks = [data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+        writes = [
+            bytestream_pb2.WriteRequest(
+                resource_name=name, write_offset=i << 20, data=chunk,
+                finish_write=i == len(chunks) - 1,
+            )
+            for i, chunk in enumerate(chunks)
+        ]  # fmt: skip
+        assert write_code(stubs, *writes) == Code.OK
+        responses = stubs.bytestream.Read(
+            bytestream_pb2.ReadRequest(resource_name=f"main/blobs/{digest}"), timeout=120
+        )
+        received = len(next(responses).data)
+        wait_until(lambda: "Read: no message for 1 seconds" in server.log.read_text(), "the end")
+        with pytest.raises(grpc.RpcError) as ended:
+            for response in responses:
+                received += len(response.data)
+        assert ended.value.code() == Code.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+        assert received < len(data)

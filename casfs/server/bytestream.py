@@ -12,6 +12,7 @@ from casfs.compression import compressor
 from casfs.resource import BlobName, Compressor, parse_read_name, parse_write_name
 from casfs.server.instances import Instances
 from casfs.server.status import RequestError, grpc_errors
+from casfs.server.streams import StreamGuard
 
 log = logging.getLogger("casfs.server")
 
@@ -21,10 +22,12 @@ READ_CHUNK = 1 << 20
 
 
 class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
-    """Read, Write and QueryWriteStatus for ``{instance}/blobs/...`` resource names."""
+    """Read, Write and QueryWriteStatus for ``{instance}/blobs/...`` resource names; Read
+    and Write streams are held under ``streams`` (bounded in number, ended when idle)."""
 
-    def __init__(self, instances: Instances) -> None:
+    def __init__(self, instances: Instances, streams: StreamGuard) -> None:
         self.instances = instances
+        self.streams = streams
 
     def Read(
         self, request: bytestream_pb2.ReadRequest, context: grpc.ServicerContext
@@ -34,7 +37,10 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
         For ``compressed-blobs`` names the offset counts uncompressed bytes, the limit must be
         0 (REAPI) and the data is compressed on the fly. A limit past the end is clamped.
         """
-        with grpc_errors(context, f"Read {request.resource_name[:200]}"):
+        with (
+            grpc_errors(context, f"Read {request.resource_name[:200]}"),
+            self.streams.hold(context, "Read") as stream,
+        ):
             name = parse_read_name(request.resource_name)
             instance = self.instances.get(name.instance)
             if request.read_limit < 0:
@@ -65,6 +71,7 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
                     data = compress(chunk, final)
                     if data:
                         yield bytestream_pb2.ReadResponse(data=data)
+                        stream.touch()
                     if final:
                         return
 
@@ -79,8 +86,9 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
         compressed upload, as REAPI says). A stream that ends without finish_write keeps its
         bytes for a later resume.
         """
-        with grpc_errors(context, "Write"):
-            first = next(request_iterator, None)
+        with grpc_errors(context, "Write"), self.streams.hold(context, "Write") as stream:
+            requests = stream.watch(request_iterator)
+            first = next(requests, None)
             if first is None:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "empty Write stream")
             name = parse_write_name(first.resource_name)
@@ -112,7 +120,7 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
                     if request.finish_write:
                         session.finish()
                         break
-                    request = next(request_iterator, None)
+                    request = next(requests, None)
                 return bytestream_pb2.WriteResponse(committed_size=session.committed)
 
     def QueryWriteStatus(

@@ -15,6 +15,7 @@ from casfs.digest import Digest, DigestFunction
 from casfs.resource import Compressor
 from casfs.server.instances import Instances
 from casfs.server.status import RequestError, grpc_errors, status_of
+from casfs.server.streams import StreamGuard
 from casfs.store.errors import BlobNotFound, HashMismatch, StoreError
 
 # What the server advertises as max_batch_total_size_bytes; the gRPC message limit the
@@ -60,10 +61,12 @@ def _compressor(value: int) -> Compressor:
 
 
 class CasServicer(re_grpc.ContentAddressableStorageServicer):
-    """The CAS service over the instances' blob stores."""
+    """The CAS service over the instances' blob stores; GetTree streams are held under
+    ``streams``."""
 
-    def __init__(self, instances: Instances) -> None:
+    def __init__(self, instances: Instances, streams: StreamGuard) -> None:
         self.instances = instances
+        self.streams = streams
 
     def FindMissingBlobs(
         self, request: re_pb2.FindMissingBlobsRequest, context: grpc.ServicerContext
@@ -134,7 +137,7 @@ class CasServicer(re_grpc.ContentAddressableStorageServicer):
         ``page_token`` is the number of directories already sent. Directories missing from
         the store are left out, as REAPI allows.
         """
-        with grpc_errors(context, "GetTree"):
+        with grpc_errors(context, "GetTree"), self.streams.hold(context, "GetTree") as stream:
             instance = self.instances.get(request.instance_name)
             root = to_digest(request.root_digest, request.digest_function)
             page_size = request.page_size if request.page_size > 0 else GET_TREE_PAGE
@@ -175,6 +178,7 @@ class CasServicer(re_grpc.ContentAddressableStorageServicer):
                 if len(page) == page_size:
                     token = str(sent) if queue else ""
                     yield re_pb2.GetTreeResponse(directories=page, next_page_token=token)
+                    stream.touch()
                     page = []
             if page or sent <= skip:
                 yield re_pb2.GetTreeResponse(directories=page)
