@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs.digest import Digest, DigestFunction
 from tests.mounts import CasfsMount
 from tests.servers import CasfsServer
+from tests.test_observability import Scrape, metrics_url
 
 Code = grpc.StatusCode
 
@@ -335,3 +337,29 @@ def test_a_reader_that_stops_reading_is_ended(tmp_path: Path, connect: type[Stub
                 received += len(response.data)
         assert ended.value.code() == Code.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
         assert received < len(data)
+
+
+# -- 5: metrics label sets ----------------------------------------------------------------------
+
+
+def test_made_up_method_names_share_one_metrics_series(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
+    (tmp_path / "tokens").write_text("s3cret\n")
+    args = ("--token-file", str(tmp_path / "tokens"), "--metrics", "127.0.0.1:0")
+    with CasfsServer(tmp_path / "store", *args) as server:
+        channel = connect(server).channel
+        for index in range(300):
+            call = channel.unary_unary(f"/made.up.Service{index}/Method{index}")
+            assert rpc_code(lambda: call(b"", timeout=30)) == Code.UNAUTHENTICATED  # noqa: B023
+        url = metrics_url(server.log.read_text())
+        scrape = Scrape.of(url)
+        methods = {
+            labels["grpc_method"]
+            for name, labels, _ in scrape.samples
+            if name == "casfs_grpc_server_handled_total"
+        }
+        assert methods == {"other"}
+        assert scrape.value("casfs_grpc_server_handled_total", grpc_method="other") == 300
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert len(response.read()) < 100_000

@@ -10,7 +10,8 @@ from typing import Any
 
 import grpc
 
-from casfs._proto import bytestream_pb2_grpc
+from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
+from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS
 from casfs.rpcstats import RpcStats
@@ -27,6 +28,15 @@ log = logging.getLogger("casfs.server")
 # Accept messages well above the advertised batch limit, so that a client that counts a
 # little differently is not cut off by the transport.
 MAX_MESSAGE_BYTES = 16 << 20
+
+# The services build_server registers, by their descriptors.
+SERVICES = (
+    bytestream_pb2.DESCRIPTOR.services_by_name["ByteStream"],
+    re_pb2.DESCRIPTOR.services_by_name["ContentAddressableStorage"],
+    re_pb2.DESCRIPTOR.services_by_name["Capabilities"],
+    re_pb2.DESCRIPTOR.services_by_name["ActionCache"],
+)
+SERVED_METHODS = frozenset(f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods)
 
 
 class ListenError(OSError):
@@ -71,7 +81,7 @@ def build_server(
     security = security or Security()
     interceptors: list[grpc.ServerInterceptor[Any, Any]] = []
     if rpc_stats is not None:
-        interceptors.append(rpc_stats.server_interceptor())
+        interceptors.append(rpc_stats.server_interceptor(SERVED_METHODS))
     if security.tokens:
         interceptors.append(TokenAuth(security.tokens))
     server = grpc.server(
