@@ -50,14 +50,26 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
 ]
 
 
+# Status details travel in HTTP/2 trailers, which grpc bounds (8 KiB by default): a
+# message that echoes a huge request would turn any refusal into RESOURCE_EXHAUSTED.
+MAX_DETAILS = 1000
+
+
 def status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a failed request should carry."""
+    """The status code and message (at most ``MAX_DETAILS`` characters) a failed request
+    should carry."""
+    code = grpc.StatusCode.INTERNAL
+    message = f"internal error: {type(error).__name__}: {error}"
     if isinstance(error, RequestError):
-        return error.code, str(error)
-    for cls, code in _CODES:
-        if isinstance(error, cls):
-            return code, str(error)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+        code, message = error.code, str(error)
+    else:
+        for cls, known in _CODES:
+            if isinstance(error, cls):
+                code, message = known, str(error)
+                break
+    if len(message) > MAX_DETAILS:
+        message = f"{message[: MAX_DETAILS - 30]}... ({len(message)} characters)"
+    return code, message
 
 
 def abort(context: grpc.ServicerContext, error: Exception) -> NoReturn:
