@@ -10,6 +10,7 @@ import grpc
 from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
 from casfs.compression import compressor
 from casfs.resource import BlobName, Compressor, parse_read_name, parse_write_name
+from casfs.server.cas import check_function
 from casfs.server.instances import Instances
 from casfs.server.status import RequestError, grpc_errors
 from casfs.server.streams import StreamGuard
@@ -42,6 +43,7 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
             self.streams.hold(context, "Read") as stream,
         ):
             name = parse_read_name(request.resource_name)
+            check_function(name.digest)
             instance = self.instances.get(name.instance)
             if request.read_limit < 0:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "negative read_limit")
@@ -92,6 +94,7 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
             if first is None:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "empty Write stream")
             name = parse_write_name(first.resource_name)
+            check_function(name.digest)
             instance = self.instances.get(name.instance)
             if name.digest.size == 0 and not name.digest.is_empty:
                 raise RequestError(
@@ -129,6 +132,7 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
         """How many bytes of an upload the server holds; survives a server restart."""
         with grpc_errors(context, f"QueryWriteStatus {request.resource_name[:200]}"):
             name = parse_write_name(request.resource_name)
+            check_function(name.digest)
             instance = self.instances.get(name.instance)
             committed, complete = instance.uploads.status(_session_key(name), name.digest)
             return bytestream_pb2.QueryWriteStatusResponse(

@@ -27,6 +27,22 @@ MAX_DIRECTORY_BYTES = 64 << 20
 GET_TREE_PAGE = 1000
 
 
+# The digest functions the server stores and advertises; others are refused, so that no
+# client stores blobs under a function it was never offered.
+DIGEST_FUNCTIONS = (DigestFunction.SHA256, DigestFunction.BLAKE3)
+
+
+def check_function(digest: Digest) -> Digest:
+    """``digest``, if its function is one the server accepts; else ``RequestError``."""
+    if digest.function not in DIGEST_FUNCTIONS:
+        accepted = ", ".join(f.name_lower for f in DIGEST_FUNCTIONS)
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"digest function {digest.function.name_lower} is not supported (only {accepted})",
+        )
+    return digest
+
+
 def digest_function(value: int, hash_: str) -> DigestFunction:
     """The request's digest function; 0 (unset) means infer it from the hash length."""
     if value == 0:
@@ -40,8 +56,9 @@ def digest_function(value: int, hash_: str) -> DigestFunction:
 
 
 def to_digest(proto: re_pb2.Digest, function_value: int) -> Digest:
-    """A request digest as a ``Digest``; raises ``DigestError`` when malformed."""
-    return Digest.from_proto(proto, digest_function(function_value, proto.hash))
+    """A request digest as a ``Digest``; raises ``DigestError`` when malformed and
+    ``RequestError`` for a digest function the server does not accept."""
+    return check_function(Digest.from_proto(proto, digest_function(function_value, proto.hash)))
 
 
 def _status(error: Exception | None) -> status_pb2.Status:
