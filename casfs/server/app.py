@@ -20,6 +20,7 @@ from casfs.server.auth import Token, TokenAuth
 from casfs.server.bytestream import ByteStreamServicer
 from casfs.server.capabilities import CapabilitiesServicer
 from casfs.server.cas import CasServicer
+from casfs.server.decoding import DecodeGuard
 from casfs.server.instances import Instances
 from casfs.server.streams import StreamGuard
 
@@ -84,9 +85,10 @@ def build_server(
         interceptors.append(rpc_stats.server_interceptor(SERVED_METHODS))
     if security.tokens:
         interceptors.append(TokenAuth(security.tokens))
+    interceptors.append(DecodeGuard())  # innermost: it wraps the servicers' own handlers
     server = grpc.server(
         ThreadPoolExecutor(max_workers=streams.threads, thread_name_prefix="casfs-rpc"),
-        interceptors=interceptors or None,
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
