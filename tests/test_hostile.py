@@ -363,3 +363,94 @@ def test_made_up_method_names_share_one_metrics_series(
         assert scrape.value("casfs_grpc_server_handled_total", grpc_method="other") == 300
         with urllib.request.urlopen(url, timeout=10) as response:
             assert len(response.read()) < 100_000
+
+
+# -- 7: echoed names, digest functions, permissions, undecodable messages ---------------------
+
+
+def test_a_huge_instance_name_is_refused_with_a_short_message(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
+    with CasfsServer(tmp_path / "store") as server:
+        stubs = connect(server)
+        request = re_pb2.GetCapabilitiesRequest(instance_name="x" * 20_000)
+        with pytest.raises(grpc.RpcError) as refused:
+            stubs.capabilities.GetCapabilities(request, timeout=30)
+        assert refused.value.code() == Code.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        details = refused.value.details()  # type: ignore[attr-defined]
+        assert "unknown instance name" in details and len(details) <= 1000
+
+
+def test_only_advertised_digest_functions_are_stored(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
+    data = b"a legacy digest"
+    with CasfsServer(tmp_path / "store") as server:
+        stubs = connect(server)
+        capabilities = stubs.capabilities.GetCapabilities(
+            re_pb2.GetCapabilitiesRequest(instance_name="main"), timeout=30
+        ).cache_capabilities
+        advertised = {re_pb2.DigestFunction.Value.Name(f) for f in capabilities.digest_functions}
+        for function in DigestFunction:
+            if not function.hashable:
+                continue
+            digest = Digest.of_bytes(data, function)
+            [(code, message)] = batch_update(stubs, [(digest, data)])
+            segment = f"{function.name_lower}/" if function.in_resource_name else ""
+            name = f"main/uploads/{uuid.uuid4()}/blobs/{segment}{digest}"
+            write = bytestream_pb2.WriteRequest(resource_name=name, data=data, finish_write=True)
+            if function.name in advertised:
+                assert (code, write_code(stubs, write)) == (0, Code.OK), function
+            else:
+                assert code == Code.INVALID_ARGUMENT.value[0], function
+                assert "not supported" in message
+                assert write_code(stubs, write) == Code.INVALID_ARGUMENT, function
+        stored = {p.name for p in (server.store / "cas").iterdir()}
+        assert stored == {f.lower() for f in advertised}
+
+
+def test_the_store_is_private_throughout(tmp_path: Path, connect: type[Stubs]) -> None:
+    data = b"private"
+    with CasfsServer(tmp_path / "store") as server:
+        stubs = connect(server)
+        digest = Digest.of_bytes(data)
+        assert batch_update(stubs, [(digest, data)]) == [(0, "")]
+        stubs.actions.UpdateActionResult(
+            re_pb2.UpdateActionResultRequest(
+                instance_name="main",
+                action_digest=digest.to_proto(),
+                action_result=re_pb2.ActionResult(exit_code=0),
+            ),
+            timeout=30,
+        )
+        partial = bytestream_pb2.WriteRequest(
+            resource_name=f"main/uploads/{uuid.uuid4()}/blobs/{Digest.of_bytes(data * 2)}",
+            data=data,
+        )
+        assert write_code(stubs, partial) == Code.OK
+        found = list(server.store.rglob("*"))
+        assert {p.name for p in server.store.iterdir()} >= {"cas", "ac", "uploads", "tmp"}
+        assert any(p.name.endswith(".part") for p in found)
+        for path in [server.store, *found]:
+            mode = path.stat().st_mode & 0o777
+            assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
+def test_undecodable_messages_are_invalid_argument_logged_in_one_line(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
+    garbage = b"\xff\xff\xff\xff"
+    with CasfsServer(tmp_path / "store") as server:
+        channel = connect(server).channel
+        for method in (
+            "/build.bazel.remote.execution.v2.ContentAddressableStorage/FindMissingBlobs",
+            "/build.bazel.remote.execution.v2.Capabilities/GetCapabilities",
+        ):
+            call = channel.unary_unary(method)
+            assert rpc_code(lambda: call(garbage, timeout=30)) == Code.INVALID_ARGUMENT  # noqa: B023
+        read = channel.unary_stream("/google.bytestream.ByteStream/Read")
+        assert rpc_code(lambda: list(read(garbage, timeout=30))) == Code.INVALID_ARGUMENT
+        write = channel.stream_unary("/google.bytestream.ByteStream/Write")
+        assert rpc_code(lambda: write(iter([garbage]), timeout=30)) == Code.INVALID_ARGUMENT
+        wait_until(lambda: server.log.read_text().count("does not decode") == 4, "the log")
+        assert "Traceback" not in server.log.read_text()
