@@ -30,9 +30,11 @@ from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
 from casfs.cas.retry import RetryPolicy
 from casfs.config import (
+    DEFAULT_ABANDON_AFTER,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_INSTANCE,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_PARTIAL_UPLOADS,
     DEFAULT_MAX_STREAMS,
     ConfigError,
     MountConfig,
@@ -249,6 +251,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-fsync", action="store_true", help="skip fsync (faster, unsafe)")
     serve.add_argument(
+        "--max-partial-uploads",
+        type=int,
+        default=DEFAULT_MAX_PARTIAL_UPLOADS,
+        metavar="N",
+        help=f"unfinished uploads held at once, per store ({DEFAULT_MAX_PARTIAL_UPLOADS})",
+    )
+    serve.add_argument(
+        "--max-partial-size",
+        type=_size,
+        help="bytes unfinished uploads may hold, per store (--max-size; without it, the disk)",
+    )
+    serve.add_argument(
+        "--abandon-after",
+        type=float,
+        default=DEFAULT_ABANDON_AFTER,
+        metavar="SECONDS",
+        help=f"reclaim an unfinished upload nobody wrote for this long ({DEFAULT_ABANDON_AFTER:g})",
+    )
+    serve.add_argument(
         "--max-streams",
         type=int,
         default=DEFAULT_MAX_STREAMS,
@@ -385,6 +406,7 @@ def serve(args: argparse.Namespace) -> int:
     from casfs.server.app import Security, build_server
     from casfs.server.auth import load_tokens
     from casfs.server.instances import Instances
+    from casfs.store.uploads import UploadLimits
 
     config = _serve_config(args)
     rpc_stats = RpcStats() if args.metrics else None
@@ -398,7 +420,12 @@ def serve(args: argparse.Namespace) -> int:
                 tokens=tuple(load_tokens(args.token_file)) if args.token_file else (),
             )
             server, port = build_server(
-                Instances(config.instances),
+                Instances(
+                    config.instances,
+                    uploads=UploadLimits(
+                        args.max_partial_size, args.max_partial_uploads, args.abandon_after
+                    ),
+                ),
                 config.listen,
                 security=security,
                 max_streams=args.max_streams,

@@ -9,6 +9,7 @@ are kept modest so the suite stays fast; ``HYPOTHESIS_PROFILE=long`` runs many m
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
 import shutil
@@ -108,6 +109,11 @@ def _write_name(upload: int, blob: int) -> str:
     return f"main/uploads/{UPLOAD_IDS[upload]}/blobs/{DIGESTS[blob]}"
 
 
+def _part_key(upload: int, blob: int) -> str:
+    """What orders the server's .part files of one blob: the hash of the upload's name."""
+    return hashlib.sha256(_write_name(upload, blob).encode()).hexdigest()
+
+
 class ServerMachine(RuleBasedStateMachine):
     """Random Read/Write/QueryWriteStatus/Batch* requests, each answer checked against a
     model of what the server must hold."""
@@ -116,8 +122,22 @@ class ServerMachine(RuleBasedStateMachine):
         super().__init__()
         self.server = EmbeddedServer()
         self.stored = {0}  # blob indexes held (the empty blob always is)
-        # (upload id, blob) -> [committed bytes, whether they differ from the blob's]
+        # (upload id, blob) -> [committed bytes, whether they differ from the blob's,
+        # whether a .part file holds them]
         self.sessions: dict[tuple[int, int], list[int]] = {}
+
+    def take_over(self, key: tuple[int, int]) -> None:
+        """A session the server does not know takes over the .part of another upload of
+        the same blob: the one with the most bytes, of equals the first by file name."""
+        blob = key[1]
+        donors = [
+            (-state[0], _part_key(other, blob), (other, blob))
+            for (other, b), state in self.sessions.items()
+            if b == blob and state[2]
+        ]
+        if donors:
+            donor = min(donors)[2]
+            self.sessions[key] = self.sessions.pop(donor)
 
     def teardown(self) -> None:
         self.server.close()
@@ -133,7 +153,7 @@ class ServerMachine(RuleBasedStateMachine):
     ) -> None:
         data, size = BLOBS[blob], len(BLOBS[blob])
         key = (upload, blob)
-        committed, tainted = self.sessions.get(key, [0, 0])
+        committed = self.sessions.get(key, [0])[0]  # what the client knows of its session
         offset = {"committed": committed, "zero": 0, "other": committed + 3}[start]
         rest = max(0, size - offset)
         count = {"rest": rest, "half": rest // 2, "none": 0, "past": rest + 5}[length]
@@ -150,28 +170,30 @@ class ServerMachine(RuleBasedStateMachine):
         if blob in self.stored:
             assert (code, answer) == (Code.OK, size)
             return
-        self.sessions.setdefault(key, [0, 0])
+        if key not in self.sessions:
+            self.take_over(key)
+        committed, tainted, on_disk = self.sessions.setdefault(key, [0, 0, 0])
         if offset != committed and offset != 0:
             assert code == Code.FAILED_PRECONDITION
             return
-        if offset == 0:
-            committed, tainted = 0, 0
+        if offset == 0 and committed:
+            committed, tainted, on_disk = 0, 0, 0  # the session restarts
         if committed + len(piece) > size:
             assert code == Code.INVALID_ARGUMENT
-            self.sessions[key] = [committed, tainted]
+            self.sessions[key] = [committed, tainted, on_disk]
             return
         committed += len(piece)
         tainted |= piece != data[offset : offset + len(piece)]
         if not finish:
             assert (code, answer) == (Code.OK, committed)
-            self.sessions[key] = [committed, tainted]
+            self.sessions[key] = [committed, tainted, 1]
             return
         if committed != size:
             assert code == Code.INVALID_ARGUMENT
-            self.sessions[key] = [0, 0]
+            self.sessions[key] = [0, 0, 0]
         elif tainted:
             assert code == Code.DATA_LOSS
-            self.sessions[key] = [0, 0]
+            self.sessions[key] = [0, 0, 0]
         else:
             assert (code, answer) == (Code.OK, size)
             self.stored.add(blob)
@@ -180,6 +202,8 @@ class ServerMachine(RuleBasedStateMachine):
     @rule(upload=st.integers(0, 2), blob=st.integers(0, 4))
     def query_write_status(self, upload: int, blob: int) -> None:
         code, committed, complete = self.server.query(_write_name(upload, blob))
+        if (upload, blob) not in self.sessions and blob not in self.stored:
+            self.take_over((upload, blob))
         session = self.sessions.get((upload, blob))
         if session is not None:
             assert (code, committed, complete) == (Code.OK, session[0], False)
@@ -467,3 +491,4 @@ def test_uploads_behave_like_a_model(mount: tuple[Path, CasfsMount]) -> None:
     )  # fmt: skip
     run_state_machine_as_test(UploadsMachine, settings=quick)
     assert is_mounted(mounted.mountpoint)
+

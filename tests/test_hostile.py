@@ -454,3 +454,95 @@ def test_undecodable_messages_are_invalid_argument_logged_in_one_line(
         assert rpc_code(lambda: write(iter([garbage]), timeout=30)) == Code.INVALID_ARGUMENT
         wait_until(lambda: server.log.read_text().count("does not decode") == 4, "the log")
         assert "Traceback" not in server.log.read_text()
+
+
+# -- 4: partial uploads -----------------------------------------------------------------------
+
+
+def upload_name(digest: Digest) -> str:
+    return f"main/uploads/{uuid.uuid4()}/blobs/{digest}"
+
+
+def part_bytes(server: CasfsServer) -> int:
+    return sum(p.stat().st_size for p in (server.store / "uploads").glob("*.part"))
+
+
+def query(stubs: Stubs, name: str) -> tuple[Code, int, bool]:
+    request = bytestream_pb2.QueryWriteStatusRequest(resource_name=name)
+    try:
+        response = stubs.bytestream.QueryWriteStatus(request, timeout=30)
+    except grpc.RpcError as error:
+        return error.code(), -1, False  # type: ignore[attr-defined]
+    return Code.OK, response.committed_size, response.complete
+
+
+def test_partial_uploads_are_bounded_in_bytes_and_count(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
+    blobs = [os.urandom(600 << 10) for _ in range(4)]
+    digests = [Digest.of_bytes(b) for b in blobs]
+    args = ("--max-size", "1M", "--max-partial-uploads", "3")
+    with CasfsServer(tmp_path / "store", *args) as server:
+        stubs = connect(server)
+
+        def partial(index: int, count: int) -> Code:
+            name = upload_name(digests[index])
+            data = blobs[index][:count]
+            return write_code(stubs, bytestream_pb2.WriteRequest(resource_name=name, data=data))
+
+        assert partial(0, 400 << 10) == Code.OK
+        assert partial(1, 500 << 10) == Code.OK
+        assert partial(2, 200 << 10) == Code.RESOURCE_EXHAUSTED  # past --max-size in all
+        assert part_bytes(server) == 900 << 10
+        assert partial(2, 10 << 10) == Code.OK
+        assert partial(3, 10 << 10) == Code.RESOURCE_EXHAUSTED  # a fourth partial upload
+        assert parts(server) == 3
+        finished = bytestream_pb2.WriteRequest(
+            resource_name=upload_name(digests[1]), data=blobs[1], finish_write=True
+        )
+        assert write_code(stubs, finished) == Code.OK  # takes over the partial one, ends it
+        assert parts(server) == 2
+        assert partial(3, 10 << 10) == Code.OK
+
+
+def test_abandoned_partial_uploads_are_reclaimed(tmp_path: Path, connect: type[Stubs]) -> None:
+    first, second = os.urandom(1000), os.urandom(1000)
+    args = ("--max-partial-uploads", "1", "--abandon-after", "1")
+    with CasfsServer(tmp_path / "store", *args) as server:
+        stubs = connect(server)
+        name = upload_name(Digest.of_bytes(first))
+        write = bytestream_pb2.WriteRequest(resource_name=name, data=first[:500])
+        assert write_code(stubs, write) == Code.OK
+        [part] = (server.store / "uploads").glob("*.part")
+        wait_until(lambda: time.time() - part.stat().st_mtime > 1.5, "the upload to age")
+        other = bytestream_pb2.WriteRequest(
+            resource_name=upload_name(Digest.of_bytes(second)), data=second[:500]
+        )
+        assert write_code(stubs, other) == Code.OK  # the abandoned one made room
+        assert query(stubs, name)[0] == Code.NOT_FOUND
+        assert parts(server) == 1
+
+
+def test_a_new_upload_of_a_blob_resumes_from_an_abandoned_one(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
+    data = os.urandom(3 << 20)
+    digest = Digest.of_bytes(data)
+    with CasfsServer(tmp_path / "store") as server:
+        stubs = connect(server)
+        crashed = upload_name(digest)
+        write = bytestream_pb2.WriteRequest(resource_name=crashed, data=data[: 2 << 20])
+        assert write_code(stubs, write) == Code.OK
+        server.kill()  # the client crashes and so does the server: only the disk remembers
+        server.start()
+        stubs = connect(server)
+        retry = upload_name(digest)
+        assert query(stubs, retry) == (Code.OK, 2 << 20, False)
+        rest = bytestream_pb2.WriteRequest(
+            resource_name=retry, write_offset=2 << 20, data=data[2 << 20 :], finish_write=True
+        )
+        assert write_code(stubs, rest) == Code.OK
+        assert query(stubs, crashed) == (Code.OK, len(data), True)
+        assert parts(server) == 0
+        with open(server.store / "cas" / "sha256" / digest.hash[:2] / digest.hash, "rb") as f:
+            assert f.read() == data

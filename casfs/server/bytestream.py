@@ -134,7 +134,9 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
             name = parse_write_name(request.resource_name)
             check_function(name.digest)
             instance = self.instances.get(name.instance)
-            committed, complete = instance.uploads.status(_session_key(name), name.digest)
+            committed, complete = instance.uploads.status(
+                _session_key(name), name.digest, name.compressor
+            )
             return bytestream_pb2.QueryWriteStatusResponse(
                 committed_size=committed, complete=complete
             )
