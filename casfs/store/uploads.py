@@ -16,8 +16,9 @@ retries under a new upload id after a crash resumes (QueryWriteStatus on the new
 reports the bytes) instead of leaving the old bytes behind; the old name then has none.
 
 Bytes are appended in the order they arrive; a write at offset 0 restarts the session,
-any other offset must equal ``committed_size``. Whole aligned blocks go to the disk around the page cache
-(``casfs.directio``): a ``.part`` file is read again only to be hashed after a restart.
+any other offset must equal ``committed_size``. Whole aligned blocks go to the disk around
+the page cache (``casfs.directio``): a ``.part`` file is read again only to be hashed
+after a restart.
 
 Concurrency notes: one stream at a time writes a session (``UploadSessions.open`` holds
 the session's lock for the whole stream and waits up to ``busy_timeout`` for a previous
@@ -163,13 +164,13 @@ class UploadSession:
             raise SizeMismatch(
                 f"{self.digest}: upload exceeds the size, at {self.committed + len(data)} bytes"
             )
-        if self._writer is None:
-            self.attach()
-            assert self._writer is not None
-        if self._hasher is None:
-            self._hasher = self._rehash()
         self.owner.grow(self.path, len(data))  # StoreFull past the limits: nothing written
         try:
+            if self._writer is None:
+                self.attach()
+            assert self._writer is not None
+            if self._hasher is None:
+                self._hasher = self._rehash()
             with disk_errors(f"uploading {self.digest}"):
                 self._writer.pwrite(data, self.committed)
         except StoreFull:
