@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-partial-size",
         type=_size,
+        metavar="SIZE",
         help="bytes unfinished uploads may hold, per store (--max-size; without it, the disk)",
     )
     serve.add_argument(
@@ -273,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-streams",
         type=int,
         default=DEFAULT_MAX_STREAMS,
+        metavar="N",
         help=f"streams (Read, Write, GetTree) served at once; more are refused "
         f"({DEFAULT_MAX_STREAMS})",
     )
