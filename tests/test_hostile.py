@@ -252,13 +252,14 @@ class StalledWrites:
 def test_unary_calls_are_answered_while_200_streams_sit_idle(
     tmp_path: Path, connect: type[Stubs]
 ) -> None:
+    ask = re_pb2.GetCapabilitiesRequest(instance_name="main")
     with CasfsServer(tmp_path / "store") as server:
+        unary = connect(server).capabilities
+        unary.GetCapabilities(ask, timeout=30)  # connected before the streams come
         stalled = StalledWrites(connect(server), 200)
         try:
             wait_until(lambda: parts(server) == 200, "200 streams to be held")
-            capabilities = connect(server).capabilities.GetCapabilities(
-                re_pb2.GetCapabilitiesRequest(instance_name="main"), timeout=1
-            )
+            capabilities = unary.GetCapabilities(ask, timeout=1)
             assert capabilities.cache_capabilities.max_batch_total_size_bytes > 0
         finally:
             results = stalled.release()
@@ -330,9 +331,11 @@ def test_a_reader_that_stops_reading_is_ended(tmp_path: Path, connect: type[Stub
         responses = stubs.bytestream.Read(
             bytestream_pb2.ReadRequest(resource_name=f"main/blobs/{digest}"), timeout=120
         )
-        received = len(next(responses).data)
-        wait_until(lambda: "Read: no message for 1 seconds" in server.log.read_text(), "the end")
+        received = 0
         with pytest.raises(grpc.RpcError) as ended:
+            received += len(next(responses).data)
+            ended_idle = "Read: no message for 1 seconds"
+            wait_until(lambda: ended_idle in server.log.read_text(), "the server to end it")
             for response in responses:
                 received += len(response.data)
         assert ended.value.code() == Code.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
