@@ -121,7 +121,8 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
                         )
                     session.write(request.write_offset, request.data)
                     if request.finish_write:
-                        session.finish()
+                        with stream.working():
+                            session.finish()
                         break
                     request = next(requests, None)
                 return bytestream_pb2.WriteResponse(committed_size=session.committed)

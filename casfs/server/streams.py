@@ -44,9 +44,21 @@ class Stream:
         self.what = what
         self.last = time.monotonic()
         self.ended = False
+        self.busy = False  # the server works for it (a commit): never idle meanwhile
 
     def touch(self) -> None:
         self.last = time.monotonic()
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """Mark a stretch where the server, not the client, is slow (verifying and
+        committing an upload): the stream is not idle during it."""
+        self.busy = True
+        try:
+            yield
+        finally:
+            self.busy = False
+            self.touch()
 
     def watch(self, messages: Iterator[T]) -> Iterator[T]:
         """``messages``, touching the stream at each one."""
@@ -122,7 +134,9 @@ class StreamGuard:
                     self._watchdog = None
                     return
                 idle = [
-                    s for s in self._streams if not s.ended and now - s.last > self.idle_timeout
+                    s
+                    for s in self._streams
+                    if not (s.ended or s.busy) and now - s.last > self.idle_timeout
                 ]
             for stream in idle:
                 stream.end_idle(self.idle_timeout)
