@@ -29,8 +29,12 @@ from casfs.cas.channel import EndpointError
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
 from casfs.config import (
+    DEFAULT_ABANDON_AFTER,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_INSTANCE,
     DEFAULT_LISTEN,
+    DEFAULT_MAX_PARTIAL_UPLOADS,
+    DEFAULT_MAX_STREAMS,
     ConfigError,
     MountConfig,
     RemoteConfig,
@@ -253,6 +257,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--evict", action="store_true", help="evict least recently used blobs at --max-size"
     )
     serve.add_argument("--no-fsync", action="store_true", help="skip fsync (faster, unsafe)")
+    serve.add_argument(
+        "--max-partial-uploads",
+        type=int,
+        default=DEFAULT_MAX_PARTIAL_UPLOADS,
+        metavar="N",
+        help=f"unfinished uploads held at once, per store ({DEFAULT_MAX_PARTIAL_UPLOADS})",
+    )
+    serve.add_argument(
+        "--max-partial-size",
+        type=_size,
+        metavar="SIZE",
+        help="bytes unfinished uploads may hold, per store (--max-size; without it, the disk)",
+    )
+    serve.add_argument(
+        "--abandon-after",
+        type=float,
+        default=DEFAULT_ABANDON_AFTER,
+        metavar="SECONDS",
+        help=f"reclaim an unfinished upload nobody wrote for this long ({DEFAULT_ABANDON_AFTER:g})",
+    )
+    serve.add_argument(
+        "--max-streams",
+        type=int,
+        default=DEFAULT_MAX_STREAMS,
+        metavar="N",
+        help=f"streams (Read, Write, GetTree) served at once; more are refused "
+        f"({DEFAULT_MAX_STREAMS})",
+    )
+    serve.add_argument(
+        "--stream-idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"end a stream that moves no message for this long; an upload stays resumable "
+        f"({DEFAULT_IDLE_TIMEOUT:g})",
+    )
     serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="the TLS certificate's private key (PEM)")
     serve.add_argument(
@@ -381,6 +421,7 @@ def serve(args: argparse.Namespace) -> int:
     from casfs.server.app import Security, build_server, listen_address
     from casfs.server.auth import load_tokens
     from casfs.server.instances import Instances
+    from casfs.store.uploads import UploadLimits
 
     config = _serve_config(args)
     rpc_stats = RpcStats() if args.metrics else None
@@ -394,7 +435,17 @@ def serve(args: argparse.Namespace) -> int:
                 tokens=tuple(load_tokens(args.token_file)) if args.token_file else (),
             )
             server, port = build_server(
-                Instances(config.instances), config.listen, security=security, rpc_stats=rpc_stats
+                Instances(
+                    config.instances,
+                    uploads=UploadLimits(
+                        args.max_partial_size, args.max_partial_uploads, args.abandon_after
+                    ),
+                ),
+                config.listen,
+                security=security,
+                max_streams=args.max_streams,
+                stream_idle_timeout=args.stream_idle_timeout,
+                rpc_stats=rpc_stats,
             )
         except ValueError as error:
             raise ConfigError(str(error)) from None

@@ -10,6 +10,12 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_LISTEN = "127.0.0.1:8980"
+# casfs serve: streams served at once, and how long one may move no message.
+DEFAULT_MAX_STREAMS = 256
+DEFAULT_IDLE_TIMEOUT = 60.0
+# casfs serve: partial uploads held at once, and how long one may sit unwritten.
+DEFAULT_MAX_PARTIAL_UPLOADS = 1000
+DEFAULT_ABANDON_AFTER = 3600.0
 DEFAULT_INSTANCE = "main"
 MIB = 1 << 20
 

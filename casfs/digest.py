@@ -181,6 +181,12 @@ class Digest:
         """The digest of the empty blob, which REAPI servers must always serve."""
         return cls.of_bytes(b"", function)
 
+    @property
+    def is_empty(self) -> bool:
+        """Whether this is the empty blob's digest, the only one of size 0 (for functions
+        casfs cannot compute, no digest is)."""
+        return self.size == 0 and self.function.hashable and self == Digest.empty(self.function)
+
     def to_proto(self) -> remote_execution_pb2.Digest:
         """This digest as a REAPI ``Digest`` message (the function is not part of it)."""
         from casfs._proto import remote_execution_pb2

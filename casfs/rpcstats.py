@@ -1,6 +1,6 @@
 """Counts and latencies of gRPC calls by method and status code, on either side.
 
-``RpcStats.client_channel(channel)`` wraps a client channel; ``RpcStats.server_interceptor()``
+``RpcStats.client_channel(channel)`` wraps a client channel; ``RpcStats.server_interceptor(known)``
 goes into ``grpc.server(interceptors=...)``. A call is recorded once, when it ends (a stream
 when its status arrives, a served stream when its last message has gone or it failed), never
 per message, so streaming throughput does not pay for the bookkeeping. Nothing is recorded
@@ -40,6 +40,11 @@ class CallStats:
     buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
 
 
+# The label every method a server does not serve shares: a client may call any name it
+# likes, and each would otherwise become a series of its own.
+OTHER_METHOD = "/other/other"
+
+
 def split_method(method: str) -> tuple[str, str]:
     """``/google.bytestream.ByteStream/Read`` as ``("google.bytestream.ByteStream", "Read")``."""
     service, _, name = method.lstrip("/").rpartition("/")
@@ -73,9 +78,10 @@ class RpcStats:
         """``channel``, recording every call made through it."""
         return grpc.intercept_channel(channel, _ClientInterceptor(self))
 
-    def server_interceptor(self) -> grpc.ServerInterceptor[Any, Any]:
-        """An interceptor that records every call a server handles."""
-        return _ServerInterceptor(self)
+    def server_interceptor(self, known: frozenset[str]) -> grpc.ServerInterceptor[Any, Any]:
+        """An interceptor that records every call a server handles: those to the full
+        method names in ``known`` by name, all others as ``OTHER_METHOD``."""
+        return _ServerInterceptor(self, known)
 
 
 if TYPE_CHECKING:  # generic only in the type stubs
@@ -133,8 +139,9 @@ class _ServerInterceptor(_Server):
     """Wraps each method's behaviour: a unary answer is timed around the call, a streamed
     one from the first request to the end of the response iterator."""
 
-    def __init__(self, stats: RpcStats) -> None:
+    def __init__(self, stats: RpcStats, known: frozenset[str]) -> None:
         self._stats = stats
+        self._known = known
 
     def intercept_service(
         self,
@@ -145,6 +152,8 @@ class _ServerInterceptor(_Server):
         if handler is None:
             return None
         method = handler_call_details.method
+        if method not in self._known:
+            method = OTHER_METHOD
         record = self._stats.record
         streaming = handler.response_streaming
         kind = ("stream" if handler.request_streaming else "unary") + (

@@ -9,6 +9,7 @@ are kept modest so the suite stays fast; ``HYPOTHESIS_PROFILE=long`` runs many m
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
 import shutil
@@ -34,7 +35,7 @@ from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs.config import StoreConfig
-from casfs.digest import Digest
+from casfs.digest import Digest, DigestFunction, digest_file
 from casfs.server.app import build_server
 from casfs.server.instances import Instances
 from tests.mounts import CasfsMount, is_mounted
@@ -62,7 +63,7 @@ class EmbeddedServer:
         self.root = Path(tempfile.mkdtemp(prefix="casfs-fuzz-"))
         self.store = self.root / "store"
         instances = Instances({"main": StoreConfig(self.store, fsync=False)})
-        self.server, port = build_server(instances, "127.0.0.1:0", workers=8)
+        self.server, port = build_server(instances, "127.0.0.1:0", max_streams=8)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
         self.bytestream = bytestream_pb2_grpc.ByteStreamStub(self.channel)
         self.cas = re_grpc.ContentAddressableStorageStub(self.channel)
@@ -108,6 +109,11 @@ def _write_name(upload: int, blob: int) -> str:
     return f"main/uploads/{UPLOAD_IDS[upload]}/blobs/{DIGESTS[blob]}"
 
 
+def _part_key(upload: int, blob: int) -> str:
+    """What orders the server's .part files of one blob: the hash of the upload's name."""
+    return hashlib.sha256(_write_name(upload, blob).encode()).hexdigest()
+
+
 class ServerMachine(RuleBasedStateMachine):
     """Random Read/Write/QueryWriteStatus/Batch* requests, each answer checked against a
     model of what the server must hold."""
@@ -116,8 +122,22 @@ class ServerMachine(RuleBasedStateMachine):
         super().__init__()
         self.server = EmbeddedServer()
         self.stored = {0}  # blob indexes held (the empty blob always is)
-        # (upload id, blob) -> [committed bytes, whether they differ from the blob's]
+        # (upload id, blob) -> [committed bytes, whether they differ from the blob's,
+        # whether a .part file holds them]
         self.sessions: dict[tuple[int, int], list[int]] = {}
+
+    def take_over(self, key: tuple[int, int]) -> None:
+        """A session the server does not know takes over the .part of another upload of
+        the same blob: the one with the most bytes, of equals the first by file name."""
+        blob = key[1]
+        donors = [
+            (-state[0], _part_key(other, blob), (other, blob))
+            for (other, b), state in self.sessions.items()
+            if b == blob and state[2]
+        ]
+        if donors:
+            donor = min(donors)[2]
+            self.sessions[key] = self.sessions.pop(donor)
 
     def teardown(self) -> None:
         self.server.close()
@@ -133,7 +153,7 @@ class ServerMachine(RuleBasedStateMachine):
     ) -> None:
         data, size = BLOBS[blob], len(BLOBS[blob])
         key = (upload, blob)
-        committed, tainted = self.sessions.get(key, [0, 0])
+        committed = self.sessions.get(key, [0])[0]  # what the client knows of its session
         offset = {"committed": committed, "zero": 0, "other": committed + 3}[start]
         rest = max(0, size - offset)
         count = {"rest": rest, "half": rest // 2, "none": 0, "past": rest + 5}[length]
@@ -150,28 +170,30 @@ class ServerMachine(RuleBasedStateMachine):
         if blob in self.stored:
             assert (code, answer) == (Code.OK, size)
             return
-        self.sessions.setdefault(key, [0, 0])
+        if key not in self.sessions:
+            self.take_over(key)
+        committed, tainted, on_disk = self.sessions.setdefault(key, [0, 0, 0])
         if offset != committed and offset != 0:
             assert code == Code.FAILED_PRECONDITION
             return
-        if offset == 0:
-            committed, tainted = 0, 0
+        if offset == 0 and committed:
+            committed, tainted, on_disk = 0, 0, 0  # the session restarts
         if committed + len(piece) > size:
             assert code == Code.INVALID_ARGUMENT
-            self.sessions[key] = [committed, tainted]
+            self.sessions[key] = [committed, tainted, on_disk]
             return
         committed += len(piece)
         tainted |= piece != data[offset : offset + len(piece)]
         if not finish:
             assert (code, answer) == (Code.OK, committed)
-            self.sessions[key] = [committed, tainted]
+            self.sessions[key] = [committed, tainted, 1]
             return
         if committed != size:
             assert code == Code.INVALID_ARGUMENT
-            self.sessions[key] = [0, 0]
+            self.sessions[key] = [0, 0, 0]
         elif tainted:
             assert code == Code.DATA_LOSS
-            self.sessions[key] = [0, 0]
+            self.sessions[key] = [0, 0, 0]
         else:
             assert (code, answer) == (Code.OK, size)
             self.stored.add(blob)
@@ -180,6 +202,8 @@ class ServerMachine(RuleBasedStateMachine):
     @rule(upload=st.integers(0, 2), blob=st.integers(0, 4))
     def query_write_status(self, upload: int, blob: int) -> None:
         code, committed, complete = self.server.query(_write_name(upload, blob))
+        if (upload, blob) not in self.sessions and blob not in self.stored:
+            self.take_over((upload, blob))
         session = self.sessions.get((upload, blob))
         if session is not None:
             assert (code, committed, complete) == (Code.OK, session[0], False)
@@ -467,3 +491,213 @@ def test_uploads_behave_like_a_model(mount: tuple[Path, CasfsMount]) -> None:
     )  # fmt: skip
     run_state_machine_as_test(UploadsMachine, settings=quick)
     assert is_mounted(mounted.mountpoint)
+
+
+# -- random messages to every method of a real casfs serve -----------------------------------
+
+CAS_METHOD = "/build.bazel.remote.execution.v2.ContentAddressableStorage/"
+AC_METHOD = "/build.bazel.remote.execution.v2.ActionCache/"
+BS_METHOD = "/google.bytestream.ByteStream/"
+# method -> how it is called: "unary", "server-stream" or "client-stream"
+METHODS = {
+    CAS_METHOD + "FindMissingBlobs": "unary",
+    CAS_METHOD + "BatchUpdateBlobs": "unary",
+    CAS_METHOD + "BatchReadBlobs": "unary",
+    CAS_METHOD + "GetTree": "server-stream",
+    AC_METHOD + "GetActionResult": "unary",
+    AC_METHOD + "UpdateActionResult": "unary",
+    "/build.bazel.remote.execution.v2.Capabilities/GetCapabilities": "unary",
+    BS_METHOD + "Read": "server-stream",
+    BS_METHOD + "Write": "client-stream",
+    BS_METHOD + "QueryWriteStatus": "unary",
+}
+FUNCTIONS = (DigestFunction.SHA256, DigestFunction.BLAKE3)
+POOL = [(data, Digest.of_bytes(data, f)) for data in BLOBS[:4] for f in FUNCTIONS]
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=80)
+INSTANCES = st.one_of(st.sampled_from(["main", "", "nope", "x" * 3000, "main/../x"]), TEXT)
+FUNCTION_VALUES = st.integers(-1, 12)
+GOOD_DIGESTS = st.sampled_from([digest for _, digest in POOL]).map(Digest.to_proto)
+BAD_DIGESTS = st.builds(
+    re_pb2.Digest,
+    hash=st.one_of(st.sampled_from(["", HASH, HASH.upper(), HASH[:32], "ab" * 20, "g" * 64]), TEXT),
+    size_bytes=st.integers(-(2**63), 2**63 - 1),
+)
+DIGEST_PROTOS = st.one_of(GOOD_DIGESTS, BAD_DIGESTS)
+
+
+def _payload(data: bytes) -> st.SearchStrategy[tuple[bytes, int]]:
+    """Bytes claimed to be ``data``, and their compressor: right, compressed, or not."""
+    return st.sampled_from(
+        [
+            (data, 0),
+            (zstd_compress(data), 1),
+            (data + b"x", 0),
+            (b"\x28\xb5\x2f\xfd" + data, 1),
+            (data, 2),  # not deflate
+            (data, 7),  # an unknown compressor
+        ]
+    )
+
+
+def zstd_compress(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+UPDATE_ITEMS = st.one_of(
+    st.sampled_from(POOL).flatmap(
+        lambda blob: _payload(blob[0]).map(
+            lambda p: re_pb2.BatchUpdateBlobsRequest.Request(
+                digest=blob[1].to_proto(), data=p[0], compressor=p[1]
+            )
+        )
+    ),
+    st.builds(
+        re_pb2.BatchUpdateBlobsRequest.Request,
+        digest=DIGEST_PROTOS, data=st.binary(max_size=100), compressor=st.integers(0, 8),
+    ),
+)  # fmt: skip
+
+
+def _write_names() -> st.SearchStrategy[str]:
+    def name(blob: tuple[bytes, Digest], upload: int, compressed: bool) -> str:
+        digest = blob[1]
+        segment = f"{digest.function.name_lower}/" if digest.function.in_resource_name else ""
+        kind = "compressed-blobs/zstd" if compressed else "blobs"
+        return f"main/uploads/{UPLOAD_IDS[upload]}/{kind}/{segment}{digest}"
+
+    valid = st.builds(name, st.sampled_from(POOL), st.integers(0, 2), st.booleans())
+    return st.one_of(valid, NAMES.filter(lambda n: "\udcff" not in n))
+
+
+WRITES = st.lists(
+    st.builds(
+        bytestream_pb2.WriteRequest,
+        resource_name=_write_names(), write_offset=st.integers(-5, 80_000),
+        data=st.one_of(st.sampled_from([d[:100] for d, _ in POOL]), st.binary(max_size=300)),
+        finish_write=st.booleans(),
+    ),
+    min_size=1, max_size=3,
+)  # fmt: skip
+READ_NAMES = st.one_of(
+    st.sampled_from([f"main/blobs/{d}" for _, d in POOL if d.function is DigestFunction.SHA256]),
+    NAMES.filter(lambda n: "\udcff" not in n),
+)
+
+
+def _message(method: str, message: Any) -> tuple[str, Any]:
+    if isinstance(message, list):
+        return method, [m.SerializeToString() for m in message]
+    return method, message.SerializeToString()
+
+
+MESSAGES = st.one_of(
+    st.builds(
+        lambda i, f, d: _message(CAS_METHOD + "FindMissingBlobs", re_pb2.FindMissingBlobsRequest(
+            instance_name=i, digest_function=f, blob_digests=d)),
+        INSTANCES, FUNCTION_VALUES, st.lists(DIGEST_PROTOS, max_size=4),
+    ),
+    st.builds(
+        lambda i, f, r: _message(CAS_METHOD + "BatchUpdateBlobs", re_pb2.BatchUpdateBlobsRequest(
+            instance_name=i, digest_function=f, requests=r)),
+        INSTANCES, st.sampled_from([0, 0, 1, 9, 3]), st.lists(UPDATE_ITEMS, max_size=4),
+    ),
+    st.builds(
+        lambda i, f, d: _message(CAS_METHOD + "BatchReadBlobs", re_pb2.BatchReadBlobsRequest(
+            instance_name=i, digest_function=f, digests=d)),
+        INSTANCES, FUNCTION_VALUES, st.lists(DIGEST_PROTOS, max_size=4),
+    ),
+    st.builds(
+        lambda i, d, s, t: _message(CAS_METHOD + "GetTree", re_pb2.GetTreeRequest(
+            instance_name=i, root_digest=d, page_size=s, page_token=t)),
+        INSTANCES, DIGEST_PROTOS, st.integers(-5, 5), st.one_of(st.just(""), TEXT),
+    ),
+    st.builds(
+        lambda i, d, c, o: _message(AC_METHOD + "UpdateActionResult",
+            re_pb2.UpdateActionResultRequest(instance_name=i, action_digest=d,
+                action_result=re_pb2.ActionResult(exit_code=c, stdout_digest=o))),
+        INSTANCES, DIGEST_PROTOS, st.integers(-(2**31), 2**31 - 1), DIGEST_PROTOS,
+    ),
+    st.builds(
+        lambda i, d: _message(AC_METHOD + "GetActionResult", re_pb2.GetActionResultRequest(
+            instance_name=i, action_digest=d)),
+        INSTANCES, DIGEST_PROTOS,
+    ),
+    st.builds(
+        lambda i: _message(
+            "/build.bazel.remote.execution.v2.Capabilities/GetCapabilities",
+            re_pb2.GetCapabilitiesRequest(instance_name=i)),
+        INSTANCES,
+    ),
+    st.builds(
+        lambda n, o, limit: _message(BS_METHOD + "Read", bytestream_pb2.ReadRequest(
+            resource_name=n, read_offset=o, read_limit=limit)),
+        READ_NAMES, st.integers(-5, 80_000), st.integers(-5, 80_000),
+    ),
+    st.builds(lambda w: _message(BS_METHOD + "Write", w), WRITES),
+    st.builds(
+        lambda n: _message(BS_METHOD + "QueryWriteStatus",
+            bytestream_pb2.QueryWriteStatusRequest(resource_name=n)),
+        _write_names(),
+    ),
+    st.tuples(  # bytes that may not decode at all
+        st.sampled_from(sorted(METHODS)), st.binary(max_size=64)
+    ).map(lambda m: (m[0], [m[1]] if METHODS[m[0]] == "client-stream" else m[1])),
+)  # fmt: skip
+
+
+def _send(channel: grpc.Channel, method: str, payload: Any) -> Code:
+    """Send one request (or request stream) of serialized bytes; the status code."""
+    kind = METHODS[method]
+    try:
+        if kind == "unary":
+            channel.unary_unary(method)(payload, timeout=30)
+        elif kind == "server-stream":
+            for _ in channel.unary_stream(method)(payload, timeout=30):
+                pass
+        else:
+            channel.stream_unary(method)(iter(payload), timeout=30)
+    except grpc.RpcError as error:
+        return error.code()  # type: ignore[attr-defined, no-any-return]
+    return Code.OK
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CasfsServer, grpc.Channel]]:
+    root = tmp_path_factory.mktemp("messages")
+    with CasfsServer(root / "store", "--no-fsync") as server:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        try:
+            yield server, channel
+        finally:
+            channel.close()
+
+
+SERVER_FAULTS = {Code.INTERNAL, Code.UNKNOWN, Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED}
+
+
+MESSAGE_EXAMPLES = 2000 if os.environ.get("HYPOTHESIS_PROFILE") == "long" else 200
+
+
+@settings(
+    max_examples=MESSAGE_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(messages=st.lists(MESSAGES, min_size=5, max_size=15))
+def test_random_messages_never_fault_the_server(
+    served: tuple[CasfsServer, grpc.Channel], messages: list[tuple[str, Any]]
+) -> None:
+    """A few thousand messages, well-formed or not, to every method: no INTERNAL (or
+    UNKNOWN, a hang, a crash), nothing outside the store, every stored blob whole."""
+    server, channel = served
+    for method, payload in messages:
+        code = _send(channel, method, payload)
+        assert code not in SERVER_FAULTS, (method, payload, code)
+    assert server.process is not None and server.process.poll() is None
+    assert sorted(p.name for p in server.store.parent.iterdir()) == [
+        "store", "store-server.log"
+    ]  # fmt: skip
+    assert {p.name for p in server.store.iterdir()} <= {"cas", "tmp", "uploads", "ac"}
+    for function in FUNCTIONS:
+        for blob in (server.store / "cas" / function.name_lower).glob("*/*"):
+            assert digest_file(blob, function).hash == blob.name, blob

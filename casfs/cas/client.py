@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ from casfs.cas.errors import (
 )
 from casfs.cas.quirks import RemoteQuirks, SizeCheck, is_aligned
 from casfs.cas.retry import with_retries
+from casfs.compression import CompressionError, Decompressor
 from casfs.config import RemoteConfig
 from casfs.digest import MAX_SIZE, Digest, DigestBuilder, DigestFunction, digest_file
 from casfs.directio import DirectReader
@@ -278,7 +278,7 @@ class CasClient:
 
     async def contains(self, digest: Digest) -> bool:
         """Whether the server has the blob at its size (the empty blob always exists)."""
-        return digest.size == 0 or not await self.find_missing_exact([digest])
+        return digest.is_empty or not await self.find_missing_exact([digest])
 
     async def find_missing_exact(self, digests: Iterable[Digest]) -> set[Digest]:
         """The digests the server does not have at their size: ``find_missing`` for a name
@@ -296,7 +296,7 @@ class CasClient:
         Transient errors propagate (nothing is learned from them); cancellation leaves the
         lesson unlearned, to be learned by the next call.
         """
-        unique = [d for d in dict.fromkeys(digests) if d.size > 0]
+        unique = [d for d in dict.fromkeys(digests) if not d.is_empty]
         canary = None
         if self.quirks.size_check is SizeCheck.UNKNOWN and unique:
             first = unique[0]
@@ -533,7 +533,7 @@ class CasClient:
         call = self._raw_read(
             request, timeout=self._stream_timeout(stop - start), metadata=self._metadata
         )
-        decompress = _decompressor(compressor)
+        decompress = _decompressor(compressor, end - offset)
         responses = iter(call)
         position = start  # of the next byte the server sends
         try:
@@ -574,8 +574,8 @@ class CasClient:
         """
         budget = (await self.capabilities()).batch_budget()
         unique = list(dict.fromkeys(digests))
-        result: dict[Digest, bytes] = {d: b"" for d in unique if d.size == 0}
-        small = [d for d in unique if 0 < d.size <= budget]
+        result: dict[Digest, bytes] = {d: b"" for d in unique if d.is_empty}
+        small = [d for d in unique if not d.is_empty and d.size <= budget]
         for digest in unique:
             if digest.size > budget:
                 result[digest] = await self.read_range(digest, 0, digest.size)
@@ -597,7 +597,8 @@ class CasClient:
                 error = from_status(item.status.code, item.status.message, f"read {digest}")
                 if error is not None:
                     raise error
-                data = bytes(_decompressor(Compressor(item.compressor))(item.data, True))
+                undo = _decompressor(Compressor(item.compressor), digest.size)
+                data = bytes(undo(item.data, True))
                 if Digest.of_bytes(data, function) != digest:
                     raise DataLoss(f"BatchReadBlobs: {digest} arrived with other content")
                 result[digest] = data
@@ -800,17 +801,24 @@ def _read_response_data(message: bytes) -> Chunk:
     return bytestream_pb2.ReadResponse.FromString(message).data
 
 
-def _decompressor(compressor: Compressor) -> Callable[[Chunk, bool], Chunk]:
-    """A function ``(chunk, final) -> bytes`` undoing the wire compression."""
+def _decompressor(compressor: Compressor, limit: int) -> Callable[[Chunk, bool], Chunk]:
+    """A function ``(chunk, final) -> bytes`` undoing the wire compression, which yields
+    at most ``limit`` bytes in all: more, or invalid data, is ``DataLoss``."""
     if compressor is Compressor.IDENTITY:
         return lambda data, final: data
-    if compressor is Compressor.ZSTD:
-        zstd = zstandard.ZstdDecompressor().decompressobj()
-        return lambda data, final: zstd.decompress(data) if data else b""
-    if compressor is Compressor.DEFLATE:
-        inflate = zlib.decompressobj(wbits=-15)  # raw RFC 1951, as REAPI says
-        return lambda data, final: inflate.decompress(data) + (inflate.flush() if final else b"")
-    raise Unimplemented(f"compressor {compressor.name_lower} is not supported")
+    try:
+        decompressor = Decompressor(compressor, limit)
+    except CompressionError as error:
+        raise Unimplemented(str(error)) from None
+
+    def undo(data: Chunk, final: bool) -> Chunk:
+        try:
+            out = decompressor.decompress(bytes(data)) if data else b""
+            return out + decompressor.flush() if final else out
+        except CompressionError as error:
+            raise DataLoss(f"the server sent bad compressed data: {error}") from None
+
+    return undo
 
 
 def _plain_requests(

@@ -48,7 +48,7 @@ class Catalog:
             # One hash has one size. Some servers (buildbox-casd) answer FindMissingBlobs
             # by hash alone, and delete the blob when it is then read with a wrong size.
             return False
-        if digest.size == 0 or key in self._present:
+        if digest.is_empty or key in self._present:
             self.note(instance, digest)
             return True
         if key in self._absent:

@@ -350,7 +350,7 @@ class CasOperations(pyfuse3.Operations):
         size may delete the blob on such a remote (buildbox-casd)."""
         client = self.clients[instance]
         if (
-            digest.size > min(SMALL_READ, self.cache.block_size)
+            not 0 < digest.size <= min(SMALL_READ, self.cache.block_size)
             or not digest.function.hashable
             or self.cache.covered(digest, 0)  # (for another instance, maybe: ask this one)
         ):

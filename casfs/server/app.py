@@ -10,21 +10,34 @@ from typing import Any
 
 import grpc
 
-from casfs._proto import bytestream_pb2_grpc
+from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
+from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
+from casfs.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS
 from casfs.rpcstats import RpcStats
 from casfs.server.actioncache import ActionCacheServicer
 from casfs.server.auth import Token, TokenAuth
 from casfs.server.bytestream import ByteStreamServicer
 from casfs.server.capabilities import CapabilitiesServicer
 from casfs.server.cas import CasServicer
+from casfs.server.decoding import DecodeGuard
 from casfs.server.instances import Instances
+from casfs.server.streams import StreamGuard
 
 log = logging.getLogger("casfs.server")
 
 # Accept messages well above the advertised batch limit, so that a client that counts a
 # little differently is not cut off by the transport.
 MAX_MESSAGE_BYTES = 16 << 20
+
+# The services build_server registers, by their descriptors.
+SERVICES = (
+    bytestream_pb2.DESCRIPTOR.services_by_name["ByteStream"],
+    re_pb2.DESCRIPTOR.services_by_name["ContentAddressableStorage"],
+    re_pb2.DESCRIPTOR.services_by_name["Capabilities"],
+    re_pb2.DESCRIPTOR.services_by_name["ActionCache"],
+)
+SERVED_METHODS = frozenset(f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods)
 
 
 class ListenError(OSError):
@@ -59,32 +72,41 @@ def build_server(
     listen: str,
     *,
     security: Security | None = None,
-    workers: int = 128,
+    max_streams: int = DEFAULT_MAX_STREAMS,
+    stream_idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     rpc_stats: RpcStats | None = None,
 ) -> tuple[grpc.Server, int]:
     """A started server on ``listen`` (``host:port``; port 0 picks one) and its port.
 
-    Streams each hold a worker thread while they run, so ``workers`` bounds the number of
-    concurrent calls; further calls queue in grpc. With ``rpc_stats`` every call is counted
-    and timed, those refused for their token included.
+    Streams each hold a worker thread while they run: at most ``max_streams`` run at once
+    (more are refused with RESOURCE_EXHAUSTED) and one silent for ``stream_idle_timeout``
+    seconds is ended, while unary calls keep threads of their own (see ``streams.py``).
+    With ``rpc_stats`` every call is counted and timed, those refused for their token
+    included. Raises ``ListenError`` if ``listen`` cannot be bound.
     """
+    streams = StreamGuard(max_streams, stream_idle_timeout)
     security = security or Security()
     interceptors: list[grpc.ServerInterceptor[Any, Any]] = []
     if rpc_stats is not None:
-        interceptors.append(rpc_stats.server_interceptor())
+        interceptors.append(rpc_stats.server_interceptor(SERVED_METHODS))
     if security.tokens:
         interceptors.append(TokenAuth(security.tokens))
+    interceptors.append(DecodeGuard())  # innermost: it wraps the servicers' own handlers
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="casfs-rpc"),
-        interceptors=interceptors or None,
+        ThreadPoolExecutor(max_workers=streams.threads, thread_name_prefix="casfs-rpc"),
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ],
     )
-    bytestream_pb2_grpc.add_ByteStreamServicer_to_server(ByteStreamServicer(instances), server)
-    re_grpc.add_ContentAddressableStorageServicer_to_server(CasServicer(instances), server)
+    bytestream_pb2_grpc.add_ByteStreamServicer_to_server(
+        ByteStreamServicer(instances, streams), server
+    )
+    re_grpc.add_ContentAddressableStorageServicer_to_server(
+        CasServicer(instances, streams), server
+    )
     re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesServicer(instances), server)
     re_grpc.add_ActionCacheServicer_to_server(ActionCacheServicer(instances), server)
     credentials = security.credentials()

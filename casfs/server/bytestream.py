@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
-import zstandard
 
 from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
+from casfs.compression import compressor
 from casfs.resource import BlobName, Compressor, parse_read_name, parse_write_name
+from casfs.server.cas import check_function
 from casfs.server.instances import Instances
 from casfs.server.status import RequestError, grpc_errors
+from casfs.server.streams import StreamGuard
 
 log = logging.getLogger("casfs.server")
 
@@ -21,26 +22,13 @@ log = logging.getLogger("casfs.server")
 READ_CHUNK = 1 << 20
 
 
-def _compressor(compressor: Compressor) -> Callable[[bytes, bool], bytes]:
-    """``(chunk, final) -> bytes`` compressing a read stream."""
-    if compressor is Compressor.IDENTITY:
-        return lambda data, final: data
-    if compressor is Compressor.ZSTD:
-        zstd = zstandard.ZstdCompressor(level=1).compressobj()
-        return lambda data, final: zstd.compress(data) + (zstd.flush() if final else b"")
-    if compressor is Compressor.DEFLATE:
-        deflate = zlib.compressobj(1, wbits=-15)  # raw RFC 1951, as REAPI says
-        return lambda data, final: deflate.compress(data) + (deflate.flush() if final else b"")
-    raise RequestError(
-        grpc.StatusCode.INVALID_ARGUMENT, f"compressor {compressor.name_lower} is not supported"
-    )
-
-
 class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
-    """Read, Write and QueryWriteStatus for ``{instance}/blobs/...`` resource names."""
+    """Read, Write and QueryWriteStatus for ``{instance}/blobs/...`` resource names; Read
+    and Write streams are held under ``streams`` (bounded in number, ended when idle)."""
 
-    def __init__(self, instances: Instances) -> None:
+    def __init__(self, instances: Instances, streams: StreamGuard) -> None:
         self.instances = instances
+        self.streams = streams
 
     def Read(
         self, request: bytestream_pb2.ReadRequest, context: grpc.ServicerContext
@@ -50,8 +38,12 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
         For ``compressed-blobs`` names the offset counts uncompressed bytes, the limit must be
         0 (REAPI) and the data is compressed on the fly. A limit past the end is clamped.
         """
-        with grpc_errors(context, f"Read {request.resource_name[:200]}"):
+        with (
+            grpc_errors(context, f"Read {request.resource_name[:200]}"),
+            self.streams.hold(context, "Read") as stream,
+        ):
             name = parse_read_name(request.resource_name)
+            check_function(name.digest)
             instance = self.instances.get(name.instance)
             if request.read_limit < 0:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "negative read_limit")
@@ -68,7 +60,7 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
             remaining = size - request.read_offset
             if request.read_limit:
                 remaining = min(remaining, request.read_limit)
-            compress = _compressor(name.compressor)
+            compress = compressor(name.compressor)
             log.debug(
                 "Read %s offset=%d length=%d", name.read_name(), request.read_offset, remaining
             )
@@ -81,6 +73,7 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
                     data = compress(chunk, final)
                     if data:
                         yield bytestream_pb2.ReadResponse(data=data)
+                        stream.touch()
                     if final:
                         return
 
@@ -95,12 +88,19 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
         compressed upload, as REAPI says). A stream that ends without finish_write keeps its
         bytes for a later resume.
         """
-        with grpc_errors(context, "Write"):
-            first = next(request_iterator, None)
+        with grpc_errors(context, "Write"), self.streams.hold(context, "Write") as stream:
+            requests = stream.watch(request_iterator)
+            first = next(requests, None)
             if first is None:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "empty Write stream")
             name = parse_write_name(first.resource_name)
+            check_function(name.digest)
             instance = self.instances.get(name.instance)
+            if name.digest.size == 0 and not name.digest.is_empty:
+                raise RequestError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{name.digest} has size 0, but it is not the empty blob's digest",
+                )
             existing = bytestream_pb2.WriteResponse(
                 committed_size=-1
                 if name.compressor is not Compressor.IDENTITY
@@ -121,9 +121,10 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
                         )
                     session.write(request.write_offset, request.data)
                     if request.finish_write:
-                        session.finish()
+                        with stream.working():
+                            session.finish()
                         break
-                    request = next(request_iterator, None)
+                    request = next(requests, None)
                 return bytestream_pb2.WriteResponse(committed_size=session.committed)
 
     def QueryWriteStatus(
@@ -132,8 +133,11 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
         """How many bytes of an upload the server holds; survives a server restart."""
         with grpc_errors(context, f"QueryWriteStatus {request.resource_name[:200]}"):
             name = parse_write_name(request.resource_name)
+            check_function(name.digest)
             instance = self.instances.get(name.instance)
-            committed, complete = instance.uploads.status(_session_key(name), name.digest)
+            committed, complete = instance.uploads.status(
+                _session_key(name), name.digest, name.compressor
+            )
             return bytestream_pb2.QueryWriteStatusResponse(
                 committed_size=committed, complete=complete
             )

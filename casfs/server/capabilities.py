@@ -7,13 +7,11 @@ import grpc
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs._proto import semver_pb2
-from casfs.digest import DigestFunction
 from casfs.resource import Compressor
-from casfs.server.cas import MAX_BATCH_BYTES
+from casfs.server.cas import DIGEST_FUNCTIONS, MAX_BATCH_BYTES
 from casfs.server.instances import Instances
 from casfs.server.status import grpc_errors
 
-DIGEST_FUNCTIONS = (DigestFunction.SHA256, DigestFunction.BLAKE3)
 COMPRESSORS = (Compressor.ZSTD, Compressor.DEFLATE)
 
 

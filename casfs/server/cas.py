@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 
 import grpc
-import zstandard
 from google.protobuf.message import DecodeError
 
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs._proto import status_pb2
+from casfs.compression import CompressionError, decompress
 from casfs.digest import Digest, DigestFunction
 from casfs.resource import Compressor
 from casfs.server.instances import Instances
 from casfs.server.status import RequestError, grpc_errors, status_of
+from casfs.server.streams import StreamGuard
 from casfs.store.errors import BlobNotFound, HashMismatch, StoreError
 
 # What the server advertises as max_batch_total_size_bytes; the gRPC message limit the
@@ -25,6 +25,22 @@ MAX_BATCH_BYTES = 4 << 20
 MAX_BATCH_DECOMPRESSED = 4 * MAX_BATCH_BYTES
 MAX_DIRECTORY_BYTES = 64 << 20
 GET_TREE_PAGE = 1000
+
+
+# The digest functions the server stores and advertises; others are refused, so that no
+# client stores blobs under a function it was never offered.
+DIGEST_FUNCTIONS = (DigestFunction.SHA256, DigestFunction.BLAKE3)
+
+
+def check_function(digest: Digest) -> Digest:
+    """``digest``, if its function is one the server accepts; else ``RequestError``."""
+    if digest.function not in DIGEST_FUNCTIONS:
+        accepted = ", ".join(f.name_lower for f in DIGEST_FUNCTIONS)
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"digest function {digest.function.name_lower} is not supported (only {accepted})",
+        )
+    return digest
 
 
 def digest_function(value: int, hash_: str) -> DigestFunction:
@@ -40,8 +56,9 @@ def digest_function(value: int, hash_: str) -> DigestFunction:
 
 
 def to_digest(proto: re_pb2.Digest, function_value: int) -> Digest:
-    """A request digest as a ``Digest``; raises ``DigestError`` when malformed."""
-    return Digest.from_proto(proto, digest_function(function_value, proto.hash))
+    """A request digest as a ``Digest``; raises ``DigestError`` when malformed and
+    ``RequestError`` for a digest function the server does not accept."""
+    return check_function(Digest.from_proto(proto, digest_function(function_value, proto.hash)))
 
 
 def _status(error: Exception | None) -> status_pb2.Status:
@@ -53,22 +70,20 @@ def _status(error: Exception | None) -> status_pb2.Status:
     return status_pb2.Status(code=code.value[0], message=message)
 
 
-def _decompress(compressor: int, data: bytes, limit: int) -> bytes:
-    if compressor == Compressor.IDENTITY.value:
-        return data
-    if compressor == Compressor.ZSTD.value:
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=limit)
-    if compressor == Compressor.DEFLATE.value:
-        # One byte past the limit is enough for put() to see the size is wrong.
-        return zlib.decompressobj(wbits=-15).decompress(data, limit + 1)
-    raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"compressor {compressor} not supported")
+def _compressor(value: int) -> Compressor:
+    try:
+        return Compressor(value)
+    except ValueError:
+        raise CompressionError(f"unknown compressor {value}") from None
 
 
 class CasServicer(re_grpc.ContentAddressableStorageServicer):
-    """The CAS service over the instances' blob stores."""
+    """The CAS service over the instances' blob stores; GetTree streams are held under
+    ``streams``."""
 
-    def __init__(self, instances: Instances) -> None:
+    def __init__(self, instances: Instances, streams: StreamGuard) -> None:
         self.instances = instances
+        self.streams = streams
 
     def FindMissingBlobs(
         self, request: re_pb2.FindMissingBlobsRequest, context: grpc.ServicerContext
@@ -101,9 +116,9 @@ class CasServicer(re_grpc.ContentAddressableStorageServicer):
                 error: Exception | None = None
                 try:
                     digest = to_digest(item.digest, request.digest_function)
-                    data = _decompress(item.compressor, item.data, digest.size)
+                    data = decompress(_compressor(item.compressor), item.data, digest.size)
                     instance.blobs.put(digest, data)
-                except (StoreError, RequestError, ValueError, zstandard.ZstdError, zlib.error) as e:
+                except (StoreError, RequestError, ValueError) as e:  # DigestError, CompressionError
                     error = e
                 response.responses.add(digest=item.digest, status=_status(error))
             return response
@@ -139,7 +154,7 @@ class CasServicer(re_grpc.ContentAddressableStorageServicer):
         ``page_token`` is the number of directories already sent. Directories missing from
         the store are left out, as REAPI allows.
         """
-        with grpc_errors(context, "GetTree"):
+        with grpc_errors(context, "GetTree"), self.streams.hold(context, "GetTree") as stream:
             instance = self.instances.get(request.instance_name)
             root = to_digest(request.root_digest, request.digest_function)
             page_size = request.page_size if request.page_size > 0 else GET_TREE_PAGE
@@ -180,6 +195,7 @@ class CasServicer(re_grpc.ContentAddressableStorageServicer):
                 if len(page) == page_size:
                     token = str(sent) if queue else ""
                     yield re_pb2.GetTreeResponse(directories=page, next_page_token=token)
+                    stream.touch()
                     page = []
             if page or sent <= skip:
                 yield re_pb2.GetTreeResponse(directories=page)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from casfs.config import StoreConfig
 from casfs.resource import validate_instance_name
 from casfs.store.actioncache import ActionCacheStore
 from casfs.store.blobstore import BlobStore
-from casfs.store.uploads import UploadSessions
+from casfs.store.uploads import UploadLimits, UploadSessions
 
 
 class UnknownInstance(LookupError):
@@ -28,9 +29,16 @@ class Instance:
 
 
 class Instances:
-    """The served instance names; names that share a store directory share one store."""
+    """The served instance names; names that share a store directory share one store.
 
-    def __init__(self, stores: Mapping[str, StoreConfig]) -> None:
+    ``uploads`` bounds each store's partial uploads; without ``max_bytes`` of its own, a
+    store's partial bytes are bounded by its ``max_size``.
+    """
+
+    def __init__(
+        self, stores: Mapping[str, StoreConfig], *, uploads: UploadLimits | None = None
+    ) -> None:
+        uploads = uploads or UploadLimits()
         opened: dict[Path, tuple[BlobStore, UploadSessions, ActionCacheStore]] = {}
         self._by_name: dict[str, Instance] = {}
         for name, options in stores.items():
@@ -42,7 +50,12 @@ class Instances:
                 )
                 opened[key] = (
                     blobs,
-                    UploadSessions(blobs),
+                    UploadSessions(
+                        blobs,
+                        limits=uploads
+                        if uploads.max_bytes is not None
+                        else dataclasses.replace(uploads, max_bytes=options.max_size),
+                    ),
                     ActionCacheStore(key, fsync=options.fsync),
                 )
             self._by_name[name] = Instance(name, *opened[key])

@@ -9,6 +9,7 @@ from typing import NoReturn
 
 import grpc
 
+from casfs.compression import CompressionError
 from casfs.digest import DigestError
 from casfs.resource import ResourceNameError
 from casfs.server.instances import UnknownInstance
@@ -44,18 +45,31 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (Unsupported, grpc.StatusCode.INVALID_ARGUMENT),
     (UnknownInstance, grpc.StatusCode.INVALID_ARGUMENT),
     (DigestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (CompressionError, grpc.StatusCode.INVALID_ARGUMENT),
     (ResourceNameError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
 
 
+# Status details travel in HTTP/2 trailers, which grpc bounds (8 KiB by default): a
+# message that echoes a huge request would turn any refusal into RESOURCE_EXHAUSTED.
+MAX_DETAILS = 1000
+
+
 def status_of(error: Exception) -> tuple[grpc.StatusCode, str]:
-    """The status code and message a failed request should carry."""
+    """The status code and message (at most ``MAX_DETAILS`` characters) a failed request
+    should carry."""
+    code = grpc.StatusCode.INTERNAL
+    message = f"internal error: {type(error).__name__}: {error}"
     if isinstance(error, RequestError):
-        return error.code, str(error)
-    for cls, code in _CODES:
-        if isinstance(error, cls):
-            return code, str(error)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}"
+        code, message = error.code, str(error)
+    else:
+        for cls, known in _CODES:
+            if isinstance(error, cls):
+                code, message = known, str(error)
+                break
+    if len(message) > MAX_DETAILS:
+        message = f"{message[: MAX_DETAILS - 30]}... ({len(message)} characters)"
+    return code, message
 
 
 def abort(context: grpc.ServicerContext, error: Exception) -> NoReturn:
@@ -74,7 +88,9 @@ def grpc_errors(context: grpc.ServicerContext, what: str) -> Iterator[None]:
     """
     try:
         yield
-    except (StoreError, RequestError, UnknownInstance, DigestError, ResourceNameError) as error:
+    except (
+        StoreError, RequestError, UnknownInstance, DigestError, ResourceNameError, CompressionError
+    ) as error:
         log.debug("%s: %s", what, error)
         abort(context, error)
     except Exception as error:

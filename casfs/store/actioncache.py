@@ -33,10 +33,15 @@ class ActionCacheStore:
     def put(self, action: Digest, result: bytes) -> None:
         """Store (or replace) the serialized result for ``action``."""
         path = self._path(action)
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for directory in (path.parent.parent, path.parent):  # private, as the whole store
+            directory.mkdir(mode=0o700, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
-            with disk_errors(f"storing the action result for {action}"), open(tmp, "wb") as file:
+            with (
+                disk_errors(f"storing the action result for {action}"),
+                open(os.open(tmp, flags, 0o600), "wb") as file,
+            ):
                 file.write(result)
                 if self.fsync:
                     os.fsync(file.fileno())

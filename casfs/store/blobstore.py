@@ -124,7 +124,7 @@ class BlobStore:
                 stat = entry.stat()
                 used = max(stat.st_atime, stat.st_mtime)
                 found.append((used, (function, entry.name), stat.st_size))
-        for _, key, size in sorted(found):
+        for _, key, size in sorted(found, key=lambda entry: entry[0]):  # keys never compare
             self._lru[key] = size
             self._total += size
         log.info("store %s: %d blobs, %d bytes", self.root, len(self._lru), self._total)
@@ -139,9 +139,9 @@ class BlobStore:
         return self._blobs / digest.function.name_lower / digest.hash[:2] / digest.hash
 
     def contains(self, digest: Digest) -> bool:
-        """Whether the blob is stored; the empty blob always is."""
+        """Whether the blob is stored; the empty blob always is, and no other of size 0."""
         if digest.size == 0:
-            return True
+            return digest.is_empty
         present = self._on_disk(digest)
         if present:  # asking counts as use: REAPI wants FindMissingBlobs to extend lifetimes
             self._touch(digest)
@@ -170,7 +170,7 @@ class BlobStore:
 
     def open(self, digest: Digest) -> BinaryIO:
         """Open a blob for reading and mark it recently used. Raises ``BlobNotFound``."""
-        if digest.size == 0:
+        if digest.is_empty:
             return io.BytesIO(b"")
         try:
             file = open(self.path(digest), "rb")  # noqa: SIM115 - the caller closes it
