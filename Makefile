@@ -29,7 +29,7 @@ system-deps:
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[fuse,test,dev]'
+	$(PY) -m pip install -q -e '.[test,dev]'
 	touch $(STAMP)
 
 # Mount the embedded on-disk CAS at $(MNT) (Ctrl-C unmounts).
@@ -72,23 +72,23 @@ proto: $(STAMP)
 install: system-deps
 	$(PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/pip install -q -U pip
-	$(PREFIX)/bin/pip install -q '.[fuse]'
+	$(PREFIX)/bin/pip install -q .
 	install -m 644 README.md $(PREFIX)/README.md
 	ln -sf $(PREFIX)/bin/casfs /usr/local/bin/casfs
 	ln -sf $(PREFIX)/bin/mount.casfs /sbin/mount.casfs
 	mkdir -p /etc/systemd/system /etc/systemd/user /etc/casfs
-	for unit in systemd/*.service; do \
+	for unit in casfs/systemd/*.service; do \
 	  sed 's|/opt/casfs|$(PREFIX)|g' $$unit > /etc/systemd/system/$$(basename $$unit); done
-	for unit in systemd/user/*.service; do \
+	for unit in casfs/systemd/user/*.service; do \
 	  sed 's|/opt/casfs|$(PREFIX)|g' $$unit > /etc/systemd/user/$$(basename $$unit); done
-	install -m 644 systemd/config.example.toml /etc/casfs/config.example.toml
+	install -m 644 casfs/systemd/config.example.toml /etc/casfs/config.example.toml
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed casfs in $(PREFIX); next: /etc/casfs/config.toml, then systemctl enable --now casfs@NAME"
 
 uninstall:
 	rm -f /usr/local/bin/casfs /sbin/mount.casfs /etc/casfs/config.example.toml
-	for unit in systemd/*.service; do rm -f /etc/systemd/system/$$(basename $$unit); done
-	for unit in systemd/user/*.service; do rm -f /etc/systemd/user/$$(basename $$unit); done
+	for unit in casfs/systemd/*.service; do rm -f /etc/systemd/system/$$(basename $$unit); done
+	for unit in casfs/systemd/user/*.service; do rm -f /etc/systemd/user/$$(basename $$unit); done
 	rm -rf $(PREFIX)
 
 clean:
