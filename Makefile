@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MNT ?= $(HOME)/cas
 # systemd: for systemd-analyze, which the tests run on the shipped units; strace: the tests
-# kill a server inside one system call with it.
-SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl attr systemd strace
+# kill a server inside one system call with it; man-db and zsh: the tests read the generated
+# man page and completions with them.
+SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl attr systemd strace man-db zsh
 # make install: casfs in its own venv under PREFIX, on PATH, as /sbin/mount.casfs, and
 # its systemd units (which run $(PREFIX)/bin/casfs).
 PREFIX ?= /opt/casfs
@@ -45,7 +46,7 @@ test: lint typecheck
 	$(PY) -m pytest -q -ra
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check casfs tests protos bench
+	$(VENV)/bin/ruff check casfs tests protos bench build_backend
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
