@@ -68,8 +68,14 @@ bench-deps:
 proto: $(STAMP)
 	$(PY) protos/generate.py
 
+# The man page and completions every wheel carries (generated from the parser at its build,
+# build_backend/): make install puts them under /usr/local/share, where man, bash-completion
+# and zsh look.
+SHARE_FILES := man/man1/casfs.1 bash-completion/completions/casfs zsh/site-functions/_casfs
+
 # As root: casfs into $(PREFIX), /usr/local/bin/casfs, /sbin/mount.casfs, the units into
-# /etc/systemd/system and /etc/systemd/user, an example config into /etc/casfs.
+# /etc/systemd/system and /etc/systemd/user, an example config into /etc/casfs, the man page
+# and completions into /usr/local/share.
 install: system-deps
 	$(PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/pip install -q -U pip
@@ -77,6 +83,8 @@ install: system-deps
 	install -m 644 README.md $(PREFIX)/README.md
 	ln -sf $(PREFIX)/bin/casfs /usr/local/bin/casfs
 	ln -sf $(PREFIX)/bin/mount.casfs /sbin/mount.casfs
+	for file in $(SHARE_FILES); do \
+	  install -D -m 644 $(PREFIX)/share/$$file /usr/local/share/$$file; done
 	mkdir -p /etc/systemd/system /etc/systemd/user /etc/casfs
 	for unit in casfs/systemd/*.service; do \
 	  sed 's|/opt/casfs|$(PREFIX)|g' $$unit > /etc/systemd/system/$$(basename $$unit); done
@@ -88,6 +96,7 @@ install: system-deps
 
 uninstall:
 	rm -f /usr/local/bin/casfs /sbin/mount.casfs /etc/casfs/config.example.toml
+	for file in $(SHARE_FILES); do rm -f /usr/local/share/$$file; done
 	for unit in casfs/systemd/*.service; do rm -f /etc/systemd/system/$$(basename $$unit); done
 	for unit in casfs/systemd/user/*.service; do rm -f /etc/systemd/user/$$(basename $$unit); done
 	rm -rf $(PREFIX)
