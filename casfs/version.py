@@ -33,7 +33,7 @@ def libfuse_version() -> str:
         library = ctypes.CDLL(LIBFUSE)
     except OSError:
         return "not found"
-    pkgversion = library.fuse_pkgversion
+    pkgversion = library.fuse_pkgversion  # in every libfuse 3: "3.14.0"
     pkgversion.restype = ctypes.c_char_p
     text: bytes = pkgversion()
     return text.decode("ascii", "replace")

@@ -25,16 +25,16 @@ pytestmark = pytest.mark.install
 UNITS = ("casfs@.service", "casfs-serve.service", "user/casfs@.service", "config.example.toml")
 
 
-def run(*command: str | Path, **kwargs: object) -> subprocess.CompletedProcess[str]:
+def run(
+    *command: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion; it must succeed (its output is in the failure)."""
     result = subprocess.run(
-        [str(part) for part in command],
-        capture_output=True,
-        text=True,
+        [str(part) for part in command], capture_output=True, text=True, cwd=cwd, env=env,
         timeout=540,
-        **kwargs,  # type: ignore[call-overload]
-    )
+    )  # fmt: skip
     assert result.returncode == 0, f"{command}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result  # type: ignore[no-any-return]
+    return result
 
 
 @pytest.fixture(scope="module")
