@@ -83,6 +83,8 @@ def render(parser: argparse.ArgumentParser, version: str) -> str:
     name = parser.prog
     lines = [
         f'.TH {name.upper()} 1 "" "{name} {version}" "User Commands"',
+        ".nh",  # no hyphenation: an option name never breaks across lines
+        ".ad l",
         ".SH NAME",
         f"{name} \\- {_escape(parser.description or '')}",
         ".SH SYNOPSIS",
