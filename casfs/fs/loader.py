@@ -1,7 +1,7 @@
-"""The one way in to the pyfuse3 side from the command line: it is imported only by a command
-that mounts, and its absence is an installation error with one line that says what to install,
-never a traceback. Nothing else in casfs imports pyfuse3 (serve, put, get, stat and status
-run without it)."""
+"""The command line's one way in to the modules that import pyfuse3 (mount, operations,
+inodes): only a command that mounts loads them, so serve, put, get, stat and status run
+without pyfuse3, and its absence is an installation error of one line that says what to
+install, never a traceback."""
 
 from __future__ import annotations
 
