@@ -20,7 +20,8 @@ import pytest
 from tests.mounts import CasfsMount
 from tests.servers import REPO, CasfsServer
 
-pytestmark = pytest.mark.install
+# A build or a pipx install takes a minute or two here, more on a loaded machine.
+pytestmark = [pytest.mark.install, pytest.mark.timeout(900)]
 
 UNITS = ("casfs@.service", "casfs-serve.service", "user/casfs@.service", "config.example.toml")
 
