@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 MNT ?= $(HOME)/cas
 # systemd: for systemd-analyze, which the tests run on the shipped units; strace: the tests
-# kill a server inside one system call with it.
-SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl attr systemd strace
+# kill a server inside one system call with it; man-db and zsh: the tests read the generated
+# man page and completions with them.
+SYSTEM_PACKAGES := fuse3 libfuse3-dev pkg-config openssl attr systemd strace man-db zsh
 # make install: casfs in its own venv under PREFIX, on PATH, as /sbin/mount.casfs, and
 # its systemd units (which run $(PREFIX)/bin/casfs).
 PREFIX ?= /opt/casfs
@@ -29,7 +30,7 @@ system-deps:
 $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[fuse,test,dev]'
+	$(PY) -m pip install -q -e '.[test,dev]'
 	touch $(STAMP)
 
 # Mount the embedded on-disk CAS at $(MNT) (Ctrl-C unmounts).
@@ -45,7 +46,7 @@ test: lint typecheck
 	$(PY) -m pytest -q -ra
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check casfs tests protos bench
+	$(VENV)/bin/ruff check casfs tests protos bench build_backend
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -67,28 +68,37 @@ bench-deps:
 proto: $(STAMP)
 	$(PY) protos/generate.py
 
+# The man page and completions every wheel carries (generated from the parser at its build,
+# build_backend/): make install puts them under /usr/local/share, where man, bash-completion
+# and zsh look.
+SHARE_FILES := man/man1/casfs.1 bash-completion/completions/casfs zsh/site-functions/_casfs
+
 # As root: casfs into $(PREFIX), /usr/local/bin/casfs, /sbin/mount.casfs, the units into
-# /etc/systemd/system and /etc/systemd/user, an example config into /etc/casfs.
+# /etc/systemd/system and /etc/systemd/user, an example config into /etc/casfs, the man page
+# and completions into /usr/local/share.
 install: system-deps
 	$(PYTHON) -m venv $(PREFIX)
 	$(PREFIX)/bin/pip install -q -U pip
-	$(PREFIX)/bin/pip install -q '.[fuse]'
+	$(PREFIX)/bin/pip install -q .
 	install -m 644 README.md $(PREFIX)/README.md
 	ln -sf $(PREFIX)/bin/casfs /usr/local/bin/casfs
 	ln -sf $(PREFIX)/bin/mount.casfs /sbin/mount.casfs
+	for file in $(SHARE_FILES); do \
+	  install -D -m 644 $(PREFIX)/share/$$file /usr/local/share/$$file; done
 	mkdir -p /etc/systemd/system /etc/systemd/user /etc/casfs
-	for unit in systemd/*.service; do \
+	for unit in casfs/systemd/*.service; do \
 	  sed 's|/opt/casfs|$(PREFIX)|g' $$unit > /etc/systemd/system/$$(basename $$unit); done
-	for unit in systemd/user/*.service; do \
+	for unit in casfs/systemd/user/*.service; do \
 	  sed 's|/opt/casfs|$(PREFIX)|g' $$unit > /etc/systemd/user/$$(basename $$unit); done
-	install -m 644 systemd/config.example.toml /etc/casfs/config.example.toml
+	install -m 644 casfs/systemd/config.example.toml /etc/casfs/config.example.toml
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed casfs in $(PREFIX); next: /etc/casfs/config.toml, then systemctl enable --now casfs@NAME"
 
 uninstall:
 	rm -f /usr/local/bin/casfs /sbin/mount.casfs /etc/casfs/config.example.toml
-	for unit in systemd/*.service; do rm -f /etc/systemd/system/$$(basename $$unit); done
-	for unit in systemd/user/*.service; do rm -f /etc/systemd/user/$$(basename $$unit); done
+	for file in $(SHARE_FILES); do rm -f /usr/local/share/$$file; done
+	for unit in casfs/systemd/*.service; do rm -f /etc/systemd/system/$$(basename $$unit); done
+	for unit in casfs/systemd/user/*.service; do rm -f /etc/systemd/user/$$(basename $$unit); done
 	rm -rf $(PREFIX)
 
 clean:

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import trio
 
-from casfs import __version__, notify
+from casfs import notify
 from casfs.cas.channel import EndpointError
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
@@ -61,6 +61,7 @@ from casfs.remotes import (
 )
 from casfs.resource import ResourceNameError, validate_instance_name
 from casfs.rpcstats import RpcStats
+from casfs.version import VersionAction
 
 log = logging.getLogger("casfs")
 
@@ -220,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"casfs {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     # -v also after the command (casfs serve -v); SUPPRESS keeps the top-level count.
     common = argparse.ArgumentParser(add_help=False)
@@ -658,7 +659,9 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
 def mount(args: argparse.Namespace) -> int:
     """Mount in the foreground, or with --daemon detach once the mount is up."""
     from casfs.fs.daemon import daemonize
-    from casfs.fs.mount import mount as run_mount
+    from casfs.fs.loader import load_mount
+
+    run_mount = load_mount()
 
     config = _mount_config(args)
     if not args.daemon:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.servers import REPO, Managed
@@ -22,8 +23,15 @@ def is_mounted(mountpoint: Path) -> bool:
 class CasfsMount(Managed):
     """A mount process; as a context manager it always unmounts, even when a test fails."""
 
-    def __init__(self, mountpoint: Path, *args: str) -> None:
+    def __init__(
+        self,
+        mountpoint: Path,
+        *args: str,
+        command: Sequence[str] = (sys.executable, "-m", "casfs"),
+    ) -> None:
+        """``command`` runs casfs: this checkout's by default, or an installed ``casfs``."""
         self.mountpoint = mountpoint
+        self.command = tuple(command)
         if "--cache-dir" not in args:  # never the user's own cache directory
             args = (*args, "--cache-dir", str(mountpoint.parent / f"{mountpoint.name}-cache"))
         self.args = args
@@ -51,7 +59,7 @@ class CasfsMount(Managed):
             self.mountpoint.mkdir(exist_ok=True)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "casfs", "mount", str(self.mountpoint), *self.args],
+                [*self.command, "mount", str(self.mountpoint), *self.args],
                 stdout=log,
                 stderr=log,
                 cwd=REPO,

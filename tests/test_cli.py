@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.metadata
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -103,7 +105,11 @@ def test_serve_config_file_instances(tmp_path: Path) -> None:
 
 
 def test_version_and_help() -> None:
-    assert casfs("--version").stdout.decode() == f"casfs {__version__}\n"
+    version = casfs("--version").stdout.decode().splitlines()
+    assert version[0] == f"casfs {__version__}"
+    for part in ("grpcio", "protobuf", "pyfuse3"):  # each named with its installed version
+        assert f"{part} {importlib.metadata.version(part)}" in version[1], version
+    assert re.search(r"\blibfuse 3\.\d+\.\d+\b", version[1]), version
     help_text = casfs("--help").stdout.decode()
     assert "examples:" in help_text and "casfs serve" in help_text
     assert "exit status:" in help_text

@@ -16,7 +16,7 @@ from casfs.cli import build_parser
 from casfs.remotes import load_remotes
 from tests.servers import REPO
 
-UNITS = REPO / "systemd"
+UNITS = REPO / "casfs" / "systemd"
 INSTALLED = "/opt/casfs/bin/casfs"  # where make install puts casfs (PREFIX=/opt/casfs)
 CASFS = Path(sys.executable).parent / "casfs"
 
