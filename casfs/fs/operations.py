@@ -305,6 +305,10 @@ class CasOperations(pyfuse3.Operations):
             self.uploads.spool.record(entry)
         if fields.update_mtime:
             entry.mtime_ns = attr.st_mtime_ns
+            if isinstance(entry, FileEntry) and entry.spool is not None:
+                # A pending file comes back after a remount with its spool file's mtime.
+                os.utime(entry.spool, ns=(entry.mtime_ns, entry.mtime_ns))
+        self.uploads.saved(entry)
         return self._attributes(node, inode)
 
     # -- names ------------------------------------------------------------------------------
@@ -378,6 +382,7 @@ class CasOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EEXIST)
         parent.children[entry.name] = entry
         entry.modified()
+        self.uploads.saved(entry)
         return self._new_entry(instance, entry)
 
     @_fuse_errors
@@ -479,7 +484,7 @@ class CasOperations(pyfuse3.Operations):
         entry.name, entry.parent = new_name, new_parent
         new_parent.children[new_name] = entry
         new_parent.modified()
-        self.uploads.moved(entry)
+        self.uploads.moved(entry, old_parent, old_name)
 
     # -- directories ------------------------------------------------------------------------
 
