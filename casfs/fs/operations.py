@@ -35,6 +35,7 @@ import trio
 from casfs.cas.client import SMALL_READ, CasClient, Chunk
 from casfs.cas.errors import CasError, NotFound
 from casfs.digest import Digest
+from casfs.fs.audience import Audience
 from casfs.fs.blockcache import BlockCache, Readahead
 from casfs.fs.catalog import Catalog, FindMissing
 from casfs.fs.inodes import InodeTable
@@ -167,6 +168,7 @@ class CasOperations(pyfuse3.Operations):
         self._listings: dict[int, list[tuple[str, Node]]] = {}
         self._uid = os.getuid()
         self._gid = os.getgid()
+        self.audience = Audience(self._uid, self._gid, uploads.roots)
         self._time_ns = time.time_ns()
         self.initialized = trio.Event()
         self._pin_static(self.namespace.static_children(self.inodes.node(pyfuse3.ROOT_INODE)))
@@ -339,6 +341,7 @@ class CasOperations(pyfuse3.Operations):
                 probe = self._existence_probe(node.instance, node.digest)
                 if not await self.catalog.exists(node.instance, node.digest, probe):
                     raise pyfuse3.FUSEError(errno.ENOENT)
+                self.audience.named(ctx.uid, node.instance, node.digest)
         return self._attributes(node, self.inodes.lookup(node))
 
     def _existence_probe(self, instance: str, digest: Digest) -> FindMissing:
@@ -488,7 +491,9 @@ class CasOperations(pyfuse3.Operations):
 
     # -- directories ------------------------------------------------------------------------
 
-    def _entries_of(self, node: Node) -> list[tuple[str, Node]]:
+    def _entries_of(self, node: Node, ctx: pyfuse3.RequestContext) -> list[tuple[str, Node]]:
+        """The entries of a directory as the caller may list them (``audience.py``: blobs
+        seen through another user's private uploads are not listed to them)."""
         directory = self._entry(node)
         if isinstance(directory, DirEntry):
             assert isinstance(node, UploadsDir | UploadNode)
@@ -499,11 +504,14 @@ class CasOperations(pyfuse3.Operations):
         entries = self.namespace.static_children(node)
         if isinstance(node, BlobsDir | FunctionDir):
             function = node.function if isinstance(node, FunctionDir) else None
-            for hash_ in self.catalog.hashes(node.instance, function):
+            hashes = self.catalog.hashes(node.instance, function)
+            for hash_ in self.audience.visible(ctx.uid, ctx.gid, node.instance, hashes):
                 entry = self.namespace.child(node, hash_)
                 if entry is not None:
                     entries.append((hash_, entry))
         elif isinstance(node, HashDir):
+            if not any(self.audience.visible(ctx.uid, ctx.gid, node.instance, [node.hash])):
+                return entries
             for size in self.catalog.sizes(node.instance, node.function, node.hash):
                 blob = self.namespace.child(node, str(size))
                 if blob is not None:
@@ -517,7 +525,7 @@ class CasOperations(pyfuse3.Operations):
         if isinstance(node, BlobFile) or (entry is not None and not isinstance(entry, DirEntry)):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         handle = next(self._handles)
-        self._listings[handle] = self._entries_of(node)
+        self._listings[handle] = self._entries_of(node, ctx)
         return handle
 
     @_fuse_errors
