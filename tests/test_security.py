@@ -191,6 +191,8 @@ def test_allow_other_lists_no_blob_of_a_private_upload(tmp_path: Path) -> None:
             assert private.hash not in listed
             assert as_nobody("ls", str(blobs / private.hash)).stdout == b""
             assert {private.hash, public.hash} <= set(os.listdir(blobs))  # the owner: all
+            tree = as_nobody("getfattr", "-n", "user.casfs.digest", str(uploads))
+            assert tree.returncode != 0 and b"Permission denied" in tree.stderr  # it leads there
             named = as_nobody("cat", str(blobs / private.hash / str(private.size)))
             assert named.stdout == secret  # a name known is readable: the README says so
     finally:

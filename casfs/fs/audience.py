@@ -8,7 +8,9 @@ group's bits for a caller whose primary gid is the mount's (supplementary groups
 known here, so such a caller may see fewer, never more). A file of mode 0400 committed by
 the owner therefore stays out of another user's ``ls blobs/``. This hides names only: a
 blob is a read-only file that anyone who can name it may read, with the mount's
-credentials, as the README says of ``--allow-other``.
+credentials, as the README says of ``--allow-other``. For the same reason the Directory
+digest of a directory in ``uploads/`` (``user.casfs.digest``) is refused to another user
+unless they may read every file below it.
 """
 
 from __future__ import annotations
@@ -58,10 +60,29 @@ class Audience:
             if hash_ in readable or (uid, instance, hash_) in self._named:
                 yield hash_
 
+    def may_read_tree(self, uid: int, gid: int, directory: DirEntry) -> bool:
+        """Whether every file below ``directory`` is readable to ``uid``/``gid``: its
+        Directory digest leads to all their blobs, so only then may they have it."""
+        if self.sees_all(uid):
+            return True
+        bit = self._bit(gid)
+        stack = [directory]
+        while stack:
+            for child in stack.pop().children.values():
+                if isinstance(child, DirEntry):
+                    stack.append(child)
+                elif isinstance(child, FileEntry) and not child.mode & bit:
+                    return False
+        return True
+
+    def _bit(self, gid: int) -> int:
+        """The read bit that applies to a caller who is not the owner."""
+        return 0o040 if gid == self._owner_gid else 0o004
+
     def _readable(self, gid: int, instance: str) -> set[str]:
         """Hashes of committed upload files that ``gid`` (not the owner) may read.
         Directories in uploads/ are searchable by all (0755), so the file's mode decides."""
-        bit = 0o040 if gid == self._owner_gid else 0o004
+        bit = self._bit(gid)
         found: set[str] = set()
         root = self._roots.get(instance)
         stack = [root] if root is not None else []

@@ -779,8 +779,12 @@ class CasOperations(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE and name == XATTR_STATUS:
             return self.status.value()
         node = self._node(inode)
-        if isinstance(self._entry(node), DirEntry) and not name.startswith(b"user.casfs."):
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # do not upload a tree for other names
+        entry = self._entry(node)
+        if isinstance(entry, DirEntry):
+            if not name.startswith(b"user.casfs."):
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # do not upload a tree for other names
+            if not self.audience.may_read_tree(ctx.uid, ctx.gid, entry):
+                raise pyfuse3.FUSEError(errno.EACCES)  # its Directory names the files' blobs
         value = (await self._xattrs(node)).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
