@@ -26,6 +26,12 @@ was never closed (its writer died with the mount) comes back pending and is not 
 and if the mount was killed its last writes (16 MiB at most) may be missing from it: they
 were answered but still queued. An unmount or a signal lands them first.
 
+The names themselves (directories, symlinks, committed files with their modes, mtimes
+and digests) outlive the mount: each change is appended to a journal in
+``<cache dir>/names`` (``journal.py``; the record format is in "names across mounts"
+below), and the next mount of the same cache directory replays it before it answers.
+A committed file comes back with no spool: it reads from the CAS.
+
 Concurrency notes: everything runs in the mount's trio thread. Each file has a
 ``trio.Lock`` held while it is finalized, so concurrent closes upload it once; writes,
 truncates, opens for writing, unlinks and renames of a file being finalized wait for it
