@@ -42,7 +42,9 @@ class Journal:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.generation = 0
         self.appended = 0  # records in the journal since the snapshot
-        self.stale = False  # an append failed: only a compaction brings the files up to date
+        # Appends are not recorded: none opened the journal yet, or one failed. Only a
+        # compaction brings the files up to date.
+        self.stale = True
         self._fd: int | None = None
         self._size = 0  # bytes in the journal file: a failed append is cut back to it
         self._corrupt = False  # the snapshot had lines that did not parse
@@ -86,8 +88,8 @@ class Journal:
                 yield record
 
     def append(self, record: Record) -> None:
-        """Add one record (a no-op while the journal is stale, or before a compaction has
-        opened it). A failure is logged, not raised: the change it records is made."""
+        """Add one record (a no-op while the journal is stale). A failure is logged, not
+        raised: the change it records is made."""
         if self._fd is None or self.stale:
             return
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
