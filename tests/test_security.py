@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -143,6 +145,59 @@ def test_allow_other_only_when_asked_and_then_with_default_permissions(tmp_path:
     assert "default_permissions" in fuse_options(plain)
     shared = dataclasses.replace(plain, allow_other=True)
     assert {"allow_other", "default_permissions"} <= fuse_options(shared)
+
+
+AS_NOBODY = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+
+
+def test_allow_other_lists_no_blob_of_a_private_upload(tmp_path: Path) -> None:
+    """With --allow-other, another user's ls blobs/ shows the digest of an upload they may
+    read and not that of a 0400 one (which uploads/ refuses them); a blob they can name
+    still reads, with the mount's credentials."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to act as another user")
+    shared = Path(tempfile.mkdtemp(prefix="casfs-allow-other-"))  # /tmp/pytest-of-root is 0700
+    try:
+        shared.chmod(0o755)
+        with (
+            CasfsServer(tmp_path / "store") as server,
+            CasfsMount(
+                shared / "mnt",
+                "--remote",
+                server.endpoint,
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--allow-other",
+            ) as mount,
+        ):
+            uploads = mount.mountpoint / "main" / "uploads"
+            blobs = mount.mountpoint / "main" / "blobs"
+            secret, shared_text = b"the owner's secret\n", b"for everyone\n"
+            fd = os.open(uploads / "private", os.O_WRONLY | os.O_CREAT, 0o400)
+            os.write(fd, secret)
+            os.close(fd)
+            (uploads / "public").write_bytes(shared_text)
+            private, public = Digest.of_bytes(secret), Digest.of_bytes(shared_text)
+            assert (blobs / private.hash / str(private.size)).read_bytes() == secret  # owner
+
+            def as_nobody(*args: str) -> subprocess.CompletedProcess[bytes]:
+                return subprocess.run([*AS_NOBODY, *args], capture_output=True, timeout=60)
+
+            refused = as_nobody("cat", str(uploads / "private"))
+            assert refused.returncode != 0 and b"Permission denied" in refused.stderr
+            assert as_nobody("cat", str(uploads / "public")).stdout == shared_text
+            listed = as_nobody("ls", str(blobs)).stdout.decode().split()
+            assert public.hash in listed
+            assert private.hash not in listed
+            assert as_nobody("ls", str(blobs / private.hash)).stdout == b""
+            assert {private.hash, public.hash} <= set(os.listdir(blobs))  # the owner: all
+            tree = as_nobody("getfattr", "-n", "user.casfs.digest", str(uploads))
+            assert tree.returncode != 0 and b"Permission denied" in tree.stderr  # it leads there
+            named = as_nobody("cat", str(blobs / private.hash / str(private.size)))
+            assert named.stdout == secret  # a name known is readable: the README says so
+    finally:
+        if not is_mounted(shared / "mnt"):  # (CasfsMount always unmounts)
+            shutil.rmtree(shared, ignore_errors=True)
 
 
 def _mount_options(mountpoint: Path) -> set[str]:

@@ -40,6 +40,7 @@ from casfs.digest import DigestFunction
 from casfs.embedded import EmbeddedError, embedded_server
 from casfs.fs.blocks.cache import BlockCache
 from casfs.fs.errors import MountError
+from casfs.fs.journal import Journal
 from casfs.fs.metrics import MountCollector
 from casfs.fs.namespace import Namespace
 from casfs.fs.operations import CasOperations
@@ -260,11 +261,13 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
         for name in config.instances
     }
     spool: Spool | None = None
+    names: Journal | None = None
     try:
         if config.remote is not None and config.check_remote:
             await check_remote(remote, config.instances)
         namespace = Namespace(config.instances, await _digest_functions(clients))
-        spool = Spool(config.cache_dir or mount_cache_dir(config.mountpoint))
+        cache_dir = config.cache_dir or mount_cache_dir(config.mountpoint)
+        spool = Spool(cache_dir)
         # Signals are caught from before the mount exists: one that comes as soon as a
         # supervisor sees the mount must not kill the process and leave the mount stale.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -273,7 +276,10 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
                     cache = BlockCache(
                         nursery, block_size=config.block_size, capacity=config.cache_size
                     )
-                    uploads = Uploads(clients, spool, nursery)
+                    names = Journal(cache_dir / "names")
+                    uploads = Uploads(clients, spool, nursery, names)
+                    restored = uploads.restore_names()
+                    log.info("names: %d record(s) restored from %s", restored, names.dir)
                     operations = CasOperations(
                         clients,
                         namespace,
@@ -297,6 +303,8 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     finally:
         for client in clients.values():
             await client.aclose()
+        if names is not None:
+            names.close()
         if spool is not None:
             spool.close()
 
@@ -346,6 +354,7 @@ async def _serve(
         nursery.cancel_scope.cancel()
         notify.stopping(f"unmounting {config.mountpoint}")
         pyfuse3.close(unmount=True)
+        operations.uploads.save_names()  # the journal folded into a snapshot
         log.info("unmounted %s", config.mountpoint)
 
 

@@ -35,6 +35,7 @@ import trio
 from casfs.cas.client import SMALL_READ, CasClient, Chunk
 from casfs.cas.errors import CasError, NotFound
 from casfs.digest import Digest
+from casfs.fs.audience import Audience
 from casfs.fs.blocks.cache import BlockCache
 from casfs.fs.blocks.readahead import Readahead
 from casfs.fs.catalog import Catalog, FindMissing
@@ -168,6 +169,7 @@ class CasOperations(pyfuse3.Operations):
         self._listings: dict[int, list[tuple[str, Node]]] = {}
         self._uid = os.getuid()
         self._gid = os.getgid()
+        self.audience = Audience(self._uid, self._gid, uploads.roots)
         self._time_ns = time.time_ns()
         self.initialized = trio.Event()
         self._pin_static(self.namespace.static_children(self.inodes.node(pyfuse3.ROOT_INODE)))
@@ -306,6 +308,10 @@ class CasOperations(pyfuse3.Operations):
             self.uploads.spool.record(entry)
         if fields.update_mtime:
             entry.mtime_ns = attr.st_mtime_ns
+            if isinstance(entry, FileEntry) and entry.spool is not None:
+                # A pending file comes back after a remount with its spool file's mtime.
+                os.utime(entry.spool, ns=(entry.mtime_ns, entry.mtime_ns))
+        self.uploads.saved(entry)
         return self._attributes(node, inode)
 
     # -- names ------------------------------------------------------------------------------
@@ -336,6 +342,7 @@ class CasOperations(pyfuse3.Operations):
                 probe = self._existence_probe(node.instance, node.digest)
                 if not await self.catalog.exists(node.instance, node.digest, probe):
                     raise pyfuse3.FUSEError(errno.ENOENT)
+                self.audience.named(ctx.uid, node.instance, node.digest)
         return self._attributes(node, self.inodes.lookup(node))
 
     def _existence_probe(self, instance: str, digest: Digest) -> FindMissing:
@@ -388,6 +395,7 @@ class CasOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EEXIST)
         parent.children[entry.name] = entry
         entry.modified()
+        self.uploads.saved(entry)
         return self._new_entry(instance, entry)
 
     @_fuse_errors
@@ -489,11 +497,13 @@ class CasOperations(pyfuse3.Operations):
         entry.name, entry.parent = new_name, new_parent
         new_parent.children[new_name] = entry
         new_parent.modified()
-        self.uploads.moved(entry)
+        self.uploads.moved(entry, old_parent, old_name)
 
     # -- directories ------------------------------------------------------------------------
 
-    def _entries_of(self, node: Node) -> list[tuple[str, Node]]:
+    def _entries_of(self, node: Node, ctx: pyfuse3.RequestContext) -> list[tuple[str, Node]]:
+        """The entries of a directory as the caller may list them (``audience.py``: blobs
+        seen through another user's private uploads are not listed to them)."""
         directory = self._entry(node)
         if isinstance(directory, DirEntry):
             assert isinstance(node, UploadsDir | UploadNode)
@@ -504,11 +514,14 @@ class CasOperations(pyfuse3.Operations):
         entries = self.namespace.static_children(node)
         if isinstance(node, BlobsDir | FunctionDir):
             function = node.function if isinstance(node, FunctionDir) else None
-            for hash_ in self.catalog.hashes(node.instance, function):
+            hashes = self.catalog.hashes(node.instance, function)
+            for hash_ in self.audience.visible(ctx.uid, ctx.gid, node.instance, hashes):
                 entry = self.namespace.child(node, hash_)
                 if entry is not None:
                     entries.append((hash_, entry))
         elif isinstance(node, HashDir):
+            if not any(self.audience.visible(ctx.uid, ctx.gid, node.instance, [node.hash])):
+                return entries
             for size in self.catalog.sizes(node.instance, node.function, node.hash):
                 blob = self.namespace.child(node, str(size))
                 if blob is not None:
@@ -522,7 +535,7 @@ class CasOperations(pyfuse3.Operations):
         if isinstance(node, BlobFile) or (entry is not None and not isinstance(entry, DirEntry)):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         handle = next(self._handles)
-        self._listings[handle] = self._entries_of(node)
+        self._listings[handle] = self._entries_of(node, ctx)
         return handle
 
     @_fuse_errors
@@ -776,8 +789,12 @@ class CasOperations(pyfuse3.Operations):
         if inode == pyfuse3.ROOT_INODE and name == XATTR_STATUS:
             return self.status.value()
         node = self._node(inode)
-        if isinstance(self._entry(node), DirEntry) and not name.startswith(b"user.casfs."):
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # do not upload a tree for other names
+        entry = self._entry(node)
+        if isinstance(entry, DirEntry):
+            if not name.startswith(b"user.casfs."):
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)  # do not upload a tree for other names
+            if not self.audience.may_read_tree(ctx.uid, ctx.gid, entry):
+                raise pyfuse3.FUSEError(errno.EACCES)  # its Directory names the files' blobs
         value = (await self._xattrs(node)).get(name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
