@@ -24,6 +24,7 @@ from casfs.assetnames import (
     check_qualifiers,
     check_uris,
     parse_qualifier_arg,
+    sri_hashes,
     sri_of,
 )
 from casfs.cas.assets import AssetClient
@@ -127,7 +128,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     Raises ``AssetNameError`` (the CLI exits 2)."""
     if args.command == "asset":
         _uris(args)
-    _qualifiers(args)
+    qualifiers = _qualifiers(args)
+    if CHECKSUM_SRI in qualifiers:
+        sri_hashes(qualifiers[CHECKSUM_SRI])
 
 
 async def push(args: argparse.Namespace, config: RemoteConfig) -> int:
