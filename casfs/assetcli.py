@@ -13,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -31,7 +31,7 @@ from casfs.cas.assets import AssetClient
 from casfs.cas.client import CasClient
 from casfs.config import RemoteConfig, default_store_dir
 from casfs.digest import Digest, DigestFunction
-from casfs.store.assets import Asset, AssetIndex, AssetKind, Search
+from casfs.store.assets import AssetIndex, AssetKind, Search
 
 SRI_FUNCTIONS = (DigestFunction.SHA256, DigestFunction.SHA384, DigestFunction.SHA512)
 
@@ -198,30 +198,6 @@ def _search(args: argparse.Namespace) -> Search:
     )
 
 
-def _by_digest(assets: Iterable[Asset]) -> Iterator[dict[str, object]]:
-    """Consecutive assets of one digest (the search orders them so) as one object."""
-    group: list[Asset] = []
-    for asset in assets:
-        if group and asset.digest != group[0].digest:
-            yield _group(group)
-            group = []
-        group.append(asset)
-    if group:
-        yield _group(group)
-
-
-def _group(group: list[Asset]) -> dict[str, object]:
-    first = group[0]
-    return {
-        "digest": str(first.digest),
-        "digest_function": first.digest.function.name_lower,
-        "size": first.digest.size,
-        "names": [
-            {"uri": a.uri, "kind": a.kind.value, "qualifiers": dict(a.qualifiers)} for a in group
-        ],
-    }
-
-
 def _table_line(document: dict[str, object]) -> str:
     names = document.get("names")
     if isinstance(names, list):
@@ -243,18 +219,14 @@ def find(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"casfs: find: {store} has no asset catalog (nothing was pushed)", file=sys.stderr)
         return 1
     table = args.table or (not args.json and out.isatty())
-    documents: Iterable[dict[str, object]]
-    assets = index.search(search)
-    documents = _by_digest(assets) if search.by_digest else (a.to_json() for a in assets)
     if table:
         header = "NAMES  URIS" if search.by_digest else "URI  QUALIFIERS"
         print(f"{'DIGEST':16}  {'SIZE':>12}  {header}", file=out)
     found = 0
     try:
-        for document in documents:
+        for line in index.search_json(search):
             found += 1
-            line = _table_line(document) if table else json.dumps(document, ensure_ascii=False)
-            out.write(line + "\n")
+            out.write((_table_line(json.loads(line)) if table else line) + "\n")
         out.flush()
     except BrokenPipeError:  # `casfs find | head`: the reader has enough
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -77,19 +77,6 @@ class Asset:
     expire_at: float | None = None
     references: tuple[Digest, ...] = field(default=())
 
-    def to_json(self) -> dict[str, object]:
-        """The asset as one JSON object (what ``casfs find`` prints)."""
-        return {
-            "uri": self.uri,
-            "kind": self.kind.value,
-            "digest": str(self.digest),
-            "digest_function": self.digest.function.name_lower,
-            "size": self.digest.size,
-            "qualifiers": dict(self.qualifiers),
-            "pushed_at": self.pushed_at,
-            "expire_at": self.expire_at,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class Search:
@@ -103,7 +90,7 @@ class Search:
     hash: str | None = None
     kind: AssetKind | None = None
     include_expired: bool = False
-    by_digest: bool = False  # order by digest, so one blob's names come together
+    by_digest: bool = False  # one object per digest, with all its names
 
 
 def _row_to_asset(row: sqlite3.Row) -> Asset:
@@ -262,49 +249,67 @@ class AssetIndex:
             ).fetchall()
         return {row[0] for row in rows}
 
-    def search(self, search: Search, *, now: float | None = None) -> Iterator[Asset]:
-        """The assets ``search`` selects, streamed from one read (ordered by URI, or by
-        digest then URI); memory stays bounded whatever the index's size."""
-        now = time.time() if now is None else now
-        where: list[str] = []
-        params: list[object] = []
-        if search.uri_prefix:
-            where.append("uri >= ?")
-            params.append(search.uri_prefix)
-            end = _prefix_end(search.uri_prefix)
-            if end is not None:
-                where.append("uri < ?")
-                params.append(end)
-        for name, value in search.qualifiers.items():
-            where.append(
-                "EXISTS (SELECT 1 FROM json_each(assets.qualifiers) WHERE key = ? AND value = ?)"
+    def search_json(self, search: Search, *, now: float | None = None) -> Iterator[str]:
+        """The assets ``search`` selects as JSON objects, one string each, built by SQLite
+        and streamed from one read: ordered by URI, or with ``by_digest`` one object per
+        digest with all its names (``names``), ordered by digest. Memory stays bounded
+        whatever the index's size (SQLite sorts on disk past its cache). Meant for one
+        reader thread (``casfs find``); raises ``StoreError`` if the file cannot be read."""
+        where, params = _where(search, time.time() if now is None else now)
+        if search.by_digest:
+            query = (
+                "SELECT json_object('digest', hash || '/' || size, 'digest_function', function,"
+                " 'size', size, 'names', json_group_array(json_object("
+                "'uri', uri, 'kind', kind, 'qualifiers', json(qualifiers))))"
+                f" FROM (SELECT * FROM assets {where} ORDER BY hash, size, function, uri)"
+                " GROUP BY hash, size, function ORDER BY hash, size, function"
             )
-            params += [name, value]
-        for name in search.qualifier_names:
-            where.append("EXISTS (SELECT 1 FROM json_each(assets.qualifiers) WHERE key = ?)")
-            params.append(name)
-        if search.min_size is not None:
-            where.append("size >= ?")
-            params.append(search.min_size)
-        if search.max_size is not None:
-            where.append("size <= ?")
-            params.append(search.max_size)
-        if search.hash is not None:
-            where.append("hash = ?")
-            params.append(search.hash)
-        if search.kind is not None:
-            where.append("kind = ?")
-            params.append(search.kind.value)
-        if not search.include_expired:
-            where.append("(expire_at IS NULL OR expire_at > ?)")
-            params.append(now)
-        order = "hash, size, uri" if search.by_digest else "uri, kind, qualifiers"
-        query = f"SELECT * FROM assets {'WHERE ' + ' AND '.join(where) if where else ''}"
-        # A cursor of its own, outside the lock: SQLite reads a consistent snapshot while
-        # the rows stream, and writers (other connections) are not blocked in WAL mode.
+        else:
+            query = (
+                "SELECT json_object('uri', uri, 'kind', kind, 'digest', hash || '/' || size,"
+                " 'digest_function', function, 'size', size, 'qualifiers', json(qualifiers),"
+                " 'pushed_at', pushed_at, 'expire_at', expire_at)"
+                f" FROM assets {where} ORDER BY uri, kind, qualifiers"
+            )
         try:
-            cursor = self._db.execute(f"{query} ORDER BY {order}", params)
-            for row in cursor:
-                yield _row_to_asset(row)
+            for (line,) in self._db.execute(query, params):
+                yield line
         except sqlite3.Error as error:
             raise StoreError(f"searching the asset index {self.path}: {error}") from error
+
+
+def _where(search: Search, now: float) -> tuple[str, list[object]]:
+    """The WHERE clause (empty if nothing narrows) and its parameters for ``search``."""
+    where: list[str] = []
+    params: list[object] = []
+    if search.uri_prefix:
+        where.append("uri >= ?")
+        params.append(search.uri_prefix)
+        end = _prefix_end(search.uri_prefix)
+        if end is not None:
+            where.append("uri < ?")
+            params.append(end)
+    for name, value in search.qualifiers.items():
+        where.append(
+            "EXISTS (SELECT 1 FROM json_each(assets.qualifiers) WHERE key = ? AND value = ?)"
+        )
+        params += [name, value]
+    for name in search.qualifier_names:
+        where.append("EXISTS (SELECT 1 FROM json_each(assets.qualifiers) WHERE key = ?)")
+        params.append(name)
+    if search.min_size is not None:
+        where.append("size >= ?")
+        params.append(search.min_size)
+    if search.max_size is not None:
+        where.append("size <= ?")
+        params.append(search.max_size)
+    if search.hash is not None:
+        where.append("hash = ?")
+        params.append(search.hash)
+    if search.kind is not None:
+        where.append("kind = ?")
+        params.append(search.kind.value)
+    if not search.include_expired:
+        where.append("(expire_at IS NULL OR expire_at > ?)")
+        params.append(now)
+    return ("WHERE " + " AND ".join(where) if where else ""), params
