@@ -39,8 +39,10 @@ SRI_FUNCTIONS = (DigestFunction.SHA256, DigestFunction.SHA384, DigestFunction.SH
 def add_asset_commands(
     command: Callable[..., argparse.ArgumentParser],
     remote_options: Callable[[argparse.ArgumentParser], None],
+    size: Callable[[str], int],
 ) -> None:
-    """Add ``asset push``, ``asset fetch`` and ``find`` through the CLI's ``command``."""
+    """Add ``asset push``, ``asset fetch`` and ``find`` through the CLI's ``command``, with
+    its remote options and its parser of sizes."""
     asset = command(
         "asset",
         help="name blobs by URI and qualifiers (the Remote Asset API)",
@@ -92,8 +94,8 @@ def add_asset_commands(
     _qualifier_option(find)
     find.add_argument("--has", action="append", default=[], metavar="NAME", help="has qualifier")
     find.add_argument("--content-type", help=f"the {CONTENT_TYPE} qualifier is this")
-    find.add_argument("--min-size", type=int, metavar="BYTES")
-    find.add_argument("--max-size", type=int, metavar="BYTES")
+    find.add_argument("--min-size", type=size, metavar="SIZE", help="at least, e.g. 1K")
+    find.add_argument("--max-size", type=size, metavar="SIZE", help="at most, e.g. 10M")
     find.add_argument("--digest", metavar="HASH[/SIZE]", help="names of this blob")
     find.add_argument("--kind", choices=[k.value for k in AssetKind])
     find.add_argument("--expired", action="store_true", help="include expired assets")

@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("mountpoint", type=Path, help="the mountpoint itself (its root)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
-    assetcli.add_asset_commands(command, _remote_options)
+    assetcli.add_asset_commands(command, _remote_options, _size)
     return parser
 
 
