@@ -11,7 +11,7 @@ import base64
 import binascii
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 from casfs.digest import DigestFunction
 
@@ -147,8 +147,3 @@ def sri_of(function: DigestFunction, hex_hash: str) -> str:
     if name is None:
         raise AssetNameError(f"Subresource Integrity has no {function.name_lower}")
     return f"{name}-{base64.b64encode(bytes.fromhex(hex_hash)).decode()}"
-
-
-def qualifier_items(qualifiers: Mapping[str, str]) -> list[tuple[str, str]]:
-    """Qualifiers sorted by name: the canonical order the index stores and prints."""
-    return sorted(qualifiers.items())

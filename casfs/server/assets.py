@@ -23,16 +23,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from casfs._proto import remote_asset_pb2 as ra_pb2
 from casfs._proto import remote_asset_pb2_grpc as ra_grpc
+from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import status_pb2
 from casfs.assetnames import (
     CHECKSUM_SRI,
     MAX_REFERENCES,
+    RESOURCE_TYPE,
     AssetNameError,
     check_qualifiers,
     check_uris,
     sri_hashes,
 )
-from casfs.digest import Digest, DigestError, DigestFunction
+from casfs.digest import Digest, DigestFunction
 from casfs.server.cas import digest_function, to_digest
 from casfs.server.instances import Instance, Instances
 from casfs.server.status import RequestError, grpc_errors
@@ -43,7 +45,7 @@ from casfs.store.blobstore import BlobStore
 # are accepted and do not take part in matching.
 _ORIGIN_ONLY_PREFIXES = ("http_header:", "http_header_url:")
 # Qualifiers understood without any push carrying them.
-_UNDERSTOOD = frozenset({CHECKSUM_SRI, "resource_type", "bazel.canonical_id"})
+_UNDERSTOOD = frozenset({CHECKSUM_SRI, RESOURCE_TYPE, "bazel.canonical_id"})
 
 
 def _invalid(message: str) -> RequestError:
@@ -75,12 +77,12 @@ def _requested_function(value: int) -> DigestFunction | None:
 
 
 def _references(
-    blobs: Iterable[object], directories: Iterable[object], function: DigestFunction
+    blobs: Iterable[re_pb2.Digest], directories: Iterable[re_pb2.Digest], function: DigestFunction
 ) -> list[Digest]:
     protos = [*blobs, *directories]
     if len(protos) > MAX_REFERENCES:
         raise _invalid(f"{len(protos)} references; the limit is {MAX_REFERENCES}")
-    return [Digest.from_proto(p, function) for p in protos]  # type: ignore[arg-type]
+    return [Digest.from_proto(p, function) for p in protos]
 
 
 def _stored_by_hash(blobs: BlobStore, function: DigestFunction, hash_: str) -> Digest | None:
@@ -90,7 +92,7 @@ def _stored_by_hash(blobs: BlobStore, function: DigestFunction, hash_: str) -> D
         return empty
     try:
         size = blobs.path(Digest(hash_, 0, function)).stat().st_size
-    except (FileNotFoundError, DigestError):
+    except FileNotFoundError:
         return None
     digest = Digest(hash_, size, function)
     return digest if blobs.contains(digest) else None
@@ -236,11 +238,11 @@ class AssetServicer(ra_grpc.FetchServicer, ra_grpc.PushServicer):
         self,
         kind: AssetKind,
         request: ra_pb2.PushBlobRequest | ra_pb2.PushDirectoryRequest,
-        proto_digest: object,
+        proto_digest: re_pb2.Digest,
     ) -> None:
         instance = self.instances.get(request.instance_name)
         uris, qualifiers = _request_names(request.uris, request.qualifiers)
-        digest = to_digest(proto_digest, request.digest_function)  # type: ignore[arg-type]
+        digest = to_digest(proto_digest, request.digest_function)
         if CHECKSUM_SRI in qualifiers:
             try:
                 hashes = sri_hashes(qualifiers[CHECKSUM_SRI])

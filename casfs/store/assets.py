@@ -75,12 +75,12 @@ class Asset:
     digest: Digest
     pushed_at: float
     expire_at: float | None = None
-    references: tuple[Digest, ...] = field(default=())
+    references: tuple[Digest, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Search:
-    """What ``AssetIndex.search`` selects; every field set narrows it."""
+    """What ``AssetIndex.search_json`` selects; every field set narrows it."""
 
     uri_prefix: str | None = None
     qualifiers: Mapping[str, str] = field(default_factory=dict)
