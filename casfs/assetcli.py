@@ -30,7 +30,7 @@ from casfs.assetnames import (
 from casfs.cas.assets import AssetClient
 from casfs.cas.client import CasClient
 from casfs.config import RemoteConfig, default_store_dir
-from casfs.digest import Digest, DigestFunction
+from casfs.digest import Digest, DigestError, DigestFunction
 from casfs.store.assets import AssetIndex, AssetKind, Search
 
 SRI_FUNCTIONS = (DigestFunction.SHA256, DigestFunction.SHA384, DigestFunction.SHA512)
@@ -146,7 +146,12 @@ async def push(args: argparse.Namespace, config: RemoteConfig) -> int:
                 raise AssetNameError("--directory takes the DIGEST of a Directory, not a file")
             digest = await cas.upload_file(Path(args.target), function)
         else:
-            digest = Digest.parse(args.target, function)
+            try:
+                digest = Digest.parse(args.target, function)
+            except DigestError as error:
+                raise AssetNameError(
+                    f"{args.target}: no such file, and not a <hash>/<size> digest ({error})"
+                ) from None
         if digest.function in SRI_FUNCTIONS and CHECKSUM_SRI not in qualifiers:
             qualifiers[CHECKSUM_SRI] = sri_of(digest.function, digest.hash)
         if args.directory:
