@@ -24,7 +24,8 @@ from typing import BinaryIO
 
 import trio
 
-from casfs import notify
+from casfs import assetcli, notify
+from casfs.assetnames import AssetNameError
 from casfs.cas.channel import EndpointError
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
@@ -114,6 +115,18 @@ COMMAND_EXAMPLES = {
     "stat": """\
   casfs stat <hash>/<size>                      # exit 0 present, 1 missing
   casfs stat --remote grpcs://cas.example:443 --token-file ~/.cas-token <hash>/<size>
+""",
+    "asset": """\
+  casfs asset push https://example.com/tool.tgz tool.tgz -q content_type=application/gzip
+  casfs asset fetch https://example.com/tool.tgz    # {"digest": ..., "qualifiers": ...}
+  casfs asset fetch https://x/y -q checksum.sri=sha256-<base64>   # any blob of that sha256
+  casfs asset push --remote grpc://cas.corp:8980 urn:build:42 <hash>/<size> -q branch=main
+""",
+    "find": """\
+  casfs find https://example.com/                 # names under a URI prefix, JSON lines
+  casfs find --content-type application/json --min-size 1M
+  casfs find --by-digest                          # each blob once, with all its names
+  casfs find --store /srv/cas -q branch=main --table
 """,
     "status": """\
   casfs status ~/cas                            # remote, uptime, cache, traffic, uploads, errors
@@ -382,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("mountpoint", type=Path, help="the mountpoint itself (its root)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    assetcli.add_asset_commands(command, _remote_options, _size)
     return parser
 
 
@@ -683,10 +697,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return mount(args)
         if args.command == "status":
             return status(args)
-        runner = {"put": _put, "get": _get, "stat": _stat}[args.command]
+        if args.command == "find":
+            return assetcli.find(args)
+        if args.command == "asset":
+            assetcli.check_arguments(args)
+            runner = {"push": assetcli.push, "fetch": assetcli.fetch}[args.asset_command]
+        else:
+            runner = {"put": _put, "get": _get, "stat": _stat}[args.command]
         with _client_config(args) as config:
             return trio.run(runner, args, config)
-    except (ConfigError, EndpointError, DigestError, ResourceNameError) as error:
+    except (ConfigError, EndpointError, DigestError, ResourceNameError, AssetNameError) as error:
         print(f"casfs: {error}", file=sys.stderr)
         return 2
     except (CasError, MountError) as error:

@@ -113,7 +113,7 @@ def test_version_and_help() -> None:
     help_text = casfs("--help").stdout.decode()
     assert "examples:" in help_text and "casfs serve" in help_text
     assert "exit status:" in help_text
-    for command in ("serve", "mount", "put", "get", "stat", "status"):
+    for command in ("serve", "mount", "put", "get", "stat", "status", "asset", "find"):
         text = casfs(command, "--help").stdout.decode()
         assert "examples:" in text and f"casfs {command} " in text, command
         assert "exit status:" in text, command

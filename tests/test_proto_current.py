@@ -10,7 +10,13 @@ from types import ModuleType
 import pytest
 from google.protobuf.message import Message
 
-from casfs._proto import bytestream_pb2, remote_execution_pb2, semver_pb2, status_pb2
+from casfs._proto import (
+    bytestream_pb2,
+    remote_asset_pb2,
+    remote_execution_pb2,
+    semver_pb2,
+    status_pb2,
+)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 GENERATE_SCRIPT = REPO_ROOT / "protos" / "generate.py"
@@ -86,6 +92,29 @@ FULL_NAMES: list[tuple[object, str]] = [
         remote_execution_pb2.DESCRIPTOR.services_by_name["Capabilities"],
         "build.bazel.remote.execution.v2.Capabilities",
     ),
+    (remote_asset_pb2.DESCRIPTOR.services_by_name["Fetch"], "build.bazel.remote.asset.v1.Fetch"),
+    (remote_asset_pb2.DESCRIPTOR.services_by_name["Push"], "build.bazel.remote.asset.v1.Push"),
+    (remote_asset_pb2.Qualifier.DESCRIPTOR, "build.bazel.remote.asset.v1.Qualifier"),
+    (
+        remote_asset_pb2.FetchBlobResponse.DESCRIPTOR.fields_by_name["blob_digest"].message_type,
+        "build.bazel.remote.execution.v2.Digest",
+    ),
+    (
+        remote_asset_pb2.FetchBlobResponse.DESCRIPTOR.fields_by_name["status"].message_type,
+        "google.rpc.Status",
+    ),
+    (
+        remote_asset_pb2.PushBlobRequest.DESCRIPTOR.fields_by_name["expire_at"].message_type,
+        "google.protobuf.Timestamp",
+    ),
+    (
+        remote_asset_pb2.FetchBlobRequest.DESCRIPTOR.fields_by_name["timeout"].message_type,
+        "google.protobuf.Duration",
+    ),
+    (
+        remote_asset_pb2.FetchBlobRequest.DESCRIPTOR.fields_by_name["digest_function"].enum_type,
+        "build.bazel.remote.execution.v2.DigestFunction.Value",
+    ),
 ]
 
 FIELD_NUMBERS: list[tuple[type[Message], str, int]] = [
@@ -118,6 +147,51 @@ FIELD_NUMBERS: list[tuple[type[Message], str, int]] = [
     (remote_execution_pb2.ActionResult, "output_symlinks", 12),
     (remote_execution_pb2.ExecutedActionMetadata, "virtual_execution_duration", 12),
     (remote_execution_pb2.OutputDirectory, "root_directory_digest", 5),
+    (remote_asset_pb2.Qualifier, "name", 1),
+    (remote_asset_pb2.Qualifier, "value", 2),
+    *[
+        (message, name, number)
+        for message in (remote_asset_pb2.FetchBlobRequest, remote_asset_pb2.FetchDirectoryRequest)
+        for name, number in [
+            ("instance_name", 1),
+            ("timeout", 2),
+            ("oldest_content_accepted", 3),
+            ("uris", 4),
+            ("qualifiers", 5),
+            ("digest_function", 6),
+        ]
+    ],
+    *[
+        (message, name, number)
+        for message in (
+            remote_asset_pb2.FetchBlobResponse,
+            remote_asset_pb2.FetchDirectoryResponse,
+        )
+        for name, number in [
+            ("status", 1),
+            ("uri", 2),
+            ("qualifiers", 3),
+            ("expires_at", 4),
+            ("digest_function", 6),
+        ]
+    ],
+    (remote_asset_pb2.FetchBlobResponse, "blob_digest", 5),
+    (remote_asset_pb2.FetchDirectoryResponse, "root_directory_digest", 5),
+    *[
+        (message, name, number)
+        for message in (remote_asset_pb2.PushBlobRequest, remote_asset_pb2.PushDirectoryRequest)
+        for name, number in [
+            ("instance_name", 1),
+            ("uris", 2),
+            ("qualifiers", 3),
+            ("expire_at", 4),
+            ("references_blobs", 6),
+            ("references_directories", 7),
+            ("digest_function", 8),
+        ]
+    ],
+    (remote_asset_pb2.PushBlobRequest, "blob_digest", 5),
+    (remote_asset_pb2.PushDirectoryRequest, "root_directory_digest", 5),
 ]
 
 ENUM_VALUES: list[tuple[int, int]] = [
@@ -154,3 +228,20 @@ def test_streaming_shapes() -> None:
     cas = remote_execution_pb2.DESCRIPTOR.services_by_name["ContentAddressableStorage"]
     get_tree = cas.methods_by_name["GetTree"]
     assert (get_tree.client_streaming, get_tree.server_streaming) == (False, True)
+
+
+def test_remote_asset_shapes() -> None:
+    """Every Remote Asset method is unary, with upstream's request and response types."""
+    methods = {
+        ("Fetch", "FetchBlob"): ("FetchBlobRequest", "FetchBlobResponse"),
+        ("Fetch", "FetchDirectory"): ("FetchDirectoryRequest", "FetchDirectoryResponse"),
+        ("Push", "PushBlob"): ("PushBlobRequest", "PushBlobResponse"),
+        ("Push", "PushDirectory"): ("PushDirectoryRequest", "PushDirectoryResponse"),
+    }
+    for (service, name), (request, response) in methods.items():
+        method = remote_asset_pb2.DESCRIPTOR.services_by_name[service].methods_by_name[name]
+        assert (method.client_streaming, method.server_streaming) == (False, False)
+        assert method.input_type.full_name == f"build.bazel.remote.asset.v1.{request}"
+        assert method.output_type.full_name == f"build.bazel.remote.asset.v1.{response}"
+    repeated = remote_asset_pb2.PushBlobRequest.DESCRIPTOR.fields_by_name["references_blobs"]
+    assert repeated.is_repeated

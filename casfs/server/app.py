@@ -11,11 +11,13 @@ from typing import Any
 import grpc
 
 from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
+from casfs._proto import remote_asset_pb2_grpc as ra_grpc
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS
 from casfs.rpcstats import RpcStats
 from casfs.server.actioncache import ActionCacheServicer
+from casfs.server.assets import AssetServicer
 from casfs.server.auth import Token, TokenAuth
 from casfs.server.bytestream import ByteStreamServicer
 from casfs.server.capabilities import CapabilitiesServicer
@@ -109,6 +111,9 @@ def build_server(
     )
     re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesServicer(instances), server)
     re_grpc.add_ActionCacheServicer_to_server(ActionCacheServicer(instances), server)
+    assets = AssetServicer(instances)
+    ra_grpc.add_FetchServicer_to_server(assets, server)
+    ra_grpc.add_PushServicer_to_server(assets, server)
     credentials = security.credentials()
     try:
         if credentials is None:

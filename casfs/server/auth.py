@@ -22,6 +22,8 @@ WRITE_METHODS = frozenset(
         "/google.bytestream.ByteStream/Write",
         "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchUpdateBlobs",
         "/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult",
+        "/build.bazel.remote.asset.v1.Push/PushBlob",
+        "/build.bazel.remote.asset.v1.Push/PushDirectory",
     }
 )
 
