@@ -12,6 +12,7 @@ import grpc
 
 from casfs._proto import bytestream_pb2_grpc
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
+from casfs._proto.tvix import rpc_blobstore_pb2_grpc, rpc_directory_pb2_grpc
 from casfs.rpcstats import RpcStats
 from casfs.server.actioncache import ActionCacheServicer
 from casfs.server.auth import Token, TokenAuth
@@ -19,6 +20,8 @@ from casfs.server.bytestream import ByteStreamServicer
 from casfs.server.capabilities import CapabilitiesServicer
 from casfs.server.cas import CasServicer
 from casfs.server.instances import Instances
+from casfs.server.tvix_blobs import TvixBlobServicer
+from casfs.server.tvix_directories import TvixDirectoryServicer
 
 log = logging.getLogger("casfs.server")
 
@@ -87,6 +90,10 @@ def build_server(
     re_grpc.add_ContentAddressableStorageServicer_to_server(CasServicer(instances), server)
     re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesServicer(instances), server)
     re_grpc.add_ActionCacheServicer_to_server(ActionCacheServicer(instances), server)
+    rpc_blobstore_pb2_grpc.add_BlobServiceServicer_to_server(TvixBlobServicer(instances), server)
+    rpc_directory_pb2_grpc.add_DirectoryServiceServicer_to_server(
+        TvixDirectoryServicer(instances), server
+    )
     credentials = security.credentials()
     try:
         if credentials is None:

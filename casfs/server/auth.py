@@ -22,6 +22,8 @@ WRITE_METHODS = frozenset(
         "/google.bytestream.ByteStream/Write",
         "/build.bazel.remote.execution.v2.ContentAddressableStorage/BatchUpdateBlobs",
         "/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult",
+        "/tvix.castore.v1.BlobService/Put",
+        "/tvix.castore.v1.DirectoryService/Put",
     }
 )
 
