@@ -28,6 +28,7 @@ from casfs.tvix_directory import digest_of
 from tests.conftest import remote
 from tests.mounts import peak_rss_bytes
 from tests.servers import CasfsServer
+from tests.test_observability import Scrape, metrics_url
 
 T = TypeVar("T")
 MIB = 1 << 20
@@ -360,3 +361,63 @@ def test_hostile_directory_is_refused_and_not_stored(
 def test_client_refuses_to_send_a_hostile_directory(server: CasfsServer) -> None:
     with pytest.raises(errors.InvalidArgument):
         run(server.endpoint, lambda tvix, cas: tvix.put_directories([HOSTILE["dot-dot"]]))
+
+
+# -- what a client checks, and what the server counts -------------------------------------
+
+
+def _stored(store: Path, digest: Digest | bytes) -> Path:
+    hex_hash = digest.hex() if isinstance(digest, bytes) else digest.hash
+    return store / "cas" / "blake3" / hex_hash[:2] / hex_hash
+
+
+def test_client_refuses_wrong_bytes_from_the_server(server: CasfsServer, tmp_path: Path) -> None:
+    """A blob that rotted on the server's disk (same size, other bytes) is served as it is;
+    the client withholds the end of it and raises DataLoss."""
+    source = random_file(tmp_path / "in", 3 * MIB)
+    digest = run(server.endpoint, lambda tvix, cas: tvix.put(source))
+    stored = _stored(server.store, digest)
+    stored.write_bytes(os.urandom(digest.size))
+    got: list[int] = []
+
+    async def read(tvix: TvixClient, cas: CasClient) -> None:
+        async for chunk in tvix.stream(digest):
+            got.append(len(chunk))
+
+    with pytest.raises(errors.DataLoss):
+        run(server.endpoint, read)
+    assert sum(got) < digest.size  # never the whole (wrong) blob
+
+
+def test_client_refuses_a_directory_that_is_not_the_one_asked_for(server: CasfsServer) -> None:
+    """The child a root names is replaced on the server's disk by another valid Directory:
+    the root arrives, the stranger after it is refused."""
+    leaf, root = _tree()
+    root_digest = run(server.endpoint, lambda tvix, cas: tvix.put_directories([leaf, root]))
+    stranger = castore_pb2.Directory(files=[_file(b"stranger")])
+    _stored(server.store, digest_of(leaf)).write_bytes(stranger.SerializeToString())
+
+    async def get(tvix: TvixClient, cas: CasClient) -> list[Any]:
+        return [d async for d in tvix.get_directories(root_digest, recursive=True)]
+
+    with pytest.raises(errors.DataLoss):
+        run(server.endpoint, get)
+
+
+def test_tvix_calls_are_counted_in_the_servers_metrics(tmp_path: Path) -> None:
+    source = random_file(tmp_path / "in", 1000)
+    absent = Digest.of_bytes(b"absent", BLAKE3)
+    with CasfsServer(tmp_path / "store", "--metrics", "0") as srv:
+
+        async def scenario(tvix: TvixClient, cas: CasClient) -> None:
+            digest = await tvix.put(source)
+            await save(tvix.stream(digest), tmp_path / "out")
+            with pytest.raises(errors.NotFound):
+                await tvix.stat(absent)
+
+        run(srv.endpoint, scenario)
+        scrape = Scrape.of(metrics_url(srv.log.read_text()))
+    service = "tvix.castore.v1.BlobService"
+    for method, code in [("Put", "OK"), ("Read", "OK"), ("Stat", "NOT_FOUND")]:
+        labels = {"grpc_service": service, "grpc_method": method, "grpc_code": code}
+        assert scrape.value("casfs_grpc_server_handled_total", **labels) == 1, method
