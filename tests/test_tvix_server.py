@@ -421,3 +421,15 @@ def test_tvix_calls_are_counted_in_the_servers_metrics(tmp_path: Path) -> None:
     for method, code in [("Put", "OK"), ("Read", "OK"), ("Stat", "NOT_FOUND")]:
         labels = {"grpc_service": service, "grpc_method": method, "grpc_code": code}
         assert scrape.value("casfs_grpc_server_handled_total", **labels) == 1, method
+
+
+def test_directory_not_below_the_root_is_refused(channel: grpc.Channel) -> None:
+    """Upstream's rule: a Put is one tree, every Directory in it below the last one."""
+    leaf, root = _tree()
+    stray = castore_pb2.Directory(files=[_file(b"stray")])
+    stub = rpc_directory_pb2_grpc.DirectoryServiceStub(channel)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Put(iter([leaf, stray, root]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert digest_of(stray).hex() in caught.value.details()  # type: ignore[attr-defined]
+    assert stub.Put(iter([leaf, root])).root_digest == digest_of(root)

@@ -83,13 +83,15 @@ class TvixDirectoryServicer(pb2_grpc.DirectoryServiceServicer):
 
         Each Directory must pass ``tvix_directory.check``, and each DirectoryNode must name
         a Directory sent earlier in the stream or already stored, with the size that
-        Directory has. The first one that fails ends the call with INVALID_ARGUMENT; those
-        before it stay stored (each is valid and complete on its own). A stream cut off
-        stores nothing more.
+        Directory has, and every Directory sent must be below the last one, the root (as
+        upstream requires). The first one that fails ends the call with INVALID_ARGUMENT;
+        those before it stay stored (each is valid and complete on its own). A stream cut
+        off stores nothing more.
         """
         with grpc_errors(context, "tvix Directory Put"):
             blobs = tvix_instance(self.instances).blobs
             sizes: dict[bytes, int] = {}  # digest -> size_of, for this stream's Directories
+            referenced: set[bytes] = set()  # digests some Directory of this stream names
             last: bytes | None = None
             for number, directory in enumerate(request_iterator, start=1):
                 try:
@@ -106,6 +108,7 @@ class TvixDirectoryServicer(pb2_grpc.DirectoryServiceServicer):
                                 f"Directory #{number}: directory {node.name[:200]!r} refers to "
                                 f"{node.digest.hex()}, which was not sent before it"
                             ) from None
+                    referenced.add(node.digest)
                     if node.size != size:
                         raise _invalid(
                             f"Directory #{number}: directory {node.name[:200]!r} has size "
@@ -120,4 +123,9 @@ class TvixDirectoryServicer(pb2_grpc.DirectoryServiceServicer):
                 sizes[last] = tvix_directory.size_of(directory)
             if last is None:
                 raise _invalid("empty Directory Put stream")
+            # Each Directory names only earlier ones, so one named by a later Directory
+            # is below the root; one named by none is not.
+            stray = sizes.keys() - referenced - {last}
+            if stray:
+                raise _invalid(f"Directory {min(stray).hex()} is not below the root (the last one)")
             return pb2.PutDirectoryResponse(root_digest=last)
