@@ -24,12 +24,12 @@ PROTO_PACKAGE_DIR = PROTO_ROOT / "casfs" / "_proto"
 
 
 def proto_files() -> list[pathlib.Path]:
-    """All .proto sources, sorted so protoc sees them in a stable order."""
-    return sorted(PROTO_PACKAGE_DIR.glob("*.proto"))
+    """All .proto sources (tvix's under tvix/), sorted so protoc sees them in a stable order."""
+    return sorted(PROTO_PACKAGE_DIR.rglob("*.proto"))
 
 
 def generate(out_dir: pathlib.Path) -> None:
-    """Run protoc on every file in protos/casfs/_proto, writing into *out_dir*.
+    """Run protoc on every file under protos/casfs/_proto, writing into *out_dir*.
 
     Output paths mirror the proto paths, so modules land in
     ``out_dir/casfs/_proto``. Raises ``RuntimeError`` if protoc fails.
@@ -38,7 +38,9 @@ def generate(out_dir: pathlib.Path) -> None:
     if not sources:
         raise RuntimeError(f"no .proto files found under {PROTO_PACKAGE_DIR}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "casfs" / "_proto").mkdir(parents=True, exist_ok=True)
+    for source in sources:
+        package = out_dir / source.parent.relative_to(PROTO_ROOT)
+        package.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         # Bundled well-known types (google/protobuf/*.proto) shipped with grpc_tools.
         wkt_include = stack.enter_context(

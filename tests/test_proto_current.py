@@ -33,9 +33,10 @@ def _load_generate_module() -> ModuleType:
 
 
 def _files(directory: pathlib.Path) -> set[str]:
+    """Generated files below ``directory`` (tvix's in tvix/), as relative paths."""
     return {
-        p.name
-        for p in directory.iterdir()
+        str(p.relative_to(directory))
+        for p in directory.rglob("*")
         if p.is_file() and p.name not in HAND_WRITTEN and p.suffix in {".py", ".pyi"}
     }
 

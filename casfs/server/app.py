@@ -1,4 +1,5 @@
-"""The embedded CAS server: a grpcio server with all four services over ``Instances``."""
+"""The embedded CAS server: a grpcio server with the REAPI services (ByteStream, CAS,
+Capabilities, ActionCache), the Remote Asset API and tvix castore over ``Instances``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
 from casfs._proto import remote_asset_pb2_grpc as ra_grpc
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
+from casfs._proto.tvix import rpc_blobstore_pb2_grpc, rpc_directory_pb2_grpc
 from casfs.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS
 from casfs.rpcstats import RpcStats
 from casfs.server.actioncache import ActionCacheServicer
@@ -25,6 +27,8 @@ from casfs.server.cas import CasServicer
 from casfs.server.decoding import DecodeGuard
 from casfs.server.instances import Instances
 from casfs.server.streams import StreamGuard
+from casfs.server.tvix_blobs import TvixBlobServicer
+from casfs.server.tvix_directories import TvixDirectoryServicer
 
 log = logging.getLogger("casfs.server")
 
@@ -114,6 +118,10 @@ def build_server(
     assets = AssetServicer(instances)
     ra_grpc.add_FetchServicer_to_server(assets, server)
     ra_grpc.add_PushServicer_to_server(assets, server)
+    rpc_blobstore_pb2_grpc.add_BlobServiceServicer_to_server(TvixBlobServicer(instances), server)
+    rpc_directory_pb2_grpc.add_DirectoryServiceServicer_to_server(
+        TvixDirectoryServicer(instances), server
+    )
     credentials = security.credentials()
     try:
         if credentials is None:

@@ -24,6 +24,8 @@ WRITE_METHODS = frozenset(
         "/build.bazel.remote.execution.v2.ActionCache/UpdateActionResult",
         "/build.bazel.remote.asset.v1.Push/PushBlob",
         "/build.bazel.remote.asset.v1.Push/PushDirectory",
+        "/tvix.castore.v1.BlobService/Put",
+        "/tvix.castore.v1.DirectoryService/Put",
     }
 )
 
