@@ -28,6 +28,7 @@ from casfs.tvix_directory import digest_of
 from tests.conftest import remote
 from tests.mounts import peak_rss_bytes
 from tests.servers import CasfsServer
+from tests.test_client_server import write_file
 from tests.test_observability import Scrape, metrics_url
 
 T = TypeVar("T")
@@ -46,16 +47,6 @@ def run(endpoint: str, fn: Callable[[TvixClient, CasClient], Awaitable[T]], **co
             return await fn(tvix, cas)
 
     return trio.run(main)
-
-
-def random_file(path: Path, size: int) -> Path:
-    with open(path, "wb") as file:
-        left = size
-        while left:
-            piece = min(left, 8 * MIB)
-            file.write(os.urandom(piece))
-            left -= piece
-    return path
 
 
 def blake3_file(path: Path) -> Digest:
@@ -96,7 +87,7 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode:
 def test_tvix_put_is_read_by_bytestream_and_batch(
     server: CasfsServer, tmp_path: Path, size: int
 ) -> None:
-    source = random_file(tmp_path / "in", size)
+    source = write_file(tmp_path / "in", size)
 
     async def scenario(tvix: TvixClient, cas: CasClient) -> tuple[Digest, bytes | None]:
         digest = await tvix.put(source)
@@ -116,7 +107,7 @@ def test_tvix_put_is_read_by_bytestream_and_batch(
 
 @pytest.mark.parametrize("size", [1, 5 * MIB + 3], ids=lambda s: f"{s}B")
 def test_bytestream_write_is_read_by_tvix(server: CasfsServer, tmp_path: Path, size: int) -> None:
-    source = random_file(tmp_path / "in", size)
+    source = write_file(tmp_path / "in", size)
 
     async def scenario(tvix: TvixClient, cas: CasClient) -> tuple[list[ChunkInfo], ...]:
         digest = await cas.upload_file(source, BLAKE3)
@@ -130,7 +121,7 @@ def test_bytestream_write_is_read_by_tvix(server: CasfsServer, tmp_path: Path, s
 
 
 def test_put_of_a_stored_blob_answers_its_digest(server: CasfsServer, tmp_path: Path) -> None:
-    source = random_file(tmp_path / "in", 3 * MIB)
+    source = write_file(tmp_path / "in", 3 * MIB)
 
     async def scenario(tvix: TvixClient, cas: CasClient) -> tuple[Digest, Digest]:
         return await cas.upload_file(source, BLAKE3), await tvix.put(source)
@@ -143,7 +134,7 @@ def test_put_of_a_stored_blob_answers_its_digest(server: CasfsServer, tmp_path: 
 def test_large_blob_streams_in_bounded_server_memory(server: CasfsServer, tmp_path: Path) -> None:
     """1 GiB through tvix Put and back through tvix Read: the server never holds it."""
     assert server.process is not None
-    source = random_file(tmp_path / "in", 1 << 30)
+    source = write_file(tmp_path / "in", 1 << 30)
 
     async def scenario(tvix: TvixClient, cas: CasClient) -> Digest:
         digest = await tvix.put(source)
@@ -227,7 +218,7 @@ def test_put_cut_off_stores_nothing(server: CasfsServer, channel: grpc.Channel) 
 
 
 def test_put_over_the_stores_max_size_is_refused(tmp_path: Path) -> None:
-    source = random_file(tmp_path / "in", 3 * MIB)
+    source = write_file(tmp_path / "in", 3 * MIB)
     with CasfsServer(tmp_path / "store", "--max-size", "2M") as small:
         with pytest.raises(errors.ResourceExhausted):
             run(small.endpoint, lambda tvix, cas: tvix.put(source))
@@ -240,7 +231,7 @@ def test_read_only_token_may_read_but_not_put(tmp_path: Path) -> None:
     writer, reader = tmp_path / "writer.token", tmp_path / "reader.token"
     writer.write_text("writer-s3cret\n")
     reader.write_text("reader-s3cret\n")
-    source = random_file(tmp_path / "in", 1000)
+    source = write_file(tmp_path / "in", 1000)
     with CasfsServer(tmp_path / "store", "--token-file", str(tmp_path / "tokens")) as srv:
         digest = run(srv.endpoint, lambda tvix, cas: tvix.put(source), token_file=writer)
 
@@ -374,7 +365,7 @@ def _stored(store: Path, digest: Digest | bytes) -> Path:
 def test_client_refuses_wrong_bytes_from_the_server(server: CasfsServer, tmp_path: Path) -> None:
     """A blob that rotted on the server's disk (same size, other bytes) is served as it is;
     the client withholds the end of it and raises DataLoss."""
-    source = random_file(tmp_path / "in", 3 * MIB)
+    source = write_file(tmp_path / "in", 3 * MIB)
     digest = run(server.endpoint, lambda tvix, cas: tvix.put(source))
     stored = _stored(server.store, digest)
     stored.write_bytes(os.urandom(digest.size))
@@ -405,7 +396,7 @@ def test_client_refuses_a_directory_that_is_not_the_one_asked_for(server: CasfsS
 
 
 def test_tvix_calls_are_counted_in_the_servers_metrics(tmp_path: Path) -> None:
-    source = random_file(tmp_path / "in", 1000)
+    source = write_file(tmp_path / "in", 1000)
     absent = Digest.of_bytes(b"absent", BLAKE3)
     with CasfsServer(tmp_path / "store", "--metrics", "0") as srv:
 
