@@ -167,7 +167,7 @@ def clear_stale_mount(mountpoint: Path) -> None:
         raise MountError(f"cannot clear the stale mount on {mountpoint}: {result.stderr.strip()}")
 
 
-CHECK_TIMEOUT = 5.0  # seconds for one GetCapabilities before mounting; two attempts
+CHECK_TIMEOUT = 10.0  # seconds for one GetCapabilities before mounting; two attempts
 
 
 async def check_remote(remote: RemoteConfig, instances: Sequence[str]) -> None:
