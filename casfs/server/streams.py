@@ -2,8 +2,9 @@
 
 grpcio's threaded server gives every running call a worker thread, and a stream keeps its
 thread while it waits for its client. So the server holds at most ``max_streams`` streams
-(Read, Write, GetTree) at once, refusing more with RESOURCE_EXHAUSTED, and its pool has
-``UNARY_THREADS`` threads beyond that: unary calls (GetCapabilities, FindMissingBlobs,
+(ByteStream Read and Write, GetTree, and tvix castore's Read, Put and Directory Get and
+Put) at once, refusing more with RESOURCE_EXHAUSTED, and its pool has ``UNARY_THREADS``
+threads beyond that: unary calls (GetCapabilities, FindMissingBlobs,
 batches, QueryWriteStatus) are answered however many streams are open. A stream that moves
 no message for ``idle_timeout`` seconds (a client that sends one message and stops, or a
 reader that stops reading) is ended with DEADLINE_EXCEEDED, which frees its thread; what

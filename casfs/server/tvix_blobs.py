@@ -20,6 +20,7 @@ from casfs.digest import Digest, DigestBuilder, DigestFunction
 from casfs.server.bytestream import READ_CHUNK
 from casfs.server.instances import Instance, Instances
 from casfs.server.status import RequestError, grpc_errors
+from casfs.server.streams import StreamGuard
 from casfs.store.blobstore import BlobStore, disk_errors
 from casfs.store.errors import BlobNotFound
 from casfs.tvix_directory import DIGEST_BYTES
@@ -64,8 +65,9 @@ def stored_digest(blobs: BlobStore, raw: bytes) -> Digest:
 class TvixBlobServicer(pb2_grpc.BlobServiceServicer):
     """BlobService over one instance's blob store."""
 
-    def __init__(self, instances: Instances) -> None:
+    def __init__(self, instances: Instances, streams: StreamGuard) -> None:
         self.instances = instances
+        self.streams = streams
 
     def Stat(
         self, request: pb2.StatBlobRequest, context: grpc.ServicerContext
@@ -88,12 +90,16 @@ class TvixBlobServicer(pb2_grpc.BlobServiceServicer):
     ) -> Iterator[pb2.BlobChunk]:
         """The whole blob in 1 MiB messages, read from the store file as they are sent.
         A blob evicted between Stat and Read is NOT_FOUND."""
-        with grpc_errors(context, "tvix Read"):
+        with (
+            grpc_errors(context, "tvix Read"),
+            self.streams.hold(context, "tvix Read") as stream,
+        ):
             blobs = tvix_instance(self.instances).blobs
             digest = stored_digest(blobs, request.digest)
             with blobs.open(digest) as file:
                 while chunk := file.read(READ_CHUNK):
                     yield pb2.BlobChunk(data=chunk)
+                    stream.touch()
 
     def Put(
         self, request_iterator: Iterator[pb2.BlobChunk], context: grpc.ServicerContext
@@ -102,22 +108,33 @@ class TvixBlobServicer(pb2_grpc.BlobServiceServicer):
         at the end of the stream commit them under their blake3 digest and answer it.
 
         The blob is refused (RESOURCE_EXHAUSTED) as soon as it outgrows the store's
-        ``--max-size``. A stream cut off (the client cancelled, the connection broke) or
-        refused stores nothing: the temporary file is removed.
+        ``--max-size``. A stream refused, or cut off (the client cancelled, the connection
+        broke), has its temporary file removed and commits nothing, unless grpcio ended
+        the request stream of the cancelled call as if it had finished before the cancel
+        was seen: Put has no end-of-blob marker, so then the bytes received are committed
+        under their own digest.
         """
-        with grpc_errors(context, "tvix Put"):
+        with (
+            grpc_errors(context, "tvix Put"),
+            self.streams.hold(context, "tvix Put") as stream,
+        ):
             blobs = tvix_instance(self.instances).blobs
             builder = DigestBuilder(DigestFunction.BLAKE3)
             file, path = blobs.temp_file()
             try:
                 with disk_errors("tvix Put"), file:
-                    for chunk in request_iterator:
+                    for chunk in stream.watch(request_iterator):
                         blobs.check_fits(builder.size + len(chunk.data))
                         file.write(chunk.data)
                         builder.update(chunk.data)
                 digest = builder.digest()
+                if not context.is_active():
+                    # grpcio can end the request iterator of a cancelled call as if the
+                    # client had closed it; a cut-off Put must not commit what it got.
+                    raise RequestError(grpc.StatusCode.CANCELLED, "tvix Put: cancelled")
                 if not blobs.contains(digest):
-                    blobs.commit(digest, path, verified=True)
+                    with stream.working():
+                        blobs.commit(digest, path, verified=True)
             finally:
                 path.unlink(missing_ok=True)
             log.debug("tvix Put blake3 %s", digest)

@@ -20,6 +20,7 @@ from casfs._proto.tvix import rpc_directory_pb2_grpc as pb2_grpc
 from casfs.digest import Digest, DigestFunction
 from casfs.server.instances import Instances
 from casfs.server.status import RequestError, grpc_errors
+from casfs.server.streams import StreamGuard
 from casfs.server.tvix_blobs import stored_digest, tvix_instance
 from casfs.store.blobstore import BlobStore
 from casfs.store.errors import BlobNotFound
@@ -51,8 +52,9 @@ def load(blobs: BlobStore, raw: bytes) -> castore_pb2.Directory:
 class TvixDirectoryServicer(pb2_grpc.DirectoryServiceServicer):
     """DirectoryService over one instance's blob store."""
 
-    def __init__(self, instances: Instances) -> None:
+    def __init__(self, instances: Instances, streams: StreamGuard) -> None:
         self.instances = instances
+        self.streams = streams
 
     def Get(
         self, request: pb2.GetDirectoryRequest, context: grpc.ServicerContext
@@ -60,7 +62,10 @@ class TvixDirectoryServicer(pb2_grpc.DirectoryServiceServicer):
         """The Directory asked for (NOT_FOUND if absent) and, with ``recursive``, those
         below it breadth first, each once. A child missing from the store ends the stream
         with NOT_FOUND after the Directories before it."""
-        with grpc_errors(context, "tvix Directory Get"):
+        with (
+            grpc_errors(context, "tvix Directory Get"),
+            self.streams.hold(context, "tvix Directory Get") as stream,
+        ):
             blobs = tvix_instance(self.instances).blobs
             if request.WhichOneof("by_what") != "digest":
                 raise _invalid("GetDirectoryRequest names no digest")
@@ -69,6 +74,7 @@ class TvixDirectoryServicer(pb2_grpc.DirectoryServiceServicer):
             while queue:
                 directory = load(blobs, queue.pop(0))
                 yield directory
+                stream.touch()
                 if not request.recursive:
                     return
                 for node in directory.directories:
@@ -88,12 +94,15 @@ class TvixDirectoryServicer(pb2_grpc.DirectoryServiceServicer):
         those before it stay stored (each is valid and complete on its own). A stream cut
         off stores nothing more.
         """
-        with grpc_errors(context, "tvix Directory Put"):
+        with (
+            grpc_errors(context, "tvix Directory Put"),
+            self.streams.hold(context, "tvix Directory Put") as stream,
+        ):
             blobs = tvix_instance(self.instances).blobs
             sizes: dict[bytes, int] = {}  # digest -> size_of, for this stream's Directories
             referenced: set[bytes] = set()  # digests some Directory of this stream names
             last: bytes | None = None
-            for number, directory in enumerate(request_iterator, start=1):
+            for number, directory in enumerate(stream.watch(request_iterator), start=1):
                 try:
                     tvix_directory.check(directory)
                 except tvix_directory.DirectoryError as error:
