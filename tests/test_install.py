@@ -129,3 +129,31 @@ def test_pipx_install_puts_casfs_and_mount_casfs_on_path(tmp_path: Path) -> None
     helper = subprocess.run([tmp_path / "bin" / "mount.casfs"], capture_output=True, text=True)
     assert helper.returncode == 2 and "usage: mount.casfs" in helper.stderr
     assert (tmp_path / "man" / "man1" / "casfs.1").is_file()
+
+
+def test_pip_install_without_libfuse_says_what_to_install(tmp_path: Path) -> None:
+    """pip install of the source where pkg-config finds no fuse3 (PKG_CONFIG_LIBDIR hides
+    it) stops before pyfuse3's build with the command that installs libfuse; with
+    CASFS_WITHOUT_FUSE=1 and --no-deps it installs, and the mount says what it lacks."""
+    run(sys.executable, "-m", "venv", tmp_path / "venv")
+    pip = tmp_path / "venv" / "bin" / "pip"
+    env = {**os.environ, "PKG_CONFIG_LIBDIR": str(tmp_path / "no-pkgconfig")}
+    refused = subprocess.run(
+        [str(pip), "install", "--no-cache-dir", str(REPO)],
+        capture_output=True, text=True, env=env, timeout=540,
+    )  # fmt: skip
+    output = refused.stdout + refused.stderr
+    assert refused.returncode != 0, output
+    assert "sudo apt-get install fuse3 libfuse3-dev pkg-config" in output, output
+    assert "CASFS_WITHOUT_FUSE=1 pip install --no-deps" in output, output
+    assert not list((tmp_path / "venv").glob("lib/python*/site-packages/pyfuse3*")), output
+    # The advice, followed as printed (the venv's pip for "pip", this tree for "<casfs>").
+    (advice,) = [line for line in output.splitlines() if "CASFS_WITHOUT_FUSE=1 pip" in line]
+    command = advice.strip().replace("pip install", f"{pip} install --no-cache-dir")
+    run("sh", "-c", command.replace("<casfs>", str(REPO)), env=env)
+    mount = subprocess.run(
+        [str(tmp_path / "venv" / "bin" / "casfs"), "mount", str(tmp_path / "mnt")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert mount.returncode == 2, mount.stderr
+    assert len(mount.stderr.strip().splitlines()) == 1 and "pyfuse3" in mount.stderr
