@@ -58,6 +58,7 @@ class Figures:
     errors: list[str] = field(default_factory=list)
     rss_start: int = 0
     rss_end: int = 0
+    rss_peak: int = 0  # the mount's high-water mark over the whole run
     fds_start: int = 0
     fds_end: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -78,7 +79,8 @@ class Figures:
             f"soak {self.seconds:.0f}s: {self.reads} reads ({self.read_bytes / mib:.0f} MiB, "
             f"{self.read_bytes / mib / self.seconds:.0f} MiB/s), {self.writes} files written "
             f"({self.write_bytes / mib:.0f} MiB), {len(self.errors)} errors; mount RSS "
-            f"{self.rss_start / mib:.0f} -> {self.rss_end / mib:.0f} MiB, open fds "
+            f"{self.rss_start / mib:.0f} -> {self.rss_end / mib:.0f} MiB "
+            f"(peak {self.rss_peak / mib:.0f} MiB), open fds "
             f"{self.fds_start} -> {self.fds_end}"
         )
 
@@ -130,7 +132,9 @@ def _writer(uploads: Path, stop: float, seed: int, figures: Figures) -> None:
             figures.fail(f"write {path}: {error}")
 
 
-def soak(root: Path, seconds: float, readers: int = 32, writers: int = 8) -> Figures:
+def soak(
+    root: Path, seconds: float, readers: int = 32, writers: int = 8, cache_size: str = "64M"
+) -> Figures:
     """Run the soak in ``root`` for ``seconds``; returns the figures (errors included)."""
     figures = Figures()
     with CasfsServer(root / "store", "--no-fsync") as server:
@@ -144,7 +148,7 @@ def soak(root: Path, seconds: float, readers: int = 32, writers: int = 8) -> Fig
             return [await client.upload_file(source) for source in sources]
 
         digests = run_client(server.endpoint, upload)
-        args = ["--remote", server.endpoint, "--cache-size", "64M"]
+        args = ["--remote", server.endpoint, "--cache-size", cache_size]
         with CasfsMount(root / "mnt", *args, "--cache-dir", str(root / "cache")) as mount:
             main = mount.mountpoint / "main"
             blobs = [
@@ -172,6 +176,7 @@ def soak(root: Path, seconds: float, readers: int = 32, writers: int = 8) -> Fig
                     figures.fail("a worker hung")
             figures.seconds = time.monotonic() - started
             figures.rss_end = rss(mount.pid)
+            figures.rss_peak = _status(mount.pid, "VmHWM")
             figures.fds_end = open_fds(mount.pid)
     return figures
 
@@ -181,9 +186,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--readers", type=int, default=32)
     parser.add_argument("--writers", type=int, default=8)
+    parser.add_argument("--cache-size", default="64M", help="the mount's --cache-size")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="casfs-soak-") as root:
-        figures = soak(Path(root), args.seconds, args.readers, args.writers)
+        figures = soak(Path(root), args.seconds, args.readers, args.writers, args.cache_size)
     print(figures.report())
     for error in figures.errors:
         print("error:", error)
