@@ -128,9 +128,10 @@ class TvixBlobServicer(pb2_grpc.BlobServiceServicer):
                         file.write(chunk.data)
                         builder.update(chunk.data)
                 digest = builder.digest()
-                if not context.is_active():
-                    # grpcio can end the request iterator of a cancelled call as if the
-                    # client had closed it; a cut-off Put must not commit what it got.
+                if stream.ended or not context.is_active():
+                    # grpcio can end the request iterator of a cancelled call (by the
+                    # client, or by the idle watchdog) as if the client had closed it; a
+                    # cut-off Put must not commit what it got.
                     raise RequestError(grpc.StatusCode.CANCELLED, "tvix Put: cancelled")
                 if not blobs.contains(digest):
                     with stream.working():
