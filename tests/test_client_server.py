@@ -18,6 +18,7 @@ from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs.cas import errors
 from casfs.cas.client import CasClient
+from casfs.config import RetryPolicy
 from casfs.digest import Digest, DigestFunction
 from casfs.resource import BlobName
 from tests.conftest import remote
@@ -200,7 +201,10 @@ def test_resume_after_server_killed_mid_upload(tmp_path: Path) -> None:
     digest = Digest(sha256_file(source), size)
     with CasfsServer(tmp_path / "store") as server:
         with server.killed_mid_upload(after=32 * MIB) as killed_at, trio_log_capture() as log_lines:
-            run_client(server.endpoint, lambda c: c.write(digest, source))
+            # The restart of a store holding a 384 MiB partial upload can take several
+            # seconds on a loaded machine: a minute of attempts, not the suite's dozen.
+            patient = RetryPolicy(attempts=60, initial_backoff=0.1, max_backoff=1.0)
+            run_client(server.endpoint, lambda c: c.write(digest, source), retry=patient)
         assert killed_at and killed_at[0] < size, "the upload finished before the kill"
         resumed = [line for line in log_lines if "resuming at offset" in line]
         assert resumed, log_lines
