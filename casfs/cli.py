@@ -50,8 +50,8 @@ from casfs.config import (
 from casfs.digest import Digest, DigestError, DigestFunction
 from casfs.embedded import EmbeddedError, embedded_server
 from casfs.fs.errors import MountError
-from casfs.metrics import RpcCollector, parse_address, serve_metrics
 from casfs.progress import progress
+from casfs.prometheus import RpcCollector, parse_address, serve_metrics
 from casfs.remotes import (
     SYSTEM_CONFIG,
     Remote,
@@ -436,7 +436,7 @@ def serve(args: argparse.Namespace) -> int:
     from casfs.server.app import Security, build_server, listen_address
     from casfs.server.auth import load_tokens
     from casfs.server.instances import Instances
-    from casfs.store.uploads import UploadLimits
+    from casfs.store.partials import UploadLimits
 
     config = _serve_config(args)
     rpc_stats = RpcStats() if args.metrics else None
