@@ -28,7 +28,7 @@ import logging
 from collections.abc import Iterable
 
 from casfs.cas.batches import FIND_MISSING_CHUNK
-from casfs.cas.calls import ChannelFactory, Chunk, await_future
+from casfs.cas.calls import ChannelFactory, Chunk
 from casfs.cas.capabilities import BATCH_LIMIT, Capabilities
 from casfs.cas.errors import CasError
 from casfs.cas.quirks import SizeCheck
@@ -48,8 +48,7 @@ __all__ = [
     "Chunk",
     "ProgressCallback",
 ]
-# The names other modules and tests knew this module by.
-_await_future = await_future
+# tests/test_client_server.py knows it by this name.
 _read_response_data = read_response_data
 
 log = logging.getLogger("casfs.cas")
