@@ -161,7 +161,7 @@ class ReadCalls(BatchCalls):
             except _Realign:  # learned just now: ask again, in whole blocks
                 continue
             except CasError as error:
-                await budget.back_off(error, f" at offset {position}")
+                await budget.back_off(error, f" at offset {position}", "resuming")
                 continue
             if position < end:
                 raise DataLoss(f"{what}: stream ended at {position}, short of {end}")

@@ -34,9 +34,10 @@ class RetryBudget:
     def reset(self) -> None:
         self._delays = self._policy.delays()
 
-    async def back_off(self, error: CasError, where: str = "") -> None:
+    async def back_off(self, error: CasError, where: str = "", again: str = "retrying") -> None:
         """Sleep before the next attempt after ``error``; raise ``error`` if it is final or
-        the attempts have run out. ``where`` says how far the call got (for the log)."""
+        the attempts have run out. ``where`` says how far the call got and ``again`` what
+        the next attempt does (for the log)."""
         if not error.transient:
             raise error
         delay = next(self._delays, None)
@@ -45,7 +46,7 @@ class RetryBudget:
                 "%s: giving up after %d attempts: %s", self._what, self._policy.attempts, error
             )
             raise error
-        log.info("%s: %s%s; retrying in %.2fs", self._what, error, where, delay)
+        log.info("%s: %s%s; %s in %.2fs", self._what, error, where, again, delay)
         await trio.sleep(delay)
 
 
