@@ -101,7 +101,7 @@ def _remote_value(table: Table, key: str, kind: str) -> OptionValue | None:
 
         return _checked_string(table, key, parse_endpoint, EndpointError)
     if kind == "metrics":
-        from casfs.metrics import parse_address
+        from casfs.prometheus import parse_address
 
         return _checked_string(table, key, parse_address, ConfigError)
     if kind == "retries":

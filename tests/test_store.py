@@ -12,7 +12,7 @@ from casfs.digest import Digest
 from casfs.resource import Compressor
 from casfs.store.blobstore import BlobStore
 from casfs.store.errors import BlobNotFound, HashMismatch, OffsetMismatch, SizeMismatch
-from casfs.store.uploads import UploadSessions
+from casfs.store.partials import UploadSessions
 
 
 def test_put_verifies_and_nothing_partial_is_visible(tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from casfs._proto import remote_asset_pb2 as ra_pb2
 from casfs._proto import remote_asset_pb2_grpc as ra_grpc
+from casfs.cas.calls import await_future
 from casfs.cas.channel import call_metadata, open_channel
-from casfs.cas.client import _await_future
 from casfs.cas.errors import CasError, Unimplemented, from_status
 from casfs.cas.retry import with_retries
 from casfs.config import RemoteConfig
@@ -89,7 +89,7 @@ class AssetClient:
             future = method.future(
                 request, timeout=self.config.rpc_timeout, metadata=self._metadata
             )
-            return await _await_future(future, what)
+            return await await_future(future, what)
 
         try:
             return await with_retries(once, self.config.retry, what)

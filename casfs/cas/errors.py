@@ -56,6 +56,10 @@ class DataLoss(CasError):
     """The data does not match its digest."""
 
 
+class ContentChanged(DataLoss):
+    """A file being uploaded no longer has the digest it was hashed to (nothing sent)."""
+
+
 class PermissionDenied(CasError):
     """The credentials were refused or are missing."""
 

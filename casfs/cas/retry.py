@@ -21,6 +21,35 @@ T = TypeVar("T")
 log = logging.getLogger("casfs.cas")
 
 
+class RetryBudget:
+    """The attempts left to one call, for a caller that loops itself: a stream that resumes
+    where it broke calls ``back_off`` after each failure and ``reset`` after progress
+    (progress earns a fresh budget)."""
+
+    def __init__(self, policy: RetryPolicy, what: str) -> None:
+        self._policy = policy
+        self._what = what
+        self._delays = policy.delays()
+
+    def reset(self) -> None:
+        self._delays = self._policy.delays()
+
+    async def back_off(self, error: CasError, where: str = "", again: str = "retrying") -> None:
+        """Sleep before the next attempt after ``error``; raise ``error`` if it is final or
+        the attempts have run out. ``where`` says how far the call got and ``again`` what
+        the next attempt does (for the log)."""
+        if not error.transient:
+            raise error
+        delay = next(self._delays, None)
+        if delay is None:
+            log.warning(
+                "%s: giving up after %d attempts: %s", self._what, self._policy.attempts, error
+            )
+            raise error
+        log.info("%s: %s%s; %s in %.2fs", self._what, error, where, again, delay)
+        await trio.sleep(delay)
+
+
 async def with_retries(
     call: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
@@ -32,16 +61,9 @@ async def with_retries(
     write asks the server how much it has at the start of every attempt after the first).
     The last transient error is raised when the attempts run out.
     """
-    delays = policy.delays()
+    budget = RetryBudget(policy, what)
     while True:
         try:
             return await call()
         except CasError as error:
-            if not error.transient:
-                raise
-            delay = next(delays, None)
-            if delay is None:
-                log.warning("%s: giving up after %d attempts: %s", what, policy.attempts, error)
-                raise
-            log.info("%s: %s; retrying in %.2fs", what, error, delay)
-            await trio.sleep(delay)
+            await budget.back_off(error)

@@ -26,8 +26,8 @@ from casfs import tvix_directory
 from casfs._proto.tvix import castore_pb2, rpc_directory_pb2, rpc_directory_pb2_grpc
 from casfs._proto.tvix import rpc_blobstore_pb2 as blob_pb2
 from casfs._proto.tvix import rpc_blobstore_pb2_grpc as blob_grpc
+from casfs.cas.calls import Chunk, await_future
 from casfs.cas.channel import call_metadata, open_channel
-from casfs.cas.client import Chunk, _await_future
 from casfs.cas.errors import DataLoss, InvalidArgument, from_rpc_error
 from casfs.cas.retry import with_retries
 from casfs.config import RemoteConfig
@@ -104,7 +104,7 @@ class TvixClient:
             future = method.future(
                 request, timeout=self.config.rpc_timeout, metadata=self._metadata
             )
-            return await _await_future(future, what)
+            return await await_future(future, what)
 
         return await with_retries(attempt, self.config.retry, what)
 
@@ -174,7 +174,7 @@ class TvixClient:
                 timeout=self._stream_timeout(size),
                 metadata=self._metadata,
             )
-            response = await _await_future(future, what)
+            response = await await_future(future, what)
             local = builder.digest()
             answered = _blake3(response.digest, local.size, what)
             if answered != local:
@@ -204,7 +204,7 @@ class TvixClient:
             future = self._directories.Put.future(
                 iter(directories), timeout=self.config.rpc_timeout, metadata=self._metadata
             )
-            response = await _await_future(future, what)
+            response = await await_future(future, what)
             if response.root_digest != root:
                 raise DataLoss(f"{what}: the server answered {response.root_digest.hex()}")
             return root

@@ -1,6 +1,6 @@
 """The mount's Prometheus metrics, read from its objects' own counters at scrape time.
 
-Runs in the mount's trio thread (``casfs.metrics.serve_metrics_in_trio``), between two
+Runs in the mount's trio thread (``casfs.prometheus.serve_metrics_in_trio``), between two
 requests, so every figure of one scrape is from the same moment; it only reads integers
 and copies small dictionaries.
 """

@@ -46,7 +46,7 @@ from casfs.fs.namespace import Namespace
 from casfs.fs.operations import CasOperations
 from casfs.fs.status import StatusError, read_status
 from casfs.fs.uploads import Spool, UploadError, Uploads
-from casfs.metrics import RpcCollector, serve_metrics_in_trio
+from casfs.prometheus import RpcCollector, serve_metrics_in_trio
 from casfs.rpcstats import RpcStats
 
 log = logging.getLogger("casfs.fs")

@@ -59,6 +59,7 @@ import trio
 
 from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs.cas.client import CasClient
+from casfs.cas.errors import ContentChanged
 from casfs.digest import Digest, DigestFunction, digest_file
 from casfs.fs.behind import ByteBudget
 from casfs.fs.errors import MountError
@@ -642,13 +643,10 @@ class Uploads:
         client = self.clients[entry.instance]
         started = time.monotonic()
         if await client.find_missing([digest]):
-            if digest.size <= (await client.capabilities()).batch_budget():
-                data = await trio.to_thread.run_sync(spool.read_bytes)
-                if Digest.of_bytes(data, function) != digest:
-                    raise UploadError(errno.EIO, f"{entry.label()} changed during its upload")
-                await client.batch_update([(digest, data)])
-            else:
-                await client.write(digest, spool, cold=True)
+            try:  # batch or stream: the client's one policy
+                await client.store_file(digest, spool, cold=True)
+            except ContentChanged:
+                raise UploadError(errno.EIO, f"{entry.label()} changed during its upload") from None
             self.stats.uploaded_bytes += digest.size
             log.info(
                 "uploaded %s as %s in %.2fs", entry.label(), digest, time.monotonic() - started

@@ -8,8 +8,8 @@ from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs.digest import Digest
 from casfs.server.cas import to_digest
+from casfs.server.grpc_errors import RequestError, grpc_errors
 from casfs.server.instances import Instances
-from casfs.server.status import RequestError, grpc_errors
 
 
 def _output_digests(result: re_pb2.ActionResult) -> list[re_pb2.Digest]:

@@ -36,8 +36,8 @@ from casfs.assetnames import (
 )
 from casfs.digest import Digest, DigestFunction
 from casfs.server.cas import digest_function, to_digest
+from casfs.server.grpc_errors import RequestError, grpc_errors
 from casfs.server.instances import Instance, Instances
-from casfs.server.status import RequestError, grpc_errors
 from casfs.store.assets import Asset, AssetIndex, AssetKind
 from casfs.store.blobstore import BlobStore
 

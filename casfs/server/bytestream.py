@@ -11,8 +11,8 @@ from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
 from casfs.compression import compressor
 from casfs.resource import BlobName, Compressor, parse_read_name, parse_write_name
 from casfs.server.cas import check_function
+from casfs.server.grpc_errors import RequestError, grpc_errors
 from casfs.server.instances import Instances
-from casfs.server.status import RequestError, grpc_errors
 from casfs.server.streams import StreamGuard
 
 log = logging.getLogger("casfs.server")

@@ -9,8 +9,8 @@ from casfs._proto import remote_execution_pb2_grpc as re_grpc
 from casfs._proto import semver_pb2
 from casfs.resource import Compressor
 from casfs.server.cas import DIGEST_FUNCTIONS, MAX_BATCH_BYTES
+from casfs.server.grpc_errors import grpc_errors
 from casfs.server.instances import Instances
-from casfs.server.status import grpc_errors
 
 COMPRESSORS = (Compressor.ZSTD, Compressor.DEFLATE)
 

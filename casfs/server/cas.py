@@ -13,8 +13,8 @@ from casfs._proto import status_pb2
 from casfs.compression import CompressionError, decompress
 from casfs.digest import Digest, DigestFunction
 from casfs.resource import Compressor
+from casfs.server.grpc_errors import RequestError, grpc_errors, status_of
 from casfs.server.instances import Instances
-from casfs.server.status import RequestError, grpc_errors, status_of
 from casfs.server.streams import StreamGuard
 from casfs.store.errors import BlobNotFound, HashMismatch, StoreError
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from casfs.server.status import RequestError
+from casfs.server.grpc_errors import RequestError
 
 log = logging.getLogger("casfs.server")
 

@@ -11,7 +11,7 @@ from casfs.config import StoreConfig
 from casfs.resource import validate_instance_name
 from casfs.store.actioncache import ActionCacheStore
 from casfs.store.blobstore import BlobStore
-from casfs.store.uploads import UploadLimits, UploadSessions
+from casfs.store.partials import UploadLimits, UploadSessions
 
 
 class UnknownInstance(LookupError):

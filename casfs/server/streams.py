@@ -28,7 +28,7 @@ from typing import TypeVar
 import grpc
 
 from casfs.config import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_STREAMS
-from casfs.server.status import RequestError
+from casfs.server.grpc_errors import RequestError
 
 log = logging.getLogger("casfs.server")
 

@@ -18,8 +18,8 @@ from casfs._proto.tvix import rpc_blobstore_pb2 as pb2
 from casfs._proto.tvix import rpc_blobstore_pb2_grpc as pb2_grpc
 from casfs.digest import Digest, DigestBuilder, DigestFunction
 from casfs.server.bytestream import READ_CHUNK
+from casfs.server.grpc_errors import RequestError, grpc_errors
 from casfs.server.instances import Instance, Instances
-from casfs.server.status import RequestError, grpc_errors
 from casfs.server.streams import StreamGuard
 from casfs.store.blobstore import BlobStore, disk_errors
 from casfs.store.errors import BlobNotFound

@@ -18,8 +18,8 @@ from casfs._proto.tvix import castore_pb2
 from casfs._proto.tvix import rpc_directory_pb2 as pb2
 from casfs._proto.tvix import rpc_directory_pb2_grpc as pb2_grpc
 from casfs.digest import Digest, DigestFunction
+from casfs.server.grpc_errors import RequestError, grpc_errors
 from casfs.server.instances import Instances
-from casfs.server.status import RequestError, grpc_errors
 from casfs.server.streams import StreamGuard
 from casfs.server.tvix_blobs import stored_digest, tvix_instance
 from casfs.store.blobstore import BlobStore

@@ -13,9 +13,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from casfs.assetnames import (
     CHECKSUM_SRI,
@@ -29,22 +28,36 @@ from casfs.assetnames import (
 )
 from casfs.cas.assets import AssetClient
 from casfs.cas.client import CasClient
+from casfs.cli.connect import on_remote
+from casfs.cli.options import remote_options, size
 from casfs.config import RemoteConfig, default_store_dir
 from casfs.digest import Digest, DigestError, DigestFunction
 from casfs.store.assets import AssetIndex, AssetKind, Search
 
+if TYPE_CHECKING:
+    from casfs.cli.parser import Commands
+
+ASSET_EXAMPLES = """\
+  casfs asset push https://example.com/tool.tgz tool.tgz -q content_type=application/gzip
+  casfs asset fetch https://example.com/tool.tgz    # {"digest": ..., "qualifiers": ...}
+  casfs asset fetch https://x/y -q checksum.sri=sha256-<base64>   # any blob of that sha256
+  casfs asset push --remote grpc://cas.corp:8980 urn:build:42 <hash>/<size> -q branch=main
+"""
+FIND_EXAMPLES = """\
+  casfs find https://example.com/                 # names under a URI prefix, JSON lines
+  casfs find --content-type application/json --min-size 1M
+  casfs find --by-digest                          # each blob once, with all its names
+  casfs find --store /srv/cas -q branch=main --table
+"""
+
 SRI_FUNCTIONS = (DigestFunction.SHA256, DigestFunction.SHA384, DigestFunction.SHA512)
 
 
-def add_asset_commands(
-    command: Callable[..., argparse.ArgumentParser],
-    remote_options: Callable[[argparse.ArgumentParser], None],
-    size: Callable[[str], int],
-) -> None:
-    """Add ``asset push``, ``asset fetch`` and ``find`` through the CLI's ``command``, with
-    its remote options and its parser of sizes."""
-    asset = command(
+def register(commands: Commands) -> None:
+    """``asset push``, ``asset fetch`` and ``find``."""
+    asset = commands.add(
         "asset",
+        examples=ASSET_EXAMPLES,
         help="name blobs by URI and qualifiers (the Remote Asset API)",
         description="Push names for blobs (a URI and qualifiers such as content_type or "
         "checksum.sri) and fetch blobs by name, against any Remote Asset server "
@@ -69,6 +82,7 @@ def add_asset_commands(
         "--directory", action="store_true", help="DIGEST is the root Directory of a tree"
     )
     remote_options(push)
+    push.set_defaults(run=on_remote(push_asset, check_arguments))
 
     fetch = actions.add_parser(
         "fetch",
@@ -82,28 +96,31 @@ def add_asset_commands(
     _qualifier_option(fetch)
     fetch.add_argument("--directory", action="store_true", help="fetch a tree's root Directory")
     remote_options(fetch)
+    fetch.set_defaults(run=on_remote(fetch_asset, check_arguments))
 
-    find = command(
+    search = commands.add(
         "find",
+        examples=FIND_EXAMPLES,
+        run=find_assets,
         help="search the catalog of named blobs",
         description="List the assets of a store's catalog that match every filter given, one "
         "JSON object a line (a table on a terminal), streamed in URI order; --by-digest puts "
         "each blob once with all its names.",
     )
-    find.add_argument("prefix", nargs="?", default=None, metavar="URI_PREFIX")
-    _qualifier_option(find)
-    find.add_argument("--has", action="append", default=[], metavar="NAME", help="has qualifier")
-    find.add_argument("--content-type", help=f"the {CONTENT_TYPE} qualifier is this")
-    find.add_argument("--min-size", type=size, metavar="SIZE", help="at least, e.g. 1K")
-    find.add_argument("--max-size", type=size, metavar="SIZE", help="at most, e.g. 10M")
-    find.add_argument("--digest", metavar="HASH[/SIZE]", help="names of this blob")
-    find.add_argument("--kind", choices=[k.value for k in AssetKind])
-    find.add_argument("--expired", action="store_true", help="include expired assets")
-    find.add_argument("--by-digest", action="store_true", help="one line per blob, all its names")
-    output = find.add_mutually_exclusive_group()
+    search.add_argument("prefix", nargs="?", default=None, metavar="URI_PREFIX")
+    _qualifier_option(search)
+    search.add_argument("--has", action="append", default=[], metavar="NAME", help="has qualifier")
+    search.add_argument("--content-type", help=f"the {CONTENT_TYPE} qualifier is this")
+    search.add_argument("--min-size", type=size, metavar="SIZE", help="at least, e.g. 1K")
+    search.add_argument("--max-size", type=size, metavar="SIZE", help="at most, e.g. 10M")
+    search.add_argument("--digest", metavar="HASH[/SIZE]", help="names of this blob")
+    search.add_argument("--kind", choices=[k.value for k in AssetKind])
+    search.add_argument("--expired", action="store_true", help="include expired assets")
+    search.add_argument("--by-digest", action="store_true", help="one line per blob, all its names")
+    output = search.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
     output.add_argument("--table", action="store_true", help="a table even into a pipe")
-    find.add_argument("--store", type=Path, help=f"the store ({default_store_dir()})")
+    search.add_argument("--store", type=Path, help=f"the store ({default_store_dir()})")
 
 
 def _qualifier_option(parser: argparse.ArgumentParser) -> None:
@@ -135,7 +152,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         sri_hashes(qualifiers[CHECKSUM_SRI])
 
 
-async def push(args: argparse.Namespace, config: RemoteConfig) -> int:
+async def push_asset(args: argparse.Namespace, config: RemoteConfig) -> int:
     """Upload FILE unless it is a digest, then push the names; print the digest."""
     uris, qualifiers = _uris(args), _qualifiers(args)
     function = DigestFunction.from_name(args.digest_function)
@@ -162,7 +179,7 @@ async def push(args: argparse.Namespace, config: RemoteConfig) -> int:
     return 0
 
 
-async def fetch(args: argparse.Namespace, config: RemoteConfig) -> int:
+async def fetch_asset(args: argparse.Namespace, config: RemoteConfig) -> int:
     """Print what the server answers for the names (NotFound if nothing matches)."""
     uris, qualifiers = _uris(args), _qualifiers(args)
     async with AssetClient(config) as assets:
@@ -216,7 +233,7 @@ def _table_line(document: dict[str, object]) -> str:
     return f"{str(document['digest'])[:16]:16}  {document['size']:>12}  {document['uri']}  {shown}"
 
 
-def find(args: argparse.Namespace, out: TextIO | None = None) -> int:
+def find_assets(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Stream the matching assets of the store's index; exit 1 if nothing matches."""
     out = out or sys.stdout
     search = _search(args)
