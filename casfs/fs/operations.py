@@ -39,8 +39,17 @@ from casfs.cas.errors import CasError
 from casfs.fs.blocks.cache import BlockCache
 from casfs.fs.inodes import InodeTable
 from casfs.fs.namespace import Namespace
-from casfs.fs.nodes import ROOT, Attributes, Caller, Handle, MountState, Node, NodeError
-from casfs.fs.nodes.base import SetAttributes
+from casfs.fs.nodes import (
+    ROOT,
+    Attributes,
+    Caller,
+    Handle,
+    MountState,
+    Node,
+    NodeError,
+    Opened,
+    SetAttributes,
+)
 from casfs.fs.stats import FuseStats, MountStats, Snapshot
 from casfs.fs.status import StatusAttribute
 from casfs.fs.uploads import FileEntry, UploadError, Uploads
@@ -309,10 +318,10 @@ class CasOperations(pyfuse3.Operations):
 
     # -- files ------------------------------------------------------------------------------
 
-    def _file_info(self, handle: Handle, *, keep_cache: bool, direct_io: bool) -> pyfuse3.FileInfo:
+    def _file_info(self, opened: Opened) -> pyfuse3.FileInfo:
         fh = next(self._handles)
-        self._open[fh] = handle
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache, direct_io=direct_io)
+        self._open[fh] = opened.handle
+        return pyfuse3.FileInfo(fh=fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
 
     @_fuse_errors
     async def create(
@@ -322,17 +331,11 @@ class CasOperations(pyfuse3.Operations):
         state = self.state
         state.writable()
         opened, node = await self._node(parent_inode).create(state, name, mode, flags)
-        info = self._file_info(
-            opened.handle, keep_cache=opened.keep_cache, direct_io=opened.direct_io
-        )
-        return info, self._looked_up(node)
+        return self._file_info(opened), self._looked_up(node)
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        opened = await self._node(inode).open(self.state, inode, flags)
-        return self._file_info(
-            opened.handle, keep_cache=opened.keep_cache, direct_io=opened.direct_io
-        )
+        return self._file_info(await self._node(inode).open(self.state, inode, flags))
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> Chunk:  # type: ignore[override]

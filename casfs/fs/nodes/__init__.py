@@ -11,17 +11,10 @@
 ``fs/operations.py`` is the pyfuse3 adapter in front of them.
 """
 
-from casfs.fs.nodes.base import (
-    Attributes,
-    Caller,
-    Handle,
-    Node,
-    NodeError,
-    Opened,
-    SetAttributes,
-)
+from casfs.fs.nodes.base import Attributes, Caller, Handle, Node, Opened, SetAttributes
 from casfs.fs.nodes.blobfile import BlobFile
 from casfs.fs.nodes.directories import ROOT, BlobsDir, FunctionDir, HashDir, InstanceDir
+from casfs.fs.nodes.errors import NodeError
 from casfs.fs.nodes.state import Kernel, MountState
 from casfs.fs.nodes.uploadtree import UploadDir, UploadFile, UploadsDir, UploadSymlink
 

@@ -22,25 +22,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from casfs.cas.client import Chunk
+from casfs.fs.nodes.errors import NO_ATTRIBUTE, NodeError
 
 if TYPE_CHECKING:
     from casfs.fs.nodes.state import MountState
+
 
 # Blobs never change, and the namespace only changes on remount: let the kernel cache both.
 STATIC_TIMEOUT = 3600.0
 BLOB_TIMEOUT = 24 * 3600.0
 # Files under uploads/ change: the kernel asks again soon.
 UPLOAD_TIMEOUT = 1.0
-NO_ATTRIBUTE = errno.ENODATA  # pyfuse3.ENOATTR on Linux
-
-
-class NodeError(Exception):
-    """A node's answer that is an errno: ENOENT for a name that is not there, EROFS for a
-    change to a read-only place, ..."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(errno.errorcode.get(code, str(code)))
-        self.errno = code
 
 
 @dataclass(frozen=True, slots=True)

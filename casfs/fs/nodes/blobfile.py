@@ -10,10 +10,10 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+import casfs.fs.nodes.blobio as blobio
 from casfs.cas.client import Chunk
 from casfs.digest import Digest
 from casfs.fs.blocks.readahead import Readahead
-from casfs.fs.nodes import blobio
 from casfs.fs.nodes.base import BLOB_TIMEOUT, Attributes, Handle, Node, Opened
 from casfs.fs.nodes.state import MountState
 from casfs.fs.nodes.uploadfiles import open_upload

@@ -16,7 +16,7 @@ from casfs.cas.errors import NotFound
 from casfs.digest import Digest
 from casfs.fs.blocks.readahead import Readahead
 from casfs.fs.catalog import FindMissing
-from casfs.fs.nodes.base import NodeError
+from casfs.fs.nodes.errors import NodeError
 from casfs.fs.nodes.state import MountState
 from casfs.resource import BlobName
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from casfs.digest import DigestFunction
 from casfs.fs.namespace import BLOBS, UPLOADS, join
-from casfs.fs.nodes.base import NO_ATTRIBUTE, Attributes, Caller, Node, NodeError, Opened, new_name
+from casfs.fs.nodes.base import Attributes, Caller, Node, Opened, new_name
 from casfs.fs.nodes.blobfile import BlobFile
+from casfs.fs.nodes.errors import NO_ATTRIBUTE, NodeError
 from casfs.fs.nodes.state import MountState
 from casfs.fs.nodes.uploadfiles import open_upload
 from casfs.fs.nodes.uploadtree import UploadsDir, upload_node

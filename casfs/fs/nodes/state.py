@@ -21,8 +21,9 @@ from casfs.fs.audience import Audience
 from casfs.fs.blocks.cache import BlockCache
 from casfs.fs.catalog import Catalog
 from casfs.fs.namespace import Namespace
-from casfs.fs.nodes.base import NodeError
-from casfs.fs.uploads import Entry, Uploads
+from casfs.fs.nodes.errors import NodeError
+from casfs.fs.uploadentries import Entry
+from casfs.fs.uploads import Uploads
 
 
 class Kernel(Protocol):

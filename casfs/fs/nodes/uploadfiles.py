@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 
 import trio
 
+import casfs.fs.nodes.blobio as blobio
 from casfs.cas.client import Chunk
 from casfs.fs.blocks.readahead import Readahead
-from casfs.fs.nodes import blobio
-from casfs.fs.nodes.base import Handle, NodeError, Opened
+from casfs.fs.nodes.base import Handle, Opened
+from casfs.fs.nodes.errors import NodeError
 from casfs.fs.nodes.state import MountState
-from casfs.fs.uploads import FileEntry
+from casfs.fs.uploadentries import FileEntry
 
 log = logging.getLogger("casfs.fs")
 

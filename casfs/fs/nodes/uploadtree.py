@@ -14,21 +14,20 @@ import os
 import stat
 from dataclasses import dataclass
 
-from casfs.fs.nodes import blobio
+import casfs.fs.nodes.blobio as blobio
 from casfs.fs.nodes.base import (
-    NO_ATTRIBUTE,
     UPLOAD_TIMEOUT,
     Attributes,
     Caller,
     Node,
-    NodeError,
     Opened,
     SetAttributes,
     new_name,
 )
+from casfs.fs.nodes.errors import NO_ATTRIBUTE, NodeError
 from casfs.fs.nodes.state import MountState
 from casfs.fs.nodes.uploadfiles import open_upload
-from casfs.fs.uploads import DirEntry, Entry, FileEntry, SymlinkEntry
+from casfs.fs.uploadentries import DirEntry, Entry, FileEntry, SymlinkEntry
 
 # rename(2)'s flags, as Linux (and pyfuse3) number them.
 RENAME_NOREPLACE = 1
