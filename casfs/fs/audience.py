@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import cachetools
 
 from casfs.digest import Digest
-from casfs.fs.uploads import DirEntry, FileEntry
+from casfs.fs.uploadentries import DirEntry, FileEntry
 
 
 class Audience:

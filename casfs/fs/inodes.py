@@ -1,7 +1,7 @@
 """The inode table: node <-> inode number, and the kernel's lookup counts. No I/O.
 
-Static directories (the root, instance directories, ``blobs/``) are pinned and never
-forgotten. Other nodes get an inode on first lookup and lose it when the kernel forgets
+Static directories (the root, instance directories, ``blobs/``, ``uploads/``) are pinned
+and never forgotten. Other nodes get an inode on first lookup and lose it when the kernel forgets
 them (their lookup count drops to zero); a later lookup may give a new number, which is
 fine for immutable content.
 """
@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import itertools
 
-import pyfuse3
+from casfs.fs.nodes.base import Node
 
-from casfs.fs.namespace import ROOT, Node
+ROOT_INODE = 1  # FUSE_ROOT_ID, pyfuse3.ROOT_INODE
 
 
 class InodeTable:
-    """Thread-unsafe by design: all FUSE handlers run in one trio thread."""
+    """Thread-unsafe by design: all FUSE handlers run in one trio thread. Nodes are keyed
+    by value (they are frozen dataclasses): two equal nodes have one inode."""
 
-    def __init__(self) -> None:
-        self._by_node: dict[Node, int] = {ROOT: pyfuse3.ROOT_INODE}
-        self._by_inode: dict[int, Node] = {pyfuse3.ROOT_INODE: ROOT}
+    def __init__(self, root: Node) -> None:
+        self._by_node: dict[Node, int] = {root: ROOT_INODE}
+        self._by_inode: dict[int, Node] = {ROOT_INODE: root}
         self._lookups: dict[int, int] = {}
-        self._pinned: set[int] = {pyfuse3.ROOT_INODE}
-        self._next = itertools.count(pyfuse3.ROOT_INODE + 1)
+        self._pinned: set[int] = {ROOT_INODE}
+        self._next = itertools.count(ROOT_INODE + 1)
 
     def __len__(self) -> int:
         return len(self._by_inode)

@@ -20,12 +20,10 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from casfs import __version__
-
-if TYPE_CHECKING:
-    from casfs.fs.operations import CasOperations
+from casfs.fs.stats import Snapshot, StatsSource
 
 STATUS_XATTR = "user.casfs.status"
 RENDER_INTERVAL = 1.0
@@ -34,54 +32,50 @@ RENDER_INTERVAL = 1.0
 ORDINARY_ANSWERS = frozenset({("lookup", errno.ENOENT), ("getxattr", errno.ENODATA)})
 
 
-def snapshot(operations: CasOperations) -> dict[str, Any]:
-    """Everything ``casfs status`` shows, read from the counters of a running mount."""
-    cache = operations.cache
-    hits, waits = cache.stats.hits, cache.stats.waits
-    lookups = hits + waits + cache.stats.direct_reads
-    uploads = operations.uploads
-    fuse = operations.stats
+def document(stats: Snapshot) -> dict[str, Any]:
+    """Everything ``casfs status`` shows, from a snapshot of a running mount's counters."""
+    lookups = stats.hits + stats.waits + stats.direct_reads
     errors: dict[str, int] = {}
-    for (op, code), count in fuse.errors.copy().items():
+    for (op, code), count in stats.errors.items():
         if (op, code) not in ORDINARY_ANSWERS:
             name = errno.errorcode.get(code, str(code))
             errors[name] = errors.get(name, 0) + count
     return {
         "version": __version__,
         "pid": os.getpid(),
-        "remote": operations.remote,
-        "instances": list(operations.clients),
-        "read_only": operations.read_only,
-        "started": operations.started,
-        "uptime_seconds": round(time.time() - operations.started, 3),
+        "remote": stats.remote,
+        "instances": stats.instances,
+        "read_only": stats.read_only,
+        "started": stats.started,
+        "uptime_seconds": round(time.time() - stats.started, 3),
         "cache": {
-            "capacity_bytes": cache.capacity,
-            "used_bytes": cache.used,
-            "block_size": cache.block_size,
-            "hits": hits,
-            "waits": waits,
-            "misses": cache.stats.misses,
-            "direct_reads": cache.stats.direct_reads,
-            "prefetched_blocks": cache.stats.prefetches,
-            "evictions": cache.stats.evictions,
-            "hit_rate": round(hits / lookups, 4) if lookups else None,
+            "capacity_bytes": stats.cache_capacity,
+            "used_bytes": stats.cache_used,
+            "block_size": stats.block_size,
+            "hits": stats.hits,
+            "waits": stats.waits,
+            "misses": stats.misses,
+            "direct_reads": stats.direct_reads,
+            "prefetched_blocks": stats.prefetches,
+            "evictions": stats.evictions,
+            "hit_rate": round(stats.hits / lookups, 4) if lookups else None,
         },
         "cas": {
-            "fetched_bytes": cache.stats.fetched_bytes,
-            "uploaded_bytes": uploads.stats.uploaded_bytes,
+            "fetched_bytes": stats.fetched_bytes,
+            "uploaded_bytes": stats.uploaded_bytes,
         },
         "fuse": {
-            "read_bytes": fuse.read_bytes,
-            "written_bytes": fuse.written_bytes,
-            "ops": dict(sorted(fuse.ops.copy().items())),
+            "read_bytes": stats.fuse_read_bytes,
+            "written_bytes": stats.fuse_written_bytes,
+            "ops": dict(sorted(stats.ops.items())),
         },
         "uploads": {
-            "in_flight": uploads.active,
-            "committed": uploads.stats.committed,
-            "deduplicated": uploads.stats.deduplicated,
-            "failed": uploads.stats.failed,
-            "recovered": uploads.stats.recovered,
-            "resumed": sum(client.resumed_writes for client in operations.clients.values()),
+            "in_flight": stats.uploads_in_flight,
+            "committed": stats.committed,
+            "deduplicated": stats.deduplicated,
+            "failed": stats.failed,
+            "recovered": stats.recovered,
+            "resumed": stats.resumed,
         },
         "errors": dict(sorted(errors.items())),
     }
@@ -90,15 +84,15 @@ def snapshot(operations: CasOperations) -> dict[str, Any]:
 class StatusAttribute:
     """The value of ``user.casfs.status``, rendered at most once per ``RENDER_INTERVAL``."""
 
-    def __init__(self, operations: CasOperations) -> None:
-        self._operations = operations
+    def __init__(self, source: StatsSource) -> None:
+        self._source = source
         self._value = b""
         self._rendered = -RENDER_INTERVAL
 
     def value(self) -> bytes:
         now = time.monotonic()
         if now - self._rendered >= RENDER_INTERVAL:
-            self._value = json.dumps(snapshot(self._operations)).encode()
+            self._value = json.dumps(document(self._source.snapshot())).encode()
             self._rendered = now
         return self._value
 
