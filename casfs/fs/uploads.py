@@ -57,7 +57,6 @@ from pathlib import Path
 
 import trio
 
-from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs.cas.client import CasClient
 from casfs.digest import Digest, DigestFunction, digest_file
 from casfs.fs.behind import ByteBudget
@@ -65,6 +64,7 @@ from casfs.fs.errors import MountError
 from casfs.fs.hashbehind import HashBehind
 from casfs.fs.journal import Journal, Record
 from casfs.fs.spoolwriter import SpoolWriter
+from casfs.trees import encode
 
 log = logging.getLogger("casfs.fs")
 _ids = itertools.count(1)
@@ -665,22 +665,19 @@ class Uploads:
         """
         if directory.digest is not None:
             return directory.digest
-        message = re_pb2.Directory()
-        for name in sorted(directory.children):
-            child = directory.children[name]
+        entries: list[tuple[str, encode.Entry]] = []
+        for name, child in list(directory.children.items()):
             if isinstance(child, FileEntry):
                 if child.writers:
                     raise UploadError(errno.EBUSY, f"{child.path()} is still open for writing")
                 digest = await self.finalize(child)
-                message.files.add(
-                    name=name, digest=digest.to_proto(), is_executable=bool(child.mode & 0o111)
-                )
+                entries.append((name, encode.FileEntry(digest, bool(child.mode & 0o111))))
             elif isinstance(child, DirEntry):
                 digest = await self.directory_digest(child, instance)
-                message.directories.add(name=name, digest=digest.to_proto())
+                entries.append((name, encode.DirectoryEntry(digest)))
             elif isinstance(child, SymlinkEntry):
-                message.symlinks.add(name=name, target=child.target)
-        digest = await self.clients[instance].upload_bytes(message.SerializeToString())
+                entries.append((name, encode.SymlinkEntry(child.target)))
+        digest = await self.clients[instance].upload_bytes(encode.directory_bytes(entries))
         directory.digest = digest
         return digest
 
