@@ -41,6 +41,9 @@ class TreeLimits:
     max_directory_bytes: int = DEFAULT_MAX_DIRECTORY_BYTES
 
 
+DEFAULT_LIMITS = TreeLimits()
+
+
 class BadDirectory(CasError):
     """A Directory (or Tree, or ActionResult) that does not parse or breaks a rule: EIO."""
 
@@ -128,7 +131,7 @@ def _digest(proto: re_pb2.Digest, function: DigestFunction, what: str) -> Digest
 
 
 def from_message(
-    message: re_pb2.Directory, digest: Digest, limits: TreeLimits = TreeLimits()
+    message: re_pb2.Directory, digest: Digest, limits: TreeLimits = DEFAULT_LIMITS
 ) -> Directory:
     """Check a parsed Directory named ``digest`` (whose bytes the caller verified)."""
     what = f"Directory {digest}"
@@ -175,7 +178,7 @@ def from_message(
     )
 
 
-def parse_directory(data: bytes, digest: Digest, limits: TreeLimits = TreeLimits()) -> Directory:
+def parse_directory(data: bytes, digest: Digest, limits: TreeLimits = DEFAULT_LIMITS) -> Directory:
     """The checked Directory whose bytes ``data`` were fetched as ``digest``.
 
     Raises ``DataLoss`` if the bytes do not match, ``BadDirectory`` if they do not parse
@@ -201,7 +204,7 @@ def parse_message(cls: type[M], data: bytes, what: str) -> M:
 
 
 def parse_tree(
-    data: bytes, digest: Digest, limits: TreeLimits = TreeLimits()
+    data: bytes, digest: Digest, limits: TreeLimits = DEFAULT_LIMITS
 ) -> tuple[Directory, dict[Digest, Directory]]:
     """A verified Tree message (an output directory): its root and its children by digest.
 
