@@ -29,7 +29,10 @@ DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_MAX_DEPTH = 256
 """Directories below a tree's root on one path."""
 DEFAULT_MAX_DIRECTORY_BYTES = 16 << 20
-"""The largest Directory blob fetched (a hostile size must not become an allocation)."""
+"""The largest Directory, Action or Command blob fetched (a hostile size must not become
+an allocation)."""
+DEFAULT_MAX_TREE_BYTES = 256 << 20
+"""The largest Tree blob (an output directory, all its Directories in one message)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +42,7 @@ class TreeLimits:
     max_entries: int = DEFAULT_MAX_ENTRIES
     max_depth: int = DEFAULT_MAX_DEPTH
     max_directory_bytes: int = DEFAULT_MAX_DIRECTORY_BYTES
+    max_tree_bytes: int = DEFAULT_MAX_TREE_BYTES
 
 
 DEFAULT_LIMITS = TreeLimits()
@@ -123,7 +127,7 @@ def _mtime(properties: re_pb2.NodeProperties) -> int | None:
     return None
 
 
-def _digest(proto: re_pb2.Digest, function: DigestFunction, what: str) -> Digest:
+def proto_digest(proto: re_pb2.Digest, function: DigestFunction, what: str) -> Digest:
     try:
         return Digest.from_proto(proto, function)
     except DigestError as error:
@@ -162,14 +166,15 @@ def from_message(
         files=tuple(
             FileNode(
                 n.name,
-                _digest(n.digest, function, what),
+                proto_digest(n.digest, function, what),
                 n.is_executable,
                 _mtime(n.node_properties),
             )
             for n in message.files
         ),
         directories=tuple(
-            DirectoryNode(n.name, _digest(n.digest, function, what)) for n in message.directories
+            DirectoryNode(n.name, proto_digest(n.digest, function, what))
+            for n in message.directories
         ),
         symlinks=tuple(
             SymlinkNode(n.name, n.target, _mtime(n.node_properties)) for n in message.symlinks
@@ -212,6 +217,8 @@ def parse_tree(
     the root gets the digest of its own serialization too. Every directory the root
     reaches must be among the children, within ``limits.max_depth``.
     """
+    if digest.size > limits.max_tree_bytes:
+        raise BadDirectory(f"Tree {digest}: larger than {limits.max_tree_bytes} bytes")
     verify(data, digest, f"Tree {digest}")
     tree = parse_message(re_pb2.Tree, data, f"Tree {digest}")
     function = digest.function

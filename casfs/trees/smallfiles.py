@@ -73,10 +73,28 @@ async def fetch_small(
                 await store(digest, data)
             fetched += len(blobs)
 
-    async with trio.open_nursery() as nursery:
-        for run in runs:
-            nursery.start_soon(one, run)
+    try:
+        async with trio.open_nursery() as nursery:
+            for run in runs:
+                nursery.start_soon(one, run)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
     return fetched
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error in a nursery's group that is not a cancellation (the group itself
+    when it holds only cancellations, so trio's cancel scopes still see them)."""
+    for error in _leaves(group):
+        if not isinstance(error, trio.Cancelled):
+            return error
+    return group
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
 
 
 async def small_files(

@@ -73,7 +73,8 @@ class TreeSource:
             self._cache.move_to_end(digest)
         return directory
 
-    def _keep(self, directory: Directory) -> None:
+    def keep(self, directory: Directory) -> None:
+        """Put a checked Directory in the cache (keyed by its own digest)."""
         if directory.digest in self._cache:
             self._cache.move_to_end(directory.digest)
             return
@@ -113,7 +114,7 @@ class TreeSource:
                 parse_directory(b"", digest, self.limits)  # raises BadDirectory
             data = await self.client.read_blob(digest)
             directory = parse_directory(data, digest, self.limits)
-            self._keep(directory)
+            self.keep(directory)
             return directory
         finally:
             del self._flights[digest]
@@ -152,7 +153,7 @@ class TreeSource:
                         directory = await self.directory(digest)
                     else:
                         directory = parse_directory(data, digest, self.limits)
-                        self._keep(directory)
+                        self.keep(directory)
                     taken += 1
                     budget -= directory.cost
                 for node in directory.directories:
@@ -187,5 +188,5 @@ class TreeSource:
         missing = [d for d in wanted if self.cached(d) is None]
         if missing:
             for digest, data in (await self.client.batch_read(missing)).items():
-                self._keep(parse_directory(data, digest, self.limits))
+                self.keep(parse_directory(data, digest, self.limits))
         return [await self.directory(d) for d in wanted]
