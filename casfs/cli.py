@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 import trio
 
-from casfs import assetcli, notify
+from casfs import assetcli, notify, treecli
 from casfs.assetnames import AssetNameError
 from casfs.cas.channel import EndpointError
 from casfs.cas.client import CasClient
@@ -382,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("digest", help="<hash>/<size>")
     get.add_argument("output", nargs="?", type=Path, help="file to write (default: stdout)")
     _remote_options(get)
+    treecli.add_tree_options(put, get)
 
     stat = command("stat", help="say whether the CAS has a blob")
     stat.add_argument("digest", help="<hash>/<size>")
@@ -699,6 +700,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status(args)
         if args.command == "find":
             return assetcli.find(args)
+        if (tree := treecli.runner(args)) is not None:  # put -r, get -r
+            with _client_config(args) as config:
+                return trio.run(tree, args, config)
         if args.command == "asset":
             assetcli.check_arguments(args)
             runner = {"push": assetcli.push, "fetch": assetcli.fetch}[args.asset_command]

@@ -31,6 +31,9 @@ DEFAULT_MAX_DEPTH = 256
 DEFAULT_MAX_DIRECTORY_BYTES = 16 << 20
 """The largest Directory, Action or Command blob fetched (a hostile size must not become
 an allocation)."""
+DEFAULT_MAX_TOTAL_ENTRIES = 10_000_000
+"""Entries a whole tree may hold when it is walked to its end (``casfs get -r``): shared
+subtrees count once per path, so a small hostile DAG cannot unfold without bound."""
 DEFAULT_MAX_TREE_BYTES = 256 << 20
 """The largest Tree blob (an output directory, all its Directories in one message)."""
 
@@ -43,6 +46,7 @@ class TreeLimits:
     max_depth: int = DEFAULT_MAX_DEPTH
     max_directory_bytes: int = DEFAULT_MAX_DIRECTORY_BYTES
     max_tree_bytes: int = DEFAULT_MAX_TREE_BYTES
+    max_total_entries: int = DEFAULT_MAX_TOTAL_ENTRIES
 
 
 DEFAULT_LIMITS = TreeLimits()
