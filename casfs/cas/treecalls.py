@@ -10,7 +10,8 @@ cancels its call, and only ``CasError`` subclasses leave this module.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import trio
@@ -80,7 +81,7 @@ class TreeCalls:
 
     async def get_tree(
         self, root: Digest, page_size: int = DEFAULT_PAGE_SIZE
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The serialized Directories below ``root`` (itself included), as the server sends
         them: unverified, in the server's order; missing ones may be left out (REAPI allows
         it). The caller hashes each to learn which digest it is.
@@ -94,12 +95,14 @@ class TreeCalls:
         delays = self.client.config.retry.delays()
         while True:
             try:
-                async for kind, value in self._one_stream(root, page_size, token):
-                    if kind == "token":
-                        token = value.decode()
-                        delays = self.client.config.retry.delays()
-                    else:
-                        yield value
+                stream = self._one_stream(root, page_size, token)
+                async with contextlib.aclosing(stream) as items:
+                    async for kind, value in items:
+                        if kind == "token":
+                            token = value.decode()
+                            delays = self.client.config.retry.delays()
+                        else:
+                            yield value
                 if not token:
                     return
             except CasError as error:
@@ -110,7 +113,7 @@ class TreeCalls:
 
     async def _one_stream(
         self, root: Digest, page_size: int, token: str
-    ) -> AsyncIterator[tuple[str, bytes]]:
+    ) -> AsyncGenerator[tuple[str, bytes], None]:
         """One GetTree call: ("dir", bytes) per Directory, then ("token", next) per page;
         ends with the last page's token (b"" when the tree is complete)."""
         request = re_pb2.GetTreeRequest(

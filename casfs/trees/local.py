@@ -96,7 +96,8 @@ async def put_tree(
     scanned = await trio.to_thread.run_sync(scan, root, function)
     missing = await client.find_missing([*scanned.files, *scanned.directories])
     budget = (await client.capabilities()).batch_budget()
-    small = [d for d in scanned.files if d in missing and 0 < d.size <= min(budget, SMALL_FILE)]
+    limit = min(budget, SMALL_FILE)
+    small = {d for d in scanned.files if d in missing and 0 < d.size <= limit}
     for run in pack(small, budget):
         blobs = await trio.to_thread.run_sync(_read_files, scanned, run)
         await client.batch_update(blobs)

@@ -17,6 +17,7 @@ least recently used first out; a prefetch takes at most half of that and stops t
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from collections.abc import Iterable
 import trio
 
 from casfs.cas.client import CasClient
+from casfs.cas.errors import Unimplemented
 from casfs.cas.treecalls import TreeCalls
 from casfs.digest import Digest
 from casfs.trees.model import DEFAULT_LIMITS, Directory, TooDeep, TreeLimits, parse_directory
@@ -126,7 +128,10 @@ class TreeSource:
         """Fetch the subtree below ``root`` into the cache; returns how many Directories
         were fetched. Stops at ``limits.max_depth`` (``TooDeep``) and when the fetched
         Directories would take more than half the cache. A Directory the server does not
-        send in a GetTree is read by BatchReadBlobs. Errors as ``directory``."""
+        send in a GetTree (or all of them, from a server without GetTree) is read by
+        BatchReadBlobs. Errors as ``directory``; ``NotFound`` if any Directory of the
+        subtree is missing. Cancellation cancels the call in flight and keeps what was
+        already checked in the cache."""
         method = method or self.prefetch_method
         if method is Prefetch.GET_TREE:
             return await self._prefetch_get_tree(root)
@@ -175,11 +180,15 @@ class TreeSource:
     async def _prefetch_get_tree(self, root: Digest) -> int:
         have: dict[Digest, bytes] = {}
         held = 0
-        async for data in self.calls.get_tree(root):
-            held += len(data)
-            if held > self.cache_bytes // 2:
-                break  # the rest comes level by level, as far as the budget goes
-            have[Digest.of_bytes(data, root.function)] = data
+        try:
+            async with contextlib.aclosing(self.calls.get_tree(root)) as pages:
+                async for data in pages:
+                    held += len(data)
+                    if held > self.cache_bytes // 2:
+                        break  # the rest comes level by level, as far as the budget goes
+                    have[Digest.of_bytes(data, root.function)] = data
+        except Unimplemented:
+            log.info("the server has no GetTree: %s comes level by level", root)
         return await self._walk(root, have)
 
     async def directories(self, digests: Iterable[Digest]) -> list[Directory]:
