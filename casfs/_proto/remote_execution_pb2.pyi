@@ -133,6 +133,72 @@ class Tree(_message.Message):
     children: _containers.RepeatedCompositeFieldContainer[Directory]
     def __init__(self, root: _Optional[_Union[Directory, _Mapping]] = ..., children: _Optional[_Iterable[_Union[Directory, _Mapping]]] = ...) -> None: ...
 
+class Action(_message.Message):
+    __slots__ = ("command_digest", "input_root_digest", "timeout", "do_not_cache", "salt", "platform")
+    COMMAND_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    INPUT_ROOT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    DO_NOT_CACHE_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    command_digest: Digest
+    input_root_digest: Digest
+    timeout: _duration_pb2.Duration
+    do_not_cache: bool
+    salt: bytes
+    platform: Platform
+    def __init__(self, command_digest: _Optional[_Union[Digest, _Mapping]] = ..., input_root_digest: _Optional[_Union[Digest, _Mapping]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., do_not_cache: _Optional[bool] = ..., salt: _Optional[bytes] = ..., platform: _Optional[_Union[Platform, _Mapping]] = ...) -> None: ...
+
+class Command(_message.Message):
+    __slots__ = ("arguments", "environment_variables", "output_files", "output_directories", "platform", "working_directory", "output_paths", "output_node_properties", "output_directory_format")
+    class OutputDirectoryFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        TREE_ONLY: _ClassVar[Command.OutputDirectoryFormat]
+        DIRECTORY_ONLY: _ClassVar[Command.OutputDirectoryFormat]
+        TREE_AND_DIRECTORY: _ClassVar[Command.OutputDirectoryFormat]
+    TREE_ONLY: Command.OutputDirectoryFormat
+    DIRECTORY_ONLY: Command.OutputDirectoryFormat
+    TREE_AND_DIRECTORY: Command.OutputDirectoryFormat
+    class EnvironmentVariable(_message.Message):
+        __slots__ = ("name", "value")
+        NAME_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        name: str
+        value: str
+        def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    ENVIRONMENT_VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FILES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIRECTORIES_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    WORKING_DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PATHS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NODE_PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIRECTORY_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    arguments: _containers.RepeatedScalarFieldContainer[str]
+    environment_variables: _containers.RepeatedCompositeFieldContainer[Command.EnvironmentVariable]
+    output_files: _containers.RepeatedScalarFieldContainer[str]
+    output_directories: _containers.RepeatedScalarFieldContainer[str]
+    platform: Platform
+    working_directory: str
+    output_paths: _containers.RepeatedScalarFieldContainer[str]
+    output_node_properties: _containers.RepeatedScalarFieldContainer[str]
+    output_directory_format: Command.OutputDirectoryFormat
+    def __init__(self, arguments: _Optional[_Iterable[str]] = ..., environment_variables: _Optional[_Iterable[_Union[Command.EnvironmentVariable, _Mapping]]] = ..., output_files: _Optional[_Iterable[str]] = ..., output_directories: _Optional[_Iterable[str]] = ..., platform: _Optional[_Union[Platform, _Mapping]] = ..., working_directory: _Optional[str] = ..., output_paths: _Optional[_Iterable[str]] = ..., output_node_properties: _Optional[_Iterable[str]] = ..., output_directory_format: _Optional[_Union[Command.OutputDirectoryFormat, str]] = ...) -> None: ...
+
+class Platform(_message.Message):
+    __slots__ = ("properties",)
+    class Property(_message.Message):
+        __slots__ = ("name", "value")
+        NAME_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        name: str
+        value: str
+        def __init__(self, name: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    properties: _containers.RepeatedCompositeFieldContainer[Platform.Property]
+    def __init__(self, properties: _Optional[_Iterable[_Union[Platform.Property, _Mapping]]] = ...) -> None: ...
+
 class ActionResult(_message.Message):
     __slots__ = ("output_files", "output_file_symlinks", "output_symlinks", "output_directories", "output_directory_symlinks", "exit_code", "stdout_raw", "stdout_digest", "stderr_raw", "stderr_digest", "execution_metadata")
     OUTPUT_FILES_FIELD_NUMBER: _ClassVar[int]

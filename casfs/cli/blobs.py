@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from casfs.cas.client import CasClient
+from casfs.cli import trees
 from casfs.cli.connect import on_remote
 from casfs.cli.options import remote_options
 from casfs.config import RemoteConfig
@@ -42,7 +43,7 @@ def register(commands: Commands) -> None:
     put = commands.add(
         "put",
         examples=PUT_EXAMPLES,
-        run=on_remote(put_files),
+        run=on_remote(put_command),
         help="upload files; prints <hash>/<size> for each",
         description="Upload files (or standard input, '-') unless the CAS has them, and print "
         "<hash>/<size> for each. A terminal shows a progress bar for large files.",
@@ -53,7 +54,7 @@ def register(commands: Commands) -> None:
     get = commands.add(
         "get",
         examples=GET_EXAMPLES,
-        run=on_remote(get_blob),
+        run=on_remote(get_command),
         help="download a blob to a file or stdout",
         description="Download a blob, verified against its digest. A file is written under a "
         "temporary name and renamed once complete, so a failed download leaves nothing.",
@@ -61,6 +62,7 @@ def register(commands: Commands) -> None:
     get.add_argument("digest", help="<hash>/<size>")
     get.add_argument("output", nargs="?", type=Path, help="file to write (default: stdout)")
     remote_options(get)
+    trees.add_tree_options(put, get)
 
     stat = commands.add(
         "stat",
@@ -70,6 +72,18 @@ def register(commands: Commands) -> None:
     )
     stat.add_argument("digest", help="<hash>/<size>")
     remote_options(stat)
+
+
+async def put_command(args: argparse.Namespace, config: RemoteConfig) -> int:
+    """``put``, or ``put -r`` (``cli/trees.py``)."""
+    tree = trees.runner(args)
+    return await (tree or put_files)(args, config)
+
+
+async def get_command(args: argparse.Namespace, config: RemoteConfig) -> int:
+    """``get``, or ``get -r`` (``cli/trees.py``)."""
+    tree = trees.runner(args)
+    return await (tree or get_blob)(args, config)
 
 
 async def put_files(args: argparse.Namespace, config: RemoteConfig) -> int:

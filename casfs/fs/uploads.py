@@ -54,7 +54,6 @@ from dataclasses import dataclass
 
 import trio
 
-from casfs._proto import remote_execution_pb2 as re_pb2
 from casfs.cas.client import CasClient
 from casfs.cas.errors import ContentChanged
 from casfs.digest import Digest, digest_file
@@ -65,6 +64,7 @@ from casfs.fs.spool import Spool
 from casfs.fs.spoolwriter import SpoolWriter
 from casfs.fs.uploadentries import DirEntry, Entry, FileEntry, SymlinkEntry, UploadError
 from casfs.fs.uploadjournal import COMPACT_EVERY, UploadJournal
+from casfs.trees import encode
 
 __all__ = [  # the upload side's names, wherever they are defined
     "DirEntry",
@@ -491,22 +491,19 @@ class Uploads(UploadJournal):
         """
         if directory.digest is not None:
             return directory.digest
-        message = re_pb2.Directory()
-        for name in sorted(directory.children):
-            child = directory.children[name]
+        entries: list[tuple[str, encode.Entry]] = []
+        for name, child in list(directory.children.items()):
             if isinstance(child, FileEntry):
                 if child.writers:
                     raise UploadError(errno.EBUSY, f"{child.path()} is still open for writing")
                 digest = await self.finalize(child)
-                message.files.add(
-                    name=name, digest=digest.to_proto(), is_executable=bool(child.mode & 0o111)
-                )
+                entries.append((name, encode.FileEntry(digest, bool(child.mode & 0o111))))
             elif isinstance(child, DirEntry):
                 digest = await self.directory_digest(child, instance)
-                message.directories.add(name=name, digest=digest.to_proto())
+                entries.append((name, encode.DirectoryEntry(digest)))
             elif isinstance(child, SymlinkEntry):
-                message.symlinks.add(name=name, target=child.target)
-        digest = await self.clients[instance].upload_bytes(message.SerializeToString())
+                entries.append((name, encode.SymlinkEntry(child.target)))
+        digest = await self.clients[instance].upload_bytes(encode.directory_bytes(entries))
         directory.digest = digest
         return digest
 
