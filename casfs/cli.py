@@ -31,6 +31,7 @@ from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError
 from casfs.config import (
     DEFAULT_ABANDON_AFTER,
+    DEFAULT_DISK_CACHE_SIZE,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_INSTANCE,
     DEFAULT_LISTEN,
@@ -43,6 +44,7 @@ from casfs.config import (
     ServeConfig,
     StoreConfig,
     default_cache_dir,
+    default_disk_cache_dir,
     default_store_dir,
     load_serve_config,
     parse_size,
@@ -356,6 +358,24 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--cache-size", type=_size, help="block cache (512M)")
     mount.add_argument("--block-size", type=_size, help="fetch unit (1M)")
     mount.add_argument("--readahead", type=int, metavar="KIB", help="kernel readahead (1024)")
+    # The disk cache (fs/blocks/disk.py): keep these three together.
+    mount.add_argument(
+        "--disk-cache",
+        type=Path,
+        metavar="DIR",
+        help=f"keep blocks read from the remote on disk here, shared by every mount of the "
+        f"same remote and instance ({default_disk_cache_dir()})",
+    )
+    mount.add_argument(
+        "--disk-cache-size",
+        type=_size,
+        metavar="SIZE",
+        help=f"the disk cache's size; least recently used blocks go first "
+        f"({DEFAULT_DISK_CACHE_SIZE >> 30}G)",
+    )
+    mount.add_argument(
+        "--no-disk-cache", action="store_true", default=None, help="keep no blocks on disk"
+    )
     mount.add_argument(
         "-o", dest="options", action="append", default=[], help="FUSE mount options, a,b,c"
     )
@@ -652,6 +672,7 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
             ("cache_size", args.cache_size),
             ("block_size", args.block_size),
             ("readahead_kb", args.readahead),
+            ("disk_cache_size", args.disk_cache_size),
         )
         if value is not None
     }
@@ -667,6 +688,8 @@ def _mount_config(args: argparse.Namespace) -> MountConfig:
         **sizes,
         metrics=args.metrics,
         check_remote=args.check_remote is not False,
+        disk_cache=args.disk_cache,
+        use_disk_cache=not args.no_disk_cache,
     )
 
 

@@ -55,6 +55,8 @@ class MountCollector(Collector):
         yield _gauge(
             "casfs_cache_capacity_bytes", "the cache's configured size", operations.cache.capacity
         )
+        if operations.cache.disk is not None:
+            yield from operations.cache.disk.stats.metrics()
         yield _counter(
             "casfs_cas_read_bytes", "blob bytes fetched from the CAS", cache.fetched_bytes
         )

@@ -66,6 +66,7 @@ def snapshot(operations: CasOperations) -> dict[str, Any]:
             "evictions": cache.stats.evictions,
             "hit_rate": round(hits / lookups, 4) if lookups else None,
         },
+        "disk_cache": cache.disk.stats.status() if cache.disk is not None else None,
         "cas": {
             "fetched_bytes": cache.stats.fetched_bytes,
             "uploaded_bytes": uploads.stats.uploaded_bytes,
@@ -148,6 +149,16 @@ def _duration(seconds: float) -> str:
     return f"{days}d{text}" if days else text
 
 
+def _disk_line(disk: dict[str, int] | None) -> str:
+    if disk is None:
+        return "off"
+    return (
+        f"{_bytes(disk['used_bytes'])} of {_bytes(disk['capacity_bytes'])} used, "
+        f"{disk['hits']} hits, {disk['misses']} misses, {disk['evictions']} evictions, "
+        f"{disk['corrupt']} corrupt, {disk['skipped_writes']} writes skipped"
+    )
+
+
 def format_status(mountpoint: Path, status: dict[str, Any]) -> str:
     """The status for a person: one line per subject."""
     cache, cas, fuse, uploads = status["cache"], status["cas"], status["fuse"], status["uploads"]
@@ -164,6 +175,7 @@ def format_status(mountpoint: Path, status: dict[str, Any]) -> str:
          + (f"hit rate {rate:.1%}" if rate is not None else "no reads yet")
          + f" ({cache['hits']} hits, {cache['waits']} waits, {cache['direct_reads']} direct"
          f" reads), {cache['evictions']} evictions"),
+        ("disk cache", _disk_line(status.get("disk_cache"))),
         ("from the CAS", f"{_bytes(cas['fetched_bytes'])} fetched, "
          f"{_bytes(cas['uploaded_bytes'])} uploaded"),
         ("through FUSE", f"{_bytes(fuse['read_bytes'])} read, "
