@@ -23,7 +23,6 @@ from pathlib import Path
 import trio
 
 from bench.common import (
-    MIB,
     Stopwatch,
     Summary,
     drop_caches,
@@ -68,15 +67,15 @@ def _fill(mountpoint: Path, args: Sequence[str], name: str, size: int) -> bool:
     with CasfsMount(mountpoint, *args) as mount:
         read_file(mountpoint / "main" / "blobs" / name)
         deadline = time.monotonic() + 600
-        while True:
+        last: dict[str, int] = {}
+        while True:  # the writes behind are done once the disk's figures stop moving
             status = read_status(mountpoint)
-            disk = status["disk_cache"]
-            fetched = -(-status["cas"]["fetched_bytes"] // MIB)
-            if disk["written_blocks"] + disk["skipped_writes"] >= fetched:
-                return fetched == 0
+            if status["disk_cache"] == last:
+                return status["cas"]["fetched_bytes"] == 0
             if time.monotonic() > deadline:
                 raise RuntimeError(f"casfs never wrote its blocks: {mount.log_text()}")
-            time.sleep(0.1)
+            last = status["disk_cache"]
+            time.sleep(1.5)  # the status is rendered at most once a second
 
 
 def casfs_remount(root: Path, endpoint: str, name: str, size: int) -> float:

@@ -172,6 +172,22 @@ class DiskTier:
                 break
         return found
 
+    async def absent(self, source: object, digest: Digest, indexes: Sequence[int]) -> int:
+        """How many of the blocks, from the first, have no file on disk (a run streams
+        those, and looks on disk again after them)."""
+        area = self._area(source)
+        if area is None:
+            return len(indexes)
+
+        def count() -> int:
+            for done, index in enumerate(indexes):
+                if area.file(digest, index).exists():
+                    return done
+            return len(indexes)
+
+        async with self._loaders:
+            return await trio.to_thread.run_sync(count, abandon_on_cancel=True)
+
     def _load_batch(
         self, area: Area, digest: Digest, indexes: Sequence[int]
     ) -> tuple[list[Chunk], int, OSError | None]:

@@ -119,22 +119,30 @@ class Prefetcher:
     async def _run(
         self, source: BlobSource, digest: Digest, run: list[tuple[BlockKey, Flight]]
     ) -> None:
-        """Land the run's first blocks that are on disk, then fetch the rest with one
-        streaming Read, landing each block as soon as it is complete."""
+        """Land the run's blocks: those on disk from the disk, each stretch of those not on
+        disk with one streaming Read, landing each block as soon as it is complete."""
         pending = list(run)
         deliver = self._verification.deliver
         try:
-            while self._disk is not None and pending:
-                indexes = [key[1] for key, _ in pending[:DISK_RUN]]
-                found = await self._disk.load_run(source, digest, indexes)
-                for data in found:
-                    key, flight = pending.pop(0)
-                    deliver(key, flight, data)
-                await self._verification.keep_up(digest)
-                if len(found) < len(indexes):
+            while pending:
+                count = len(pending)
+                if self._disk is not None:  # what is on disk first, then what is not
+                    indexes = [key[1] for key, _ in pending[:DISK_RUN]]
+                    found = await self._disk.load_run(source, digest, indexes)
+                    for data in found:
+                        key, flight = pending.pop(0)
+                        deliver(key, flight, data)
+                    await self._verification.keep_up(digest)
+                    if len(found) == len(indexes) or not pending:
+                        continue
+                    count = await self._disk.absent(source, digest, [k[1] for k, _ in pending])
+                part = pending[: max(1, count)]
+                try:
+                    await self._stream(source, digest, part)
+                finally:
+                    del pending[: max(1, count) - len(part)]
+                if part:  # the stream came up short
                     break
-            if pending:
-                await self._stream(source, digest, pending)
         except Exception as error:
             log.debug("readahead of %s from block %d failed: %s", digest, run[0][0][1], error)
             for key, flight in pending:
