@@ -252,6 +252,9 @@ class DiskTier:
                 except OSError as error:
                     self._failed("a write", error)
                     written, evicted = [], 0
+                except Exception:  # a bug here must not end the mount: the blocks are lost
+                    log.exception("disk cache: writing %d block(s) failed", len(batch))
+                    written, evicted = [], 0
                 finally:
                     self._queued -= size
                 self.stats.written_blocks += len(written)
