@@ -71,7 +71,7 @@ def _fill(mountpoint: Path, args: Sequence[str], name: str, size: int) -> bool:
         while True:  # the writes behind are done once the disk's figures stop moving
             status = read_status(mountpoint)
             if status["disk_cache"] == last:
-                return status["cas"]["fetched_bytes"] == 0
+                return bool(status["cas"]["fetched_bytes"] == 0)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"casfs never wrote its blocks: {mount.log_text()}")
             last = status["disk_cache"]
