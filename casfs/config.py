@@ -39,6 +39,15 @@ def mount_cache_dir(mountpoint: Path) -> Path:
     return default_cache_dir() / "mounts" / name
 
 
+def default_disk_cache_dir() -> Path:
+    """The disk cache of blocks read from remotes, shared by every mount of the user:
+    ``$XDG_CACHE_HOME/casfs/blocks``."""
+    return default_cache_dir() / "blocks"
+
+
+DEFAULT_DISK_CACHE_SIZE = 1 << 30
+
+
 def default_store_dir() -> Path:
     """The embedded CAS's default store; ``casfs serve`` and ``casfs mount`` share it."""
     return default_data_dir() / "store"
@@ -277,6 +286,9 @@ class MountConfig:
     drain_timeout: float = 300.0
     metrics: str | None = None  # [HOST:]PORT of a Prometheus endpoint; None: none
     check_remote: bool = True  # refuse to mount a remote that does not answer
+    disk_cache: Path | None = None  # None: default_disk_cache_dir()
+    disk_cache_size: int = DEFAULT_DISK_CACHE_SIZE
+    use_disk_cache: bool = True
 
     def __post_init__(self) -> None:
         if not is_block_size(self.block_size):
@@ -285,3 +297,5 @@ class MountConfig:
             raise ConfigError("--cache-size must hold at least 16 blocks")
         if not self.instances:
             raise ConfigError("mount at least one instance")
+        if self.use_disk_cache and self.disk_cache_size < 4 * self.block_size:
+            raise ConfigError("--disk-cache-size must hold at least 4 blocks")

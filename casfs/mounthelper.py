@@ -32,6 +32,8 @@ VALUE_OPTIONS = {
     "block_size": "--block-size",
     "readahead": "--readahead",
     "cache_dir": "--cache-dir",
+    "disk_cache": "--disk-cache",
+    "disk_cache_size": "--disk-cache-size",
     "ca_file": "--ca-file",
     "client_cert": "--client-cert",
     "client_key": "--client-key",
@@ -43,6 +45,7 @@ VALUE_OPTIONS = {
 }
 FLAG_OPTIONS = {"ro": "--read-only", "read_only": "--read-only", "allow_other": "--allow-other"}
 FLAG_OPTIONS["no_check_remote"] = "--no-check-remote"
+FLAG_OPTIONS["no_disk_cache"] = "--no-disk-cache"
 
 
 class UsageError(ValueError):

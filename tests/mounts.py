@@ -34,6 +34,8 @@ class CasfsMount(Managed):
         self.command = tuple(command)
         if "--cache-dir" not in args:  # never the user's own cache directory
             args = (*args, "--cache-dir", str(mountpoint.parent / f"{mountpoint.name}-cache"))
+        if "--disk-cache" not in args and "--no-disk-cache" not in args:  # nor its disk cache
+            args = (*args, "--disk-cache", str(mountpoint.parent / f"{mountpoint.name}-disk"))
         self.args = args
         self.log = mountpoint.parent / f"{mountpoint.name}-mount.log"
         self.process: subprocess.Popen[bytes] | None = None

@@ -36,6 +36,7 @@ SNAPSHOT = Snapshot(
     deduplicated=2,
     failed=1,
     recovered=0,
+    disk=None,
     resumed=3,
     fuse_read_bytes=11,
     fuse_written_bytes=12,

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING
 from casfs.cli.connect import apply_remote, named_remote
 from casfs.cli.options import connection_options, metrics_option, remote_config, size
 from casfs.config import (
+    DEFAULT_DISK_CACHE_SIZE,
     DEFAULT_INSTANCE,
     ConfigError,
     MountConfig,
     default_cache_dir,
+    default_disk_cache_dir,
     default_store_dir,
 )
 from casfs.remotes import config_file, find_remote, load_remotes
@@ -83,6 +85,24 @@ def mount_options(mount: argparse.ArgumentParser) -> None:
     mount.add_argument("--cache-size", type=size, help="block cache (512M)")
     mount.add_argument("--block-size", type=size, help="fetch unit (1M)")
     mount.add_argument("--readahead", type=int, metavar="KIB", help="kernel readahead (1024)")
+    # The disk cache (fs/blocks/disk.py): keep these three together.
+    mount.add_argument(
+        "--disk-cache",
+        type=Path,
+        metavar="DIR",
+        help=f"keep blocks read from the remote on disk here, shared by every mount of the "
+        f"same remote and instance ({default_disk_cache_dir()})",
+    )
+    mount.add_argument(
+        "--disk-cache-size",
+        type=size,
+        metavar="SIZE",
+        help=f"the disk cache's size; least recently used blocks go first "
+        f"({DEFAULT_DISK_CACHE_SIZE >> 30}G)",
+    )
+    mount.add_argument(
+        "--no-disk-cache", action="store_true", default=None, help="keep no blocks on disk"
+    )
     mount.add_argument(
         "-o", dest="options", action="append", default=[], help="FUSE mount options, a,b,c"
     )
@@ -122,6 +142,7 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
             ("cache_size", args.cache_size),
             ("block_size", args.block_size),
             ("readahead_kb", args.readahead),
+            ("disk_cache_size", args.disk_cache_size),
         )
         if value is not None
     }
@@ -137,6 +158,8 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         **sizes,
         metrics=args.metrics,
         check_remote=args.check_remote is not False,
+        disk_cache=args.disk_cache,
+        use_disk_cache=not args.no_disk_cache,
     )
 
 

@@ -51,6 +51,8 @@ class MountCollector(Collector):
         yield _gauge(
             "casfs_cache_capacity_bytes", "the cache's configured size", stats.cache_capacity
         )
+        if stats.disk is not None:
+            yield from stats.disk.metrics()
         yield _counter(
             "casfs_cas_read_bytes", "blob bytes fetched from the CAS", stats.fetched_bytes
         )

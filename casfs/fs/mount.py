@@ -35,10 +35,17 @@ from casfs import notify
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError, InvalidArgument, NotFound, PermissionDenied
 from casfs.cas.quirks import RemoteQuirks, SizeCheck
-from casfs.config import MountConfig, RemoteConfig, RetryPolicy, mount_cache_dir
+from casfs.config import (
+    MountConfig,
+    RemoteConfig,
+    RetryPolicy,
+    default_disk_cache_dir,
+    mount_cache_dir,
+)
 from casfs.digest import DigestFunction
 from casfs.embedded import EmbeddedError, embedded_server
 from casfs.fs.blocks.cache import BlockCache
+from casfs.fs.blocks.disk import open_disk_tier
 from casfs.fs.errors import MountError
 from casfs.fs.journal import Journal
 from casfs.fs.metrics import MountCollector
@@ -273,8 +280,20 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             try:
                 async with trio.open_nursery() as nursery:
+                    disk = None
+                    if config.use_disk_cache:  # keyed by the remote (the embedded: its store)
+                        where = f"embedded:{config.store.resolve()}"
+                        where = remote.endpoint if config.remote else where
+                        disk = await open_disk_tier(
+                            config.disk_cache or default_disk_cache_dir(),
+                            config.disk_cache_size,
+                            nursery,
+                            where,
+                            clients,
+                            config.block_size,
+                        )
                     cache = BlockCache(
-                        nursery, block_size=config.block_size, capacity=config.cache_size
+                        nursery, block_size=config.block_size, capacity=config.cache_size, disk=disk
                     )
                     names = Journal(cache_dir / "names")
                     uploads = Uploads(clients, spool, nursery, names)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # ``casfs status`` reads snapshots' documents with none of these loaded
     from casfs.cas.client import CasClient
     from casfs.fs.blocks.cache import BlockCache
+    from casfs.fs.blocks.disk import DiskStats
     from casfs.fs.uploads import Uploads
 
 
@@ -58,6 +59,7 @@ class Snapshot:
     deduplicated: int
     failed: int
     recovered: int
+    disk: DiskStats | None  # a copy of the disk tier's counters; None without one
     resumed: int
     # FUSE
     fuse_read_bytes: int
@@ -118,6 +120,7 @@ class MountStats:
             deduplicated=done.deduplicated,
             failed=done.failed,
             recovered=done.recovered,
+            disk=replace(cache.disk.stats) if cache.disk is not None else None,
             resumed=sum(client.resumed_writes for client in self._clients.values()),
             fuse_read_bytes=fuse.read_bytes,
             fuse_written_bytes=fuse.written_bytes,

@@ -60,6 +60,7 @@ def document(stats: Snapshot) -> dict[str, Any]:
             "evictions": stats.evictions,
             "hit_rate": round(stats.hits / lookups, 4) if lookups else None,
         },
+        "disk_cache": stats.disk.status() if stats.disk is not None else None,
         "cas": {
             "fetched_bytes": stats.fetched_bytes,
             "uploaded_bytes": stats.uploaded_bytes,
@@ -142,6 +143,16 @@ def _duration(seconds: float) -> str:
     return f"{days}d{text}" if days else text
 
 
+def _disk_line(disk: dict[str, int] | None) -> str:
+    if disk is None:
+        return "off"
+    return (
+        f"{_bytes(disk['used_bytes'])} of {_bytes(disk['capacity_bytes'])} used, "
+        f"{disk['hits']} hits, {disk['misses']} misses, {disk['evictions']} evictions, "
+        f"{disk['corrupt']} corrupt, {disk['skipped_writes']} writes skipped"
+    )
+
+
 def format_status(mountpoint: Path, status: dict[str, Any]) -> str:
     """The status for a person: one line per subject."""
     cache, cas, fuse, uploads = status["cache"], status["cas"], status["fuse"], status["uploads"]
@@ -158,6 +169,7 @@ def format_status(mountpoint: Path, status: dict[str, Any]) -> str:
          + (f"hit rate {rate:.1%}" if rate is not None else "no reads yet")
          + f" ({cache['hits']} hits, {cache['waits']} waits, {cache['direct_reads']} direct"
          f" reads), {cache['evictions']} evictions"),
+        ("disk cache", _disk_line(status.get("disk_cache"))),
         ("from the CAS", f"{_bytes(cas['fetched_bytes'])} fetched, "
          f"{_bytes(cas['uploaded_bytes'])} uploaded"),
         ("through FUSE", f"{_bytes(fuse['read_bytes'])} read, "

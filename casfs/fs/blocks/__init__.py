@@ -9,6 +9,8 @@
   blocks ahead of a sequential reader.
 - ``verify``: hashing a blob read from its start, as its blocks land, and holding its last
   block back until the hash is known.
+- ``disk``: the disk tier under the cache (blocks looked for on disk before the remote,
+  written behind the read), over ``diskstore``, the block files themselves.
 
 Blobs are immutable, so a cached block never goes stale: the only policy is LRU eviction
 by bytes. Blocks are ``block_size`` bytes at ``index * block_size`` (the last one of a blob

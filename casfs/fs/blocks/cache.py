@@ -24,6 +24,7 @@ import trio
 
 from casfs.cas.client import Chunk
 from casfs.digest import Digest
+from casfs.fs.blocks.disk import DiskTier
 from casfs.fs.blocks.flight import Flight
 from casfs.fs.blocks.lru import BlockKey, BlockLRU, CacheStats
 from casfs.fs.blocks.readahead import BlobSource, Prefetcher, Readahead
@@ -40,6 +41,7 @@ class BlockCache:
         block_size: int,
         capacity: int,
         streams: int = 2,
+        disk: DiskTier | None = None,
     ) -> None:
         in_flight = (4 * streams + 4) * block_size  # runs, demand reads, transport buffers
         if block_size <= 0 or capacity < in_flight + 4 * block_size:
@@ -47,11 +49,12 @@ class BlockCache:
         self.block_size = block_size
         self.capacity = capacity
         self.stats = CacheStats()
+        self.disk = disk
         self._nursery = nursery
         self.verification = Verification(self, nursery)
         self.blocks = BlockLRU(capacity - in_flight, self.stats, self.verification.evicted)
         self._flights: dict[BlockKey, Flight] = {}
-        self._prefetcher = Prefetcher(self, self.verification, self.stats, nursery, streams)
+        self._prefetcher = Prefetcher(self, self.verification, self.stats, nursery, streams, disk)
         # Never look further ahead than a quarter of the cache or 64 MiB.
         self.max_window = max(1, min(capacity // 4, 64 << 20) // block_size)
 
@@ -78,7 +81,6 @@ class BlockCache:
         return flight
 
     def land(self, key: BlockKey, flight: Flight, data: Chunk) -> None:
-        self.stats.fetched_bytes += len(data)
         self.blocks[key] = data
         flight.data = data
         del self._flights[key]
@@ -93,16 +95,23 @@ class BlockCache:
         self.verification.failed(key)
 
     def drop(self, digest: Digest) -> None:
-        """Forget every cached block of a blob."""
+        """Forget every cached block of a blob, in memory and on disk."""
         for key in [key for key in self.blocks if key[0] == digest]:
             del self.blocks[key]
+        if self.disk is not None:
+            self.disk.drop(digest)
 
     # -- demand reads -----------------------------------------------------------------------
 
     async def _fetch_block(self, source: BlobSource, key: BlockKey, flight: Flight) -> None:
         digest, index = key
         try:
-            data = await source.read_range(digest, index * self.block_size, self.block_size)
+            data = await self.disk.load(source, digest, index) if self.disk else None
+            if data is None:
+                data = await source.read_range(digest, index * self.block_size, self.block_size)
+                self.stats.fetched_bytes += len(data)
+                if self.disk is not None:
+                    self.disk.keep(source, digest, index, data)
         except Exception as error:  # every waiter sees it; nothing is cached
             self.fail(key, flight, error)
         else:
@@ -220,8 +229,19 @@ class BlockCache:
             # block to stream in: its own bytes come sooner on their own.
         elif covered:
             return await self.read(source, digest, offset, size)
-        self.stats.direct_reads += 1
         self.verification.read_around(digest, touched)
+        if self.disk is not None:  # blocks all on disk need no call
+            blocks = await self.disk.load_run(source, digest, touched)
+            if len(blocks) == len(touched):
+                return _cut(blocks, touched.start * self.block_size, offset, end)
+        self.stats.direct_reads += 1
         data = await source.read_range(digest, offset, end - offset)
         self.stats.fetched_bytes += len(data)
         return data
+
+
+def _cut(blocks: list[Chunk], base: int, offset: int, end: int) -> Chunk:
+    """Bytes ``[offset, end)`` of consecutive blocks that start at byte ``base``."""
+    if len(blocks) == 1:
+        return memoryview(blocks[0])[offset - base : end - base]
+    return b"".join(blocks)[offset - base : end - base]

@@ -23,6 +23,8 @@ import trio
 
 from casfs.cas.client import Chunk
 from casfs.digest import Digest
+from casfs.fs.blocks.disk import RUN as DISK_RUN
+from casfs.fs.blocks.disk import DiskTier
 from casfs.fs.blocks.flight import Flight
 from casfs.fs.blocks.lru import BlockKey, CacheStats
 from casfs.fs.blocks.verify import Verification
@@ -82,8 +84,10 @@ class Prefetcher:
         stats: CacheStats,
         nursery: trio.Nursery,
         streams: int,
+        disk: DiskTier | None = None,
     ) -> None:
         self._flights = flights
+        self._disk = disk
         self._verification = verification
         self._stats = stats
         self._nursery = nursery
@@ -115,38 +119,72 @@ class Prefetcher:
     async def _run(
         self, source: BlobSource, digest: Digest, run: list[tuple[BlockKey, Flight]]
     ) -> None:
-        """Fetch a run of consecutive blocks with one streaming Read, landing each block as
-        soon as it is complete."""
-        block_size = self._flights.block_size
-        first = run[0][0][1]
+        """Land the run's blocks: those on disk from the disk, each stretch of those not on
+        disk with one streaming Read, landing each block as soon as it is complete."""
         pending = list(run)
         deliver = self._verification.deliver
         try:
-            async with self._streams:
-                stream = source.stream_range(digest, first * block_size, len(run) * block_size)
-                async with contextlib.aclosing(stream):  # type: ignore[type-var]
-                    buffer = bytearray()
-                    async for chunk in stream:
-                        if not buffer and len(chunk) == block_size:
-                            key, flight = pending.pop(0)  # the common case: no copy
-                            deliver(key, flight, chunk)
-                        else:
-                            buffer += chunk
-                            while pending and len(buffer) >= block_size:
-                                key, flight = pending.pop(0)
-                                with memoryview(buffer) as view:
-                                    block = bytes(view[:block_size])
-                                del buffer[:block_size]
-                                deliver(key, flight, block)
-                        await self._verification.keep_up(digest)  # hashing keeps up
-                    if pending and buffer:  # the blob's last, short block
+            while pending:
+                count = len(pending)
+                if self._disk is not None:  # what is on disk first, then what is not
+                    indexes = [key[1] for key, _ in pending[:DISK_RUN]]
+                    found = await self._disk.load_run(source, digest, indexes)
+                    for data in found:
                         key, flight = pending.pop(0)
-                        deliver(key, flight, bytes(buffer))
+                        deliver(key, flight, data)
+                    await self._verification.keep_up(digest)
+                    if len(found) == len(indexes) or not pending:
+                        continue
+                    count = await self._disk.absent(source, digest, [k[1] for k, _ in pending])
+                part = pending[: max(1, count)]
+                try:
+                    await self._stream(source, digest, part)
+                finally:
+                    del pending[: max(1, count) - len(part)]
+                if part:  # the stream came up short
+                    break
         except Exception as error:
-            log.debug("readahead of %s from block %d failed: %s", digest, first, error)
+            log.debug("readahead of %s from block %d failed: %s", digest, run[0][0][1], error)
             for key, flight in pending:
                 self._flights.fail(key, flight, error)
-            pending = []
+            pending.clear()
         finally:
             for key, flight in pending:  # cancelled, or the stream came up short
                 self._flights.fail(key, flight, None)
+
+    async def _stream(
+        self, source: BlobSource, digest: Digest, pending: list[tuple[BlockKey, Flight]]
+    ) -> None:
+        """Fetch ``pending`` (consecutive blocks) with one streaming Read, taking each from
+        the list as it is delivered (and queued for the disk)."""
+        block_size = self._flights.block_size
+        first = pending[0][0][1]
+        deliver = self._verification.deliver
+        disk = self._disk
+        async with self._streams:
+            stream = source.stream_range(digest, first * block_size, len(pending) * block_size)
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                buffer = bytearray()
+                async for chunk in stream:
+                    self._stats.fetched_bytes += len(chunk)
+                    if not buffer and len(chunk) == block_size:
+                        key, flight = pending.pop(0)  # the common case: no copy
+                        if disk is not None:
+                            disk.keep(source, digest, key[1], chunk)
+                        deliver(key, flight, chunk)
+                    else:
+                        buffer += chunk
+                        while pending and len(buffer) >= block_size:
+                            key, flight = pending.pop(0)
+                            with memoryview(buffer) as view:
+                                block = bytes(view[:block_size])
+                            del buffer[:block_size]
+                            if disk is not None:
+                                disk.keep(source, digest, key[1], block)
+                            deliver(key, flight, block)
+                    await self._verification.keep_up(digest)  # hashing keeps up
+                if pending and buffer:  # the blob's last, short block
+                    key, flight = pending.pop(0)
+                    if disk is not None:
+                        disk.keep(source, digest, key[1], bytes(buffer))
+                    deliver(key, flight, bytes(buffer))
