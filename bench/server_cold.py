@@ -10,21 +10,24 @@ Both servers get the same random blob (uploaded once). Each round drops the page
 before each server's read and alternates which server goes first; the client is one
 ByteStream Read with no limit, its responses taken undecoded and dropped (the cheapest
 client grpcio has, so that the servers, not the client, set the pace). It prints the MB/s
-of every read, the medians and casfs/casd. ``--warm`` also reads each blob a second time
-without dropping the cache (the hot path must stay fast). ``--raw`` adds the disk's own
-figures for the casfs store file: ``dd`` buffered and ``iflag=direct`` after a drop.
+of every read, the medians and casfs/casd. ``--also MODE`` adds a casfs serve whose cold
+reads take another path (``CASFS_COLD_READ``: ``off`` reads every blob the ordinary way).
+``--warm`` also reads each blob a second time without dropping the cache (the hot path
+must stay fast). ``--raw`` adds the disk's own figures for the casfs store file: ``dd``
+buffered and ``iflag=direct`` after a drop.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -84,6 +87,19 @@ def _dd(path: Path, direct: bool) -> float:
     return path.stat().st_size / MB / (time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.server_cold", description=__doc__)
     parser.add_argument("--size", default="512M", help="blob size (512M)")
@@ -91,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm", action="store_true", help="also time a warm re-read")
     parser.add_argument("--raw", action="store_true", help="also time dd of the store file")
     parser.add_argument("--serve-arg", action="append", default=[], help="to casfs serve")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="MODE",
+        help="also a casfs serve with CASFS_COLD_READ=MODE (direct, buffered, off)",
+    )
     args = parser.parse_args(argv)
     require_root()
     size = parse_size(args.size)
@@ -104,16 +127,23 @@ def main(argv: list[str] | None = None) -> int:
         casd = stack.enter_context(buildbox.Casd(root / "casd"))
         digest = trio.run(_upload, ours.endpoint, "", blob)
         trio.run(_upload, casd.endpoint, "", blob)
-        blob.unlink()
         name = f"blobs/{digest.hash}/{digest.size}"
         targets: dict[str, Callable[[], tuple[int, float]]] = {
-            "casfs": lambda: read_whole(f"127.0.0.1:{ours.port}", name),
-            "casd": lambda: read_whole(casd.address, name),
+            "casfs": functools.partial(read_whole, f"127.0.0.1:{ours.port}", name),
+            "casd": functools.partial(read_whole, casd.address, name),
         }
+        for mode in args.also:
+            with _environment("CASFS_COLD_READ", mode):
+                other = stack.enter_context(CasfsServer(root / f"store-{mode}", *args.serve_arg))
+            trio.run(_upload, other.endpoint, "", blob)
+            targets[f"casfs-{mode}"] = functools.partial(
+                read_whole, f"127.0.0.1:{other.port}", name
+            )
+        blob.unlink()
         cold: dict[str, list[float]] = {key: [] for key in targets}
         warm: dict[str, list[float]] = {key: [] for key in targets}
         for run in range(args.runs):
-            order = list(targets) if run % 2 == 0 else list(reversed(targets))
+            order = list(targets)[run % len(targets) :] + list(targets)[: run % len(targets)]
             for key in order:
                 drop_caches()
                 received, seconds = targets[key]()
@@ -128,13 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         for label, figures in (("cold", cold), ("warm", warm)):
             if not figures["casfs"]:
                 continue
-            ours_mb = statistics.median(figures["casfs"])
             theirs = statistics.median(figures["casd"])
-            print(
-                f"{label}: casfs {ours_mb:.0f} MB/s {sorted(round(f) for f in figures['casfs'])}"
-                f", casd {theirs:.0f} MB/s {sorted(round(f) for f in figures['casd'])}"
-                f", casfs/casd {ours_mb / theirs:.2f}x"
-            )
+            for key, values in figures.items():
+                median = statistics.median(values)
+                print(
+                    f"{label}: {key} {median:.0f} MB/s {sorted(round(f) for f in values)}"
+                    + (f", {key}/casd {median / theirs:.2f}x" if key != "casd" else "")
+                )
         if args.raw:
             path = ours.store / "cas" / "sha256" / digest.hash[:2] / digest.hash
             buffered = [_dd(path, False) for _ in range(args.runs)]

@@ -1,11 +1,21 @@
-"""Reading a stored blob's range in pieces, around the page cache when it is cold.
+"""Reading a stored blob's range in pieces, with reads in flight ahead of the sender
+when the blob is cold.
 
-A blob that is not in the page cache, read the ordinary way, is copied into fresh
-page-cache pages first; on the development VM such pages are dear (``casfs.directio``
-says why). ``pieces`` therefore asks the kernel first whether the start of the range is
-cached, without reading anything from the disk (``preadv`` with ``RWF_NOWAIT``, which fails
-with ``EAGAIN`` rather than start I/O): a cached (hot) blob is read as before, a cold one
-by ``DirectReader`` with reads in flight ahead of the caller.
+``casfs serve`` sends a blob in 1 MiB messages; read in the same thread, every read of a
+blob that is not in the page cache waits for the disk while nothing is sent. ``pieces``
+therefore asks the kernel first whether the range's first and last pages are cached,
+without reading anything (``mincore`` of a one-page mapping of each: a few microseconds;
+a ``preadv`` with ``RWF_NOWAIT`` was tried and dropped: on this kernel it starts the
+readahead it declines to wait for, and may then answer with the data): a cached (hot)
+blob is read as before, a cold one by ``DirectReader`` with ``AHEAD`` pieces read in
+helper threads while the caller sends. The check costs 50-60 microseconds here (two
+mappings made and unmade), against at least 5 ms for the 4 MiB below which it is skipped.
+
+Measured with ``python -m bench.server_cold`` (docs/performance.md): unlike the write
+side, reading around the page cache by ``O_DIRECT`` was slower here than the kernel's own
+readahead (``dd`` of the store file: 446 MB/s ``iflag=direct`` against 806 buffered), so
+cold reads stay buffered; ``CASFS_COLD_READ=direct`` (or ``off``: every read the ordinary
+way) brings the other paths back for measurements.
 
 The file is reopened through ``/proc/self/fd``, so a blob evicted (unlinked) after it was
 opened is still read whole, as with the ordinary path.
@@ -13,8 +23,10 @@ opened is still read whole, as with the ordinary path.
 
 from __future__ import annotations
 
-import errno
+import ctypes
+import ctypes.util
 import logging
+import mmap
 import os
 from collections.abc import Generator
 from typing import BinaryIO
@@ -27,25 +39,42 @@ log = logging.getLogger("casfs.store")
 COLD_MIN = 4 << 20
 # How many pieces are read ahead of the one being sent.
 AHEAD = 4
-_MODE = os.environ.get("CASFS_COLDREAD", "direct")
+# For measurements (bench.server_cold --also): "buffered" (the default), "direct" (the
+# same helper threads by O_DIRECT) or "off" (every read the ordinary way).
+_PAGE = mmap.PAGESIZE
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+_MODE = os.environ.get("CASFS_COLD_READ", "buffered")
 
 
 def is_cached(fd: int, offset: int, length: int) -> bool:
     """Whether the pages at the start and the end of ``[offset, offset + length)`` are in
-    the page cache; asks without reading from the disk. True where the kernel cannot tell
-    (no ``RWF_NOWAIT`` for this file)."""
-    probe = bytearray(1)
+    the page cache, by ``mincore`` of a one-page mapping of each: nothing is read from the
+    disk. True where the kernel cannot tell (no mapping of this file)."""
     for at in (offset, offset + length - 1):
+        page = at - at % _PAGE
+        address = _libc.mmap(None, _PAGE, mmap.PROT_READ, mmap.MAP_SHARED, fd, page)
+        if address in (None, _MAP_FAILED):
+            return True
         try:
-            got = os.preadv(fd, [probe], at, os.RWF_NOWAIT)
-        except BlockingIOError:
-            return False
-        except OSError as error:
-            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            vector = ctypes.c_ubyte(0)
+            if _libc.mincore(ctypes.c_void_p(address), _PAGE, ctypes.byref(vector)) != 0:
                 return True
-            raise
-        if got == 0:
-            return True  # past the end (the file is shorter): the ordinary path says so
+        finally:
+            _libc.munmap(ctypes.c_void_p(address), _PAGE)
+        if not vector.value & 1:
+            return False
     return True
 
 
@@ -79,4 +108,3 @@ def _ordinary(file: BinaryIO, offset: int, length: int, size: int) -> Generator[
             return
         length -= len(piece)
         yield piece
-
