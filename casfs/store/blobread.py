@@ -91,7 +91,12 @@ def pieces(file: BinaryIO, offset: int, length: int, size: int) -> Generator[byt
     if fd < 0 or length < COLD_MIN or _MODE == "off" or is_cached(fd, offset, length):
         yield from _ordinary(file, offset, length, size)
         return
-    reader = DirectReader(f"/proc/self/fd/{fd}", direct=_MODE == "direct")
+    try:
+        reader = DirectReader(f"/proc/self/fd/{fd}", direct=_MODE == "direct")
+    except OSError as error:  # no /proc: the ordinary path, as before
+        log.debug("cannot reopen fd %d (%s); reading it the ordinary way", fd, error)
+        yield from _ordinary(file, offset, length, size)
+        return
     try:
         chunks = reader.chunks(offset, offset + length, size, ahead=AHEAD)
         try:
