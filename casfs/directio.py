@@ -197,20 +197,25 @@ class DirectReader:
             number = 0
             while len(self._bounces) < ahead and self._direct_fd is not None:
                 self._bounces.append(mmap.mmap(-1, _BOUNCE_BYTES))
+
+            def fill() -> None:
+                nonlocal asked, number
+                while asked < end and len(flight) < ahead:
+                    # an unaligned start is read up to a block boundary, then whole blocks
+                    step = size - asked % ALIGNMENT if size > ALIGNMENT else size
+                    wanted = min(step, end - asked)
+                    future = pool.submit(self.pread, wanted, asked, bounce=number % ahead)
+                    flight.append((wanted, future))
+                    asked += wanted
+                    number += 1
+
             try:
-                while True:
-                    while asked < end and len(flight) < ahead:
-                        # an unaligned start is read up to a block boundary, then whole blocks
-                        step = size - asked % ALIGNMENT if size > ALIGNMENT else size
-                        wanted = min(step, end - asked)
-                        future = pool.submit(self.pread, wanted, asked, bounce=number % ahead)
-                        flight.append((wanted, future))
-                        asked += wanted
-                        number += 1
-                    if not flight:
-                        return
+                fill()
+                while flight:
                     wanted, future = flight.popleft()
                     piece = future.result()
+                    if len(piece) == wanted:
+                        fill()  # before the caller has this piece: the next is being read
                     yield piece
                     if len(piece) < wanted:
                         return
