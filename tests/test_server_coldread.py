@@ -1,7 +1,7 @@
-"""``casfs serve`` reads blobs that are not in the page cache with reads in flight ahead
-(``blobread``): the bytes of every range, cold and hot, are exact; with
-``CASFS_COLD_READ=direct`` too, and then a cold read leaves the page cache as it found it
-(checked with util-linux's ``fincore``)."""
+"""``casfs serve``'s ByteStream Read through each of ``blobread``'s paths (ordinary; a
+piece read ahead, buffered or by ``O_DIRECT``): the bytes of every range, cold and hot,
+are exact, and a direct cold read leaves the page cache as it found it (checked with
+util-linux's ``fincore``)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ MIB = 1 << 20
 SIZES = [0, 1, 4095, 4097, 5 * MIB + 123, 9 * MIB]
 
 
-@pytest.fixture(scope="module", params=["buffered", "direct"])
+@pytest.fixture(scope="module", params=["off", "buffered", "direct"])
 def stored(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[CasfsServer, dict]]:

@@ -1,24 +1,21 @@
-"""Reading a stored blob's range in pieces, with reads in flight ahead of the sender
-when the blob is cold.
+"""Reading a stored blob's range in pieces for ByteStream Read, and other ways of
+reading a cold one, kept for measurement.
 
-``casfs serve`` sends a blob in 1 MiB messages; read in the same thread, every read of a
-blob that is not in the page cache waits for the disk while nothing is sent. ``pieces``
-therefore asks the kernel first whether the range's first and last pages are cached,
-without reading anything (``mincore`` of a one-page mapping of each: a few microseconds;
-a ``preadv`` with ``RWF_NOWAIT`` was tried and dropped: on this kernel it starts the
-readahead it declines to wait for, and may then answer with the data): a cached (hot)
-blob is read as before, a cold one by ``DirectReader`` with ``AHEAD`` pieces read in
-helper threads while the caller sends. The check costs 50-60 microseconds here (two
-mappings made and unmade), against at least 5 ms for the 4 MiB below which it is skipped.
+By default (``CASFS_COLD_READ`` unset or ``off``) every range is read the ordinary way,
+one ``read`` per 1 MiB piece in the sending thread: nothing else measured reliably faster
+with ``python -m bench.server_cold`` (docs/performance.md), and that path already serves
+a cold 512 MiB blob 2.5-5x as fast as buildbox-casd.
 
-Measured with ``python -m bench.server_cold`` (docs/performance.md): unlike the write
-side, reading around the page cache by ``O_DIRECT`` was slower here than the kernel's own
-readahead (``dd`` of the store file: 446 MB/s ``iflag=direct`` against 806 buffered), so
-cold reads stay buffered; ``CASFS_COLD_READ=direct`` (or ``off``: every read the ordinary
-way) brings the other paths back for measurements.
-
-The file is reopened through ``/proc/self/fd``, so a blob evicted (unlinked) after it was
-opened is still read whole, as with the ordinary path.
+``buffered`` and ``direct`` read a cold blob with the next piece read by a helper thread
+while this one is sent (``direct``: by ``O_DIRECT``, around the page cache, as the write
+side does; for reads it was slower here: ``dd`` of a store file ran at 446 MB/s
+``iflag=direct`` against 806 buffered). Whether a blob is cold is asked of the kernel
+without reading anything: ``mincore`` of a one-page mapping of the range's first and of
+its last page, 50-60 microseconds, skipped for ranges under ``COLD_MIN``. (A ``preadv``
+with ``RWF_NOWAIT`` was tried and dropped: on this kernel it starts the readahead it
+declines to wait for, and may then answer with the data.) The file is reopened through
+``/proc/self/fd``, so a blob evicted (unlinked) after it was opened is still read whole,
+as with the ordinary path.
 """
 
 from __future__ import annotations
@@ -37,9 +34,8 @@ log = logging.getLogger("casfs.store")
 
 # Reads shorter than this take the ordinary path: a helper thread is not worth it.
 COLD_MIN = 4 << 20
-# How many pieces are read ahead of the one being sent, each in a helper thread: 4 lost to
-# the ordinary path in the same run (325 against 506 MB/s; out-of-order reads from four
-# threads), 1 won (439 against 356, 643 against 480).
+# How many pieces are read ahead of the one being sent, each in a helper thread (4 lost to
+# the ordinary path in the same run: 325 against 506 MB/s).
 AHEAD = 1
 # For measurements (bench.server_cold --also): "buffered" (the default), "direct" (the
 # same helper threads by O_DIRECT) or "off" (every read the ordinary way).
