@@ -162,3 +162,4 @@ def compressor(compressor: Compressor) -> Callable[[bytes, bool], bytes]:
         deflate = zlib.compressobj(1, wbits=-15)
         return lambda data, final: deflate.compress(data) + (deflate.flush() if final else b"")
     raise CompressionError(f"compressor {compressor.name_lower} is not supported")
+

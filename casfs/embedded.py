@@ -37,7 +37,9 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 @contextlib.contextmanager
-def embedded_server(store: Path, instances: Sequence[str], *, quiet: bool = False) -> Iterator[str]:
+def embedded_server(
+    store: Path, instances: Sequence[str], *, quiet: bool = False
+) -> Iterator[str]:
     """Run ``casfs serve`` on ``store`` for ``instances`` over a private unix socket; yield
     its URL. Its log goes to our standard error, or with ``quiet`` nowhere (but into the
     error if it does not start). The server stops when the block ends, and dies with this

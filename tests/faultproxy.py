@@ -212,7 +212,9 @@ class FaultProxy(Managed):
         assert self._channel is not None
         call = self._channel.unary_unary(method, None, None)
         try:
-            answer: bytes = call(raw, timeout=context.time_remaining(), metadata=_metadata(context))
+            answer: bytes = call(
+                raw, timeout=context.time_remaining(), metadata=_metadata(context)
+            )
         except grpc.RpcError as error:
             _relay(error, context)
         return answer

@@ -118,11 +118,8 @@ def test_a_cold_file_is_read_without_filling_the_page_cache(tmp_path: Path) -> N
     finally:
         writer.close()
         os.close(fd)
-    subprocess.run(
-        ["dd", f"of={path}", "oflag=nocache", "conv=notrunc,fdatasync", "count=0"],
-        check=True,
-        capture_output=True,
-    )  # drop what the tail left cached
+    subprocess.run(["dd", f"of={path}", "oflag=nocache", "conv=notrunc,fdatasync", "count=0"],
+                   check=True, capture_output=True)  # drop what the tail left cached
     reader = DirectReader(path)
     try:
         pieces = [reader.pread(MIB, offset) for offset in range(0, len(data), MIB)]

@@ -212,7 +212,9 @@ class ServerMachine(RuleBasedStateMachine):
         else:
             assert code == Code.NOT_FOUND
 
-    @rule(blob=st.integers(0, 4), offset=st.integers(-5, 80_005), limit=st.integers(-5, 80_005))
+    @rule(
+        blob=st.integers(0, 4), offset=st.integers(-5, 80_005), limit=st.integers(-5, 80_005)
+    )
     def read(self, blob: int, offset: int, limit: int) -> None:
         code, data = self.server.read(f"main/blobs/{DIGESTS[blob]}", offset, limit)
         size = len(BLOBS[blob])
@@ -474,7 +476,9 @@ def test_uploads_behave_like_a_model(mount: tuple[Path, CasfsMount]) -> None:
 
         @invariant()
         def tree_equals_the_model(self) -> None:
-            found = {str(p.relative_to(self.dir)) for p in self.dir.rglob("*") if not p.is_dir()}
+            found = {
+                str(p.relative_to(self.dir)) for p in self.dir.rglob("*") if not p.is_dir()
+            }
             assert found == set(self.model)
             for name, data in self.model.items():
                 if not self.busy(name):

@@ -229,7 +229,8 @@ class StalledWrites:
         self.go = threading.Event()
         self.names = [f"main/uploads/{uuid.uuid4()}/blobs/{self.digest}" for _ in range(count)]
         self.futures = [
-            stubs.bytestream.Write.future(self._requests(name), timeout=120) for name in self.names
+            stubs.bytestream.Write.future(self._requests(name), timeout=120)
+            for name in self.names
         ]
 
     def _requests(self, name: str) -> Iterator[bytestream_pb2.WriteRequest]:
@@ -265,7 +266,9 @@ def test_unary_calls_are_answered_while_200_streams_sit_idle(
         assert results == [(Code.OK, "")] * 200  # ended without finish_write: kept
 
 
-def test_streams_past_max_streams_are_refused_at_once(tmp_path: Path, connect: type[Stubs]) -> None:
+def test_streams_past_max_streams_are_refused_at_once(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
     with CasfsServer(tmp_path / "store", "--max-streams", "2") as server:
         stubs = connect(server)
         stalled = StalledWrites(stubs, 2)
@@ -381,7 +384,9 @@ def test_a_huge_instance_name_is_refused_with_a_short_message(
         assert "unknown instance name" in details and len(details) <= 1000
 
 
-def test_only_advertised_digest_functions_are_stored(tmp_path: Path, connect: type[Stubs]) -> None:
+def test_only_advertised_digest_functions_are_stored(
+    tmp_path: Path, connect: type[Stubs]
+) -> None:
     data = b"a legacy digest"
     with CasfsServer(tmp_path / "store") as server:
         stubs = connect(server)

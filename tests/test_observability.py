@@ -127,7 +127,9 @@ def test_metrics_count_what_was_done(setup: Setup) -> None:
     assert mount.value("process_resident_memory_bytes") > 0
 
     server = Scrape.of(metrics_url(setup.server.log.read_text()))
-    read_ok = server.value("casfs_grpc_server_handled_total", grpc_method="Read", grpc_code="OK")
+    read_ok = server.value(
+        "casfs_grpc_server_handled_total", grpc_method="Read", grpc_code="OK"
+    )
     assert read_ok >= 1
     assert server.value(
         "casfs_grpc_server_handled_total", grpc_method="Read", grpc_code="NOT_FOUND"

@@ -100,9 +100,8 @@ def test_a_read_only_token_reads_but_cannot_store(tmp_path: Path) -> None:
         large = run_client(srv.endpoint, lambda c: c.upload_file(big), **writer)
         reader = {"token_file": tokens["reader"], "retry": QUICK}
         assert run_client(srv.endpoint, lambda c: c.read_blob(small), **reader) == b"shared"
-        assert (
-            run_client(srv.endpoint, lambda c: c.read_range(large, 5, 10), **reader)
-            == (big.read_bytes()[5:15])
+        assert run_client(srv.endpoint, lambda c: c.read_range(large, 5, 10), **reader) == (
+            big.read_bytes()[5:15]
         )
         other = write_file(tmp_path / "other", 6 * MIB)
         refused: list[Callable[[CasClient], Awaitable[object]]] = [
