@@ -29,6 +29,7 @@ server's handler of an upload's stream; the mount's spool writer).
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import errno
 import logging
@@ -168,11 +169,17 @@ class DirectReader:
             view.release()
         return buffer[: min(got, length)]
 
-    def chunks(self, offset: int, end: int, size: int) -> Generator[bytes, None, None]:
+    def chunks(
+        self, offset: int, end: int, size: int, *, ahead: int | None = None
+    ) -> Generator[bytes, None, None]:
         """The bytes from ``offset`` to ``end`` (or to the end of the file) in pieces of
-        ``size``; while the caller has one piece, the next is being read. A piece shorter
-        than asked ends it (the file ended early)."""
-        if self._direct_fd is None:
+        ``size``; while the caller has one piece, the next ``ahead`` are being read, each in
+        a helper thread of its own (``None``: one ahead for direct reads, none for buffered
+        ones). A piece shorter than asked ends it (the file ended early). Closing the
+        generator early waits for the reads in flight, then returns."""
+        if ahead is None:
+            ahead = 0 if self._direct_fd is None else 1
+        if ahead == 0:
             while offset < end:
                 piece = os.pread(self._fd, min(size, end - offset), offset)
                 yield piece
@@ -180,21 +187,41 @@ class DirectReader:
                     return
                 offset += len(piece)
             return
-        with concurrent.futures.ThreadPoolExecutor(1, "casfs-readahead") as ahead:
-            turn = 0
-            following = ahead.submit(self.pread, min(size, end - offset), offset, bounce=turn)
-            while offset < end:
-                piece = following.result()
-                wanted = min(size, end - offset)
-                offset += len(piece)
-                turn ^= 1
-                if len(piece) == wanted and offset < end:
-                    following = ahead.submit(
-                        self.pread, min(size, end - offset), offset, bounce=turn
-                    )
-                yield piece
-                if len(piece) < wanted:
-                    return
+        with concurrent.futures.ThreadPoolExecutor(ahead, "casfs-readahead") as pool:
+            # Piece number n uses staging buffer n % ahead: it is free again once piece n's
+            # read has returned its copy, which is before piece n + ahead is asked for.
+            flight: collections.deque[tuple[int, concurrent.futures.Future[bytes]]] = (
+                collections.deque()
+            )
+            asked = offset
+            number = 0
+            while len(self._bounces) < ahead and self._direct_fd is not None:
+                self._bounces.append(mmap.mmap(-1, _BOUNCE_BYTES))
+
+            def fill() -> None:
+                nonlocal asked, number
+                while asked < end and len(flight) < ahead:
+                    # an unaligned start is read up to a block boundary, then whole blocks
+                    step = size - asked % ALIGNMENT if size > ALIGNMENT else size
+                    wanted = min(step, end - asked)
+                    future = pool.submit(self.pread, wanted, asked, bounce=number % ahead)
+                    flight.append((wanted, future))
+                    asked += wanted
+                    number += 1
+
+            try:
+                fill()
+                while flight:
+                    wanted, future = flight.popleft()
+                    piece = future.result()
+                    if len(piece) == wanted:
+                        fill()  # before the caller has this piece: the next is being read
+                    yield piece
+                    if len(piece) < wanted:
+                        return
+            finally:
+                for _, future in flight:
+                    future.cancel()
 
     def close(self) -> None:
         """Close the descriptors and drop the staging buffers."""

@@ -14,6 +14,7 @@ from casfs.server.cas import check_function
 from casfs.server.grpc_errors import RequestError, grpc_errors
 from casfs.server.instances import Instances
 from casfs.server.streams import StreamGuard
+from casfs.store.blobread import pieces
 
 log = logging.getLogger("casfs.server")
 
@@ -65,17 +66,21 @@ class ByteStreamServicer(bytestream_pb2_grpc.ByteStreamServicer):
                 "Read %s offset=%d length=%d", name.read_name(), request.read_offset, remaining
             )
             with instance.blobs.open(name.digest) as file:
-                file.seek(request.read_offset)
-                while True:
-                    chunk = file.read(min(READ_CHUNK, remaining))
-                    remaining -= len(chunk)
-                    final = remaining <= 0 or not chunk
-                    data = compress(chunk, final)
+                chunks = pieces(file, request.read_offset, remaining, READ_CHUNK)
+                try:
+                    for chunk in chunks:
+                        remaining -= len(chunk)
+                        data = compress(chunk, remaining <= 0)
+                        if data:
+                            yield bytestream_pb2.ReadResponse(data=data)
+                            stream.touch()
+                        if remaining <= 0:
+                            return
+                    data = compress(b"", True)  # nothing to read, or the file ended early
                     if data:
                         yield bytestream_pb2.ReadResponse(data=data)
-                        stream.touch()
-                    if final:
-                        return
+                finally:
+                    chunks.close()  # a cancelled call: stop the reads in flight
 
     def Write(
         self,
