@@ -35,7 +35,8 @@ def stored(
     root = tmp_path_factory.mktemp("coldread")
     blobs: dict[int, tuple[Digest, bytes]] = {}
     with contextlib.ExitStack() as stack:
-        with _environment("CASFS_COLD_READ", request.param):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("CASFS_COLD_READ", request.param)
             server = stack.enter_context(CasfsServer(root / "store"))
         for size in SIZES:
             data = os.urandom(size)
@@ -44,19 +45,6 @@ def stored(
             digest = run_client(server.endpoint, lambda c, p=path: c.upload_file(p))
             blobs[size] = (digest, data)
         yield server, blobs
-
-
-@contextlib.contextmanager
-def _environment(name: str, value: str) -> Iterator[None]:
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
 
 
 def _store_file(server: CasfsServer, digest: Digest) -> Path:
