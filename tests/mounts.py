@@ -28,13 +28,16 @@ class CasfsMount(Managed):
         mountpoint: Path,
         *args: str,
         command: Sequence[str] = (sys.executable, "-m", "casfs"),
+        default_disk_cache: bool = False,
     ) -> None:
-        """``command`` runs casfs: this checkout's by default, or an installed ``casfs``."""
+        """``command`` runs casfs: this checkout's by default, or an installed ``casfs``.
+        Unless ``default_disk_cache``, the mount gets a disk cache of its own (never the
+        user's) when ``args`` name none."""
         self.mountpoint = mountpoint
         self.command = tuple(command)
         if "--cache-dir" not in args:  # never the user's own cache directory
             args = (*args, "--cache-dir", str(mountpoint.parent / f"{mountpoint.name}-cache"))
-        if "--disk-cache" not in args and "--no-disk-cache" not in args:  # nor its disk cache
+        if not default_disk_cache and not {"--disk-cache", "--no-disk-cache"} & set(args):
             args = (*args, "--disk-cache", str(mountpoint.parent / f"{mountpoint.name}-disk"))
         self.args = args
         self.log = mountpoint.parent / f"{mountpoint.name}-mount.log"

@@ -220,3 +220,21 @@ def test_mount_helper_options() -> None:
     assert command[command.index("--disk-cache") + 1] == "/d"
     assert command[command.index("--disk-cache-size") + 1] == "2G"
     assert "--no-disk-cache" in command
+
+
+def test_the_embedded_store_gets_no_disk_cache_unless_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embedded store is on local disk already: a mount of it with no --disk-cache
+    keeps no second copy of its blocks under the user's cache directory."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    data = os.urandom(MIB + 1)
+    (tmp_path / "mnt").mkdir()
+    args = ("--store", str(tmp_path / "store"))
+    with CasfsMount(tmp_path / "mnt", *args, default_disk_cache=True) as mounted:
+        uploaded = mounted.mountpoint / "main" / "uploads" / "f"
+        uploaded.write_bytes(data)
+        digest = os.getxattr(uploaded, "user.casfs.digest").decode()
+        assert (mounted.mountpoint / "main" / "blobs" / digest).read_bytes() == data
+        assert read_status(mounted.mountpoint)["disk_cache"] is None
+    assert not (tmp_path / "xdg" / "casfs" / "blocks").exists()

@@ -281,7 +281,10 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
             try:
                 async with trio.open_nursery() as nursery:
                     disk = None
-                    if config.use_disk_cache:  # keyed by the remote (the embedded: its store)
+                    # The embedded store is on local disk already: a second copy of its
+                    # blocks only when --disk-cache asks for one. Keyed by the remote.
+                    wanted = config.remote is not None or config.disk_cache is not None
+                    if config.use_disk_cache and wanted:
                         where = f"embedded:{config.store.resolve()}"
                         where = remote.endpoint if config.remote else where
                         disk = await open_disk_tier(
