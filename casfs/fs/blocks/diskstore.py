@@ -9,7 +9,9 @@ Layout, under the disk cache's root (``--disk-cache``, 0700 throughout)::
     <root>/tmp/<pid>-<n>          blocks being written
 
 ``<area>`` is a hash of the remote's endpoint and the instance name, so every mount of the
-same remote and instance shares the blocks and no other does. A file is the block's bytes
+same remote and instance shares the blocks and no other does (a mount of the embedded
+store, which keeps no disk cache unless ``--disk-cache`` asks, is keyed by its store's
+path). A file is the block's bytes
 and a trailer (``TRAILER``: magic, the CRC-32 of the bytes, their length).
 
 Crash safety, in two parts. A block is written to ``tmp/`` and renamed into place, so a
