@@ -133,12 +133,17 @@ def _writer(uploads: Path, stop: float, seed: int, figures: Figures) -> None:
 
 
 def soak(
-    root: Path, seconds: float, readers: int = 32, writers: int = 8, cache_size: str = "64M"
+    root: Path,
+    seconds: float,
+    readers: int = 32,
+    writers: int = 8,
+    cache_size: str = "64M",
+    sizes: tuple[int, ...] = tuple(BLOB_SIZES),
 ) -> Figures:
     """Run the soak in ``root`` for ``seconds``; returns the figures (errors included)."""
     figures = Figures()
     with CasfsServer(root / "store", "--no-fsync") as server:
-        local = [random.Random(size).randbytes(size) for size in BLOB_SIZES]
+        local = [random.Random(n).randbytes(size) for n, size in enumerate(sizes)]
         sources = []
         for number, data in enumerate(local):
             sources.append(root / f"blob-{number}")
@@ -187,9 +192,15 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=32)
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--cache-size", default="64M", help="the mount's --cache-size")
+    parser.add_argument(
+        "--large",
+        action="store_true",
+        help="read 48 distinct blobs of 24 MiB (more than a 512M cache holds), not 7 small ones",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="casfs-soak-") as root:
-        figures = soak(Path(root), args.seconds, args.readers, args.writers, args.cache_size)
+        sizes = tuple(24 * MIB + n for n in range(48)) if args.large else tuple(BLOB_SIZES)
+        figures = soak(Path(root), args.seconds, args.readers, args.writers, args.cache_size, sizes)
     print(figures.report())
     for error in figures.errors:
         print("error:", error)
