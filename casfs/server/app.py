@@ -4,12 +4,15 @@ Capabilities, ActionCache), the Remote Asset API and tvix castore over ``Instanc
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 from casfs._proto import bytestream_pb2, bytestream_pb2_grpc
 from casfs._proto import remote_asset_pb2 as ra_pb2
@@ -42,18 +45,57 @@ log = logging.getLogger("casfs.server")
 # little differently is not cut off by the transport.
 MAX_MESSAGE_BYTES = 16 << 20
 
-# The services build_server registers, by their descriptors.
-SERVICES = (
-    bytestream_pb2.DESCRIPTOR.services_by_name["ByteStream"],
-    re_pb2.DESCRIPTOR.services_by_name["ContentAddressableStorage"],
-    re_pb2.DESCRIPTOR.services_by_name["Capabilities"],
-    re_pb2.DESCRIPTOR.services_by_name["ActionCache"],
-    ra_pb2.DESCRIPTOR.services_by_name["Fetch"],
-    ra_pb2.DESCRIPTOR.services_by_name["Push"],
-    rpc_blobstore_pb2.DESCRIPTOR.services_by_name["BlobService"],
-    rpc_directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"],
-)
-SERVED_METHODS = frozenset(f"/{s.full_name}/{m.name}" for s in SERVICES for m in s.methods)
+# What a server registers: a service's descriptor (its methods, for the metrics' labels)
+# and the call that adds its servicer. One list, so a service cannot be served unnamed.
+Registration = tuple[ServiceDescriptor, Callable[[grpc.Server], None]]
+
+
+def _services(instances: Instances, streams: StreamGuard) -> list[Registration]:
+    """Every service ``build_server`` serves, over ``instances``."""
+    assets = AssetServicer(instances)
+    bytestream = bytestream_pb2.DESCRIPTOR.services_by_name
+    reapi = re_pb2.DESCRIPTOR.services_by_name
+    asset = ra_pb2.DESCRIPTOR.services_by_name
+    return [
+        (
+            bytestream["ByteStream"],
+            partial(
+                bytestream_pb2_grpc.add_ByteStreamServicer_to_server,
+                ByteStreamServicer(instances, streams),
+            ),
+        ),
+        (
+            reapi["ContentAddressableStorage"],
+            partial(
+                re_grpc.add_ContentAddressableStorageServicer_to_server,
+                CasServicer(instances, streams),
+            ),
+        ),
+        (
+            reapi["Capabilities"],
+            partial(re_grpc.add_CapabilitiesServicer_to_server, CapabilitiesServicer(instances)),
+        ),
+        (
+            reapi["ActionCache"],
+            partial(re_grpc.add_ActionCacheServicer_to_server, ActionCacheServicer(instances)),
+        ),
+        (asset["Fetch"], partial(ra_grpc.add_FetchServicer_to_server, assets)),
+        (asset["Push"], partial(ra_grpc.add_PushServicer_to_server, assets)),
+        (
+            rpc_blobstore_pb2.DESCRIPTOR.services_by_name["BlobService"],
+            partial(
+                rpc_blobstore_pb2_grpc.add_BlobServiceServicer_to_server,
+                TvixBlobServicer(instances, streams),
+            ),
+        ),
+        (
+            rpc_directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"],
+            partial(
+                rpc_directory_pb2_grpc.add_DirectoryServiceServicer_to_server,
+                TvixDirectoryServicer(instances, streams),
+            ),
+        ),
+    ]
 
 
 class ListenError(OSError):
@@ -102,9 +144,11 @@ def build_server(
     """
     streams = StreamGuard(max_streams, stream_idle_timeout)
     security = security or Security()
+    services = _services(instances, streams)
     interceptors: list[grpc.ServerInterceptor[Any, Any]] = []
     if rpc_stats is not None:
-        interceptors.append(rpc_stats.server_interceptor(SERVED_METHODS))
+        served = frozenset(f"/{d.full_name}/{m.name}" for d, _ in services for m in d.methods)
+        interceptors.append(rpc_stats.server_interceptor(served))
     if security.tokens:
         interceptors.append(TokenAuth(security.tokens))
     interceptors.append(DecodeGuard())  # innermost: it wraps the servicers' own handlers
@@ -117,21 +161,8 @@ def build_server(
             ("grpc.so_reuseport", 0),
         ],
     )
-    bytestream_pb2_grpc.add_ByteStreamServicer_to_server(
-        ByteStreamServicer(instances, streams), server
-    )
-    re_grpc.add_ContentAddressableStorageServicer_to_server(CasServicer(instances, streams), server)
-    re_grpc.add_CapabilitiesServicer_to_server(CapabilitiesServicer(instances), server)
-    re_grpc.add_ActionCacheServicer_to_server(ActionCacheServicer(instances), server)
-    assets = AssetServicer(instances)
-    ra_grpc.add_FetchServicer_to_server(assets, server)
-    ra_grpc.add_PushServicer_to_server(assets, server)
-    rpc_blobstore_pb2_grpc.add_BlobServiceServicer_to_server(
-        TvixBlobServicer(instances, streams), server
-    )
-    rpc_directory_pb2_grpc.add_DirectoryServiceServicer_to_server(
-        TvixDirectoryServicer(instances, streams), server
-    )
+    for _, register in services:
+        register(server)
     credentials = security.credentials()
     try:
         if credentials is None:
