@@ -36,7 +36,7 @@ from bench.common import (
 )
 from bench.processes import FuseProcess
 from casfs.config import parse_size
-from casfs.fs.mount import set_readahead
+from casfs.fs.mountpoint import set_readahead
 
 FILE_INODE = 2
 

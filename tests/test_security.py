@@ -19,7 +19,7 @@ from casfs.cas.client import CasClient
 from casfs.cli import _serve_config, build_parser
 from casfs.config import MountConfig, RetryPolicy
 from casfs.digest import Digest
-from casfs.fs.mount import fuse_options
+from casfs.fs.mountpoint import fuse_options
 from casfs.server.auth import load_tokens
 from tests.mounts import CasfsMount, is_mounted
 from tests.servers import REPO, CasfsServer

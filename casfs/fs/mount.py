@@ -17,15 +17,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import errno
 import logging
-import os
 import re
 import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import pyfuse3
@@ -49,9 +44,15 @@ from casfs.fs.blocks.disk import open_disk_tier
 from casfs.fs.errors import MountError
 from casfs.fs.journal import Journal
 from casfs.fs.metrics import MountCollector
+from casfs.fs.mountpoint import (
+    clear_stale_mount,
+    fuse_options,
+    libfuse_says,
+    refuse_a_second_mount,
+    set_readahead,
+)
 from casfs.fs.namespace import Namespace
 from casfs.fs.operations import CasOperations
-from casfs.fs.status import StatusError, read_status
 from casfs.fs.uploads import Spool, UploadError, Uploads
 from casfs.prometheus import RpcCollector, serve_metrics_in_trio
 from casfs.rpcstats import RpcStats
@@ -60,118 +61,6 @@ log = logging.getLogger("casfs.fs")
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
-
-
-def _mounted_at(mountpoint: Path) -> tuple[str, str] | None:
-    """``(major:minor, fstype)`` of the file system mounted at ``mountpoint`` (the top of
-    the stack), from mountinfo; None if nothing is mounted there.
-
-    Not ``os.stat``: a stat of our own mountpoint before the FUSE loop runs would wait for
-    an answer that only this process can give.
-    """
-    escaped = str(mountpoint)
-    for char in "\\ \t\n":  # mountinfo writes these as octal escapes
-        escaped = escaped.replace(char, f"\\{ord(char):03o}")
-    found = None
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            fields, _, rest = line.partition(" - ")
-            numbers = fields.split()
-            if len(numbers) > 4 and numbers[4] == escaped and rest:
-                found = (numbers[2], rest.split()[0])  # the last match is the top
-    return found
-
-
-def _mount_device(mountpoint: Path) -> str | None:
-    """``major:minor`` of the file system mounted at ``mountpoint``."""
-    mounted = _mounted_at(mountpoint)
-    return mounted[0] if mounted else None
-
-
-def refuse_a_second_mount(mountpoint: Path) -> None:
-    """A casfs mount already on ``mountpoint`` (and answering) is not mounted over: raise
-    ``MountError`` saying which process holds it and how to unmount it."""
-    mounted = _mounted_at(mountpoint)
-    if mounted is None or not mounted[1].startswith("fuse"):
-        return
-    try:
-        status = read_status(mountpoint)
-    except StatusError:
-        return  # another FUSE file system: mounting on top of it is the user's call
-    raise MountError(
-        f"{mountpoint} is mounted already, by casfs (pid {status.get('pid')}, "
-        f"{status.get('remote')}); unmount it first: fusermount3 -u {mountpoint}"
-    )
-
-
-@contextlib.contextmanager
-def _libfuse_says() -> Iterator[list[str]]:
-    """Collect what libfuse writes to standard error in the block (such as which mount
-    option it does not know: its ``RuntimeError`` does not say), and write it on to
-    standard error afterwards too. The list gets its lines when the block ends."""
-    said: list[str] = []
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield said
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            text = capture.read().decode(errors="replace")
-            sys.stderr.write(text)
-            said.extend(line.removeprefix("fuse: ") for line in text.splitlines() if line)
-
-
-def set_readahead(mountpoint: Path, kilobytes: int) -> None:
-    """Raise the kernel's readahead for this mount (root only; best effort).
-
-    The default 128 KiB caps FUSE reads at small requests; 1 MiB lets the kernel ask for
-    more at once, which is most of the speed of a sequential read.
-    """
-    device = _mount_device(mountpoint)
-    if device is None:
-        log.info("could not set readahead: %s not in /proc/self/mountinfo", mountpoint)
-        return
-    path = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
-    try:
-        path.write_text(str(kilobytes))
-    except OSError as error:
-        log.info("could not set readahead to %d KiB (%s): %s", kilobytes, path, error.strerror)
-
-
-def fuse_options(config: MountConfig) -> set[str]:
-    """The FUSE mount options; an ``fsname=``/``subtype=`` given by the user replaces ours
-    (``mount.casfs`` names the mount after its source, as ``mount`` and ``df`` show it)."""
-    options = set(pyfuse3.default_options)  # default_permissions: the kernel checks modes
-    given = {option.partition("=")[0] for option in config.fuse_options}
-    options |= {f"{key}=casfs" for key in ("fsname", "subtype") if key not in given}
-    if config.read_only:
-        options.add("ro")
-    if config.allow_other:
-        options.add("allow_other")
-    options.update(config.fuse_options)
-    return options
-
-
-def clear_stale_mount(mountpoint: Path) -> None:
-    """Lazily unmount a FUSE mount whose process died (stat says ENOTCONN), and nothing
-    else: a live mount answers stat and is left alone (mounting fails on top of it)."""
-    try:
-        mountpoint.stat()
-    except OSError as error:
-        if error.errno != errno.ENOTCONN:
-            return
-    else:
-        return
-    log.warning("%s: a stale mount (its process died); unmounting it", mountpoint)
-    result = subprocess.run(
-        ["fusermount3", "-uz", str(mountpoint)], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise MountError(f"cannot clear the stale mount on {mountpoint}: {result.stderr.strip()}")
 
 
 CHECK_TIMEOUT = 10.0  # seconds for one GetCapabilities before mounting; two attempts
@@ -342,7 +231,7 @@ async def _serve(
     """Mount ``operations``, run the FUSE loop until it ends, and always unmount."""
     options = fuse_options(config)
     try:
-        with _libfuse_says() as said:
+        with libfuse_says() as said:
             pyfuse3.init(operations, str(config.mountpoint), options)
     except RuntimeError as error:
         why = re.sub(r"`([^']*)'", r"\1", "; ".join(said)) or str(error)  # `-o x' -> -o x
