@@ -152,6 +152,27 @@ def test_a_torn_or_altered_block_is_refetched(tmp_path: Path, server: CasfsServe
     assert by_index[1].stat().st_size == MIB + 16  # and are whole on disk again
 
 
+def test_a_block_missing_past_the_first_loads_is_fetched_alone(
+    tmp_path: Path, server: CasfsServer
+) -> None:
+    """Blocks are loaded from disk several calls ahead of the reader: a block missing
+    from the third call on is fetched from the remote, and the blocks after it come from
+    disk again."""
+    data = os.urandom(14 * MIB)
+    digest = upload(server, data)
+    disk = tmp_path / "disk"
+    with mount(tmp_path, server, "mnt", disk) as first:
+        read_and_keep(first, digest, data, 14)
+    by_index = {int(path.name.rsplit(".", 1)[1]): path for path in block_files(disk)}
+    by_index[9].unlink()
+
+    with mount(tmp_path, server, "mnt", disk) as second:
+        assert blob_path(second, digest).read_bytes() == data
+        status = read_status(second.mountpoint)
+        assert 0 < status["cas"]["fetched_bytes"] <= MIB  # block 9 alone
+        assert status["disk_cache"]["hits"] >= 13
+
+
 def test_the_size_bound_holds(tmp_path: Path, server: CasfsServer) -> None:
     limit = 6 * MIB
     blobs = [os.urandom(3 * MIB) for _ in range(4)]

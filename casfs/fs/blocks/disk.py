@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,66 @@ class DiskTier:
                 break
         return found
 
+    async def load_in_order(
+        self,
+        source: object,
+        digest: Digest,
+        indexes: Sequence[int],
+        land: Callable[[list[Chunk]], Awaitable[None]],
+    ) -> int:
+        """Hand the blocks from disk to ``land``, in order, up to the first one missing;
+        returns how many were handed. Up to ``LOADERS`` thread calls of ``RUN`` blocks
+        load ahead of the one being handed, so the disk's latency overlaps the reader's
+        and the hash's work (one call at a time left a cold disk idle between calls).
+
+        Cancelled, or when ``land`` raises, the loads under way are abandoned (their
+        threads finish alone) and their blocks dropped.
+        """
+        area = self._area(source)
+        if area is None or digest in self._refused:
+            return 0
+        batches = [indexes[start : start + RUN] for start in range(0, len(indexes), RUN)]
+        loaded: list[tuple[list[Chunk], int, OSError | None] | None] = [None] * len(batches)
+        done = [trio.Event() for _ in batches]
+        ahead = trio.Semaphore(LOADERS)
+        handed = 0
+
+        async def load(number: int) -> None:
+            try:
+                async with self._loaders:
+                    loaded[number] = await trio.to_thread.run_sync(
+                        self._load_batch, area, digest, batches[number], abandon_on_cancel=True
+                    )
+            finally:
+                done[number].set()
+
+        async def start_loads(nursery: trio.Nursery) -> None:
+            for number in range(len(batches)):
+                await ahead.acquire()
+                nursery.start_soon(load, number)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start_loads, nursery)
+            for number, batch in enumerate(batches):
+                await done[number].wait()
+                ahead.release()
+                result = loaded[number]
+                if result is None:  # its load raised: the nursery has it
+                    break
+                got, corrupt, error = result
+                self.stats.hits += len(got)
+                self.stats.corrupt += corrupt
+                if error is not None:
+                    self._failed("a read", error)
+                if got:
+                    await land(got)
+                    handed += len(got)
+                if len(got) < len(batch):
+                    self.stats.misses += 1
+                    break
+            nursery.cancel_scope.cancel()
+        return handed
+
     async def absent(self, source: object, digest: Digest, indexes: Sequence[int]) -> int:
         """How many of the blocks, from the first, have no file on disk (a run streams
         those, and looks on disk again after them)."""
@@ -194,6 +254,8 @@ class DiskTier:
         """(worker thread) Blocks up to the first missing, files that failed, an error."""
         got: list[Chunk] = []
         corrupt = 0
+        if len(indexes) > 1:
+            self.store.will_need(area, digest, indexes[1:])
         for index in indexes:
             try:
                 data = self.store.load(area, digest, index)

@@ -23,7 +23,6 @@ import trio
 
 from casfs.cas.client import Chunk
 from casfs.digest import Digest
-from casfs.fs.blocks.disk import RUN as DISK_RUN
 from casfs.fs.blocks.disk import DiskTier
 from casfs.fs.blocks.flight import Flight
 from casfs.fs.blocks.lru import BlockKey, CacheStats
@@ -127,13 +126,16 @@ class Prefetcher:
             while pending:
                 count = len(pending)
                 if self._disk is not None:  # what is on disk first, then what is not
-                    indexes = [key[1] for key, _ in pending[:DISK_RUN]]
-                    found = await self._disk.load_run(source, digest, indexes)
-                    for data in found:
-                        key, flight = pending.pop(0)
-                        deliver(key, flight, data)
-                    await self._verification.keep_up(digest)
-                    if len(found) == len(indexes) or not pending:
+
+                    async def land(blocks: list[Chunk]) -> None:
+                        for data in blocks:
+                            key, flight = pending.pop(0)
+                            deliver(key, flight, data)
+                        await self._verification.keep_up(digest)
+
+                    indexes = [key[1] for key, _ in pending]
+                    await self._disk.load_in_order(source, digest, indexes, land)
+                    if not pending:
                         continue
                     count = await self._disk.absent(source, digest, [k[1] for k, _ in pending])
                 part = pending[: max(1, count)]
