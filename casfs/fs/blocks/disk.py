@@ -1,7 +1,9 @@
 """The disk tier under the block cache: blocks looked for on disk before the remote, and
 blocks fetched from the remote written to disk behind the read.
 
-- ``load``/``load_run``: a block (or a run of consecutive ones) from disk, or None/short.
+- ``load``/``load_run``: a block (or a run of consecutive ones) from disk, or None/short;
+  ``load_in_order``: a readahead run's blocks handed on in order as they load, the loads
+  several thread calls ahead.
   A file that fails its check (``diskstore``) is deleted and counted, and the block is a
   miss, fetched from the remote as if it had never been there.
 - ``keep``: queue a block the remote sent for writing; never waits. Pending writes hold at
