@@ -104,6 +104,9 @@ class FileEntry(Entry):
     # Set while a commit runs; done when it ends. Changes wait on it, not on ``lock``:
     # waiters that took and gave back the lock in turn would see it held forever.
     committing: trio.Event | None = None
+    # Remote Asset qualifiers set with setfattr (user.casfs.qualifier.<name>) before the
+    # commit; a file of assets/ is pushed with them after its commit (fs/nodes/assets.py).
+    qualifiers: dict[str, str] = field(default_factory=dict)
 
     @property
     def committed(self) -> bool:

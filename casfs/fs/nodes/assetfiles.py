@@ -1,0 +1,114 @@
+"""Open files of ``assets/``: an asset read as its blob (``blobfile.BlobHandle``, through
+the block cache), and a file written there, which is an upload (``uploadfiles``) pushed
+under its URI after each commit.
+
+A write's close reports the push: it fails with the push's error (the blob is in the CAS,
+the name is not shown), and the next close or fsync pushes again. The name is shown to
+listings only once pushed; while written, a lookup finds the file being written. A write
+of an asset is not resumed by a later mount (its spool file is not recorded for one): the
+close that failed said so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from casfs.digest import Digest
+from casfs.fs.assetcatalog import AssetRefusal, Record, with_checksum
+from casfs.fs.nodes.base import Opened
+from casfs.fs.nodes.blobfile import BlobFile, BlobHandle
+from casfs.fs.nodes.errors import NodeError
+from casfs.fs.nodes.state import MountState
+from casfs.fs.nodes.uploadfiles import UploadHandle
+from casfs.fs.uploadentries import FileEntry
+
+
+async def resolve(state: MountState, instance: str, uri: str) -> Record | None:
+    """``MountAssets.resolve``, its refusals as ``NodeError``."""
+    try:
+        return await state.assets.resolve(instance, uri)
+    except AssetRefusal as refusal:
+        raise NodeError(refusal.errno) from None
+
+
+async def push(
+    state: MountState, instance: str, uri: str, digest: Digest, qualifiers: Mapping[str, str]
+) -> None:
+    """``MountAssets.push``, its refusals as ``NodeError``."""
+    try:
+        await state.assets.push(instance, uri, digest, qualifiers)
+    except AssetRefusal as refusal:
+        raise NodeError(refusal.errno) from None
+
+
+def open_asset_read(instance: str, digest: Digest) -> Opened:
+    """An asset's blob for reading. Not ``keep_cache``: the name may change its blob."""
+    return Opened(BlobHandle(BlobFile(instance, digest)))
+
+
+async def open_asset_write(
+    state: MountState,
+    instance: str,
+    uri: str,
+    mode: int,
+    flags: int,
+    qualifiers: Mapping[str, str] | None,
+    entry: FileEntry | None = None,
+) -> tuple[Opened, FileEntry]:
+    """Open ``entry`` (the file being written to ``uri``) or, with none, start a new one
+    with ``qualifiers`` (those of the asset it replaces, or none)."""
+    created = entry is None
+    if entry is None:
+        name = uri.rsplit("/", 1)[-1]
+        entry = state.uploads.new_file(instance, None, name, mode or 0o644, None)
+        state.uploads.spool.forget(entry)  # no later mount resumes it (see above)
+        entry.qualifiers = dict(qualifiers or {})
+        state.entries[entry.id] = entry
+        state.assets.pending[(instance, uri)] = entry.id
+    access = flags & os.O_ACCMODE
+    writable = created or access != os.O_RDONLY
+    await state.uploads.open(
+        entry, write=writable, truncate=not created and bool(flags & os.O_TRUNC)
+    )
+    handle = AssetUploadHandle(entry, writable, uri=uri)
+    return Opened(handle, direct_io=access == os.O_WRONLY), entry
+
+
+@dataclass(eq=False)
+class AssetUploadHandle(UploadHandle):
+    """A file of assets/ open for writing: committed as any upload, then pushed."""
+
+    uri: str = ""
+
+    async def commit(self, state: MountState, *, any_descriptor: bool) -> None:
+        """Commit (``UploadHandle.commit``), then push the blob under the URI with the
+        file's qualifiers unless the name already says just that. Either failing fails
+        the close; cancelled, the push may or may not have happened (the next close
+        pushes again)."""
+        entry = self.entry
+        try:
+            await super().commit(state, any_descriptor=any_descriptor)
+        finally:
+            state.uploads.spool.forget(entry)
+        digest = entry.digest
+        if not (self.can_write or any_descriptor) or digest is None or entry.unlinked:
+            return
+        known = state.assets.record(entry.instance, self.uri)
+        if (
+            known is not None
+            and (known.digest, known.directory) == (digest, False)
+            and dict(known.qualifiers) == with_checksum(entry.qualifiers, digest)
+        ):
+            return  # pushed already, just so
+        await push(state, entry.instance, self.uri, digest, entry.qualifiers)
+
+    async def release(self, state: MountState) -> None:
+        """Clean up; once the last handle is gone the name is what was pushed, if any."""
+        await super().release(state)
+        entry = self.entry
+        key = (entry.instance, self.uri)
+        if not entry.opens and state.assets.pending.get(key) == entry.id:
+            del state.assets.pending[key]
+            entry.unlinked = True  # its node answers ENOENT; the pushed name is shown
