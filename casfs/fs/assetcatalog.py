@@ -93,6 +93,8 @@ class MountAssets:
         self.pushes = 0
         # (instance, URI) -> (when, the answer: None for NOT_FOUND)
         self._records: OrderedDict[tuple[str, str], tuple[float, Record | None]] = OrderedDict()
+        # What listings of the index showed: attributes for readdir, never a Fetch's answer.
+        self._listed: OrderedDict[tuple[str, str], Record] = OrderedDict()
         self._made: set[tuple[str, str]] = set()  # prefixes made by mkdir
         self.pending: dict[tuple[str, str], int] = {}  # URI -> id of the upload writing it
         self._index: sqlite3.Connection | None = None
@@ -133,9 +135,10 @@ class MountAssets:
             self._records.popitem(last=False)
 
     def record(self, instance: str, uri: str) -> Record | None:
-        """The last answer for a URI, however old (None: none, or NOT_FOUND)."""
+        """The last answer for a URI, however old, or what a listing showed of it (None:
+        neither, or the last answer was NOT_FOUND)."""
         known = self._records.get((instance, uri))
-        return None if known is None else known[1]
+        return self._listed.get((instance, uri)) if known is None else known[1]
 
     def forget(self, instance: str, uri: str) -> None:
         """Drop the answer for a URI: the next lookup asks the server again."""
@@ -226,6 +229,11 @@ class MountAssets:
             add(record.uri, record)
         for record in self._index_children(prefix.text):
             add(record.uri, record)
+            key = (instance, record.uri)
+            self._listed[key] = record
+            self._listed.move_to_end(key)
+        while len(self._listed) > MAX_RECORDS:
+            self._listed.popitem(last=False)
         return found
 
     def schemes(self, instance: str) -> list[str]:

@@ -165,7 +165,7 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
             name: AssetClient(dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats)
             for name in config.instances
         },
-        index_root=config.store if config.remote is None else None,
+        index_root=config.asset_catalog or (config.store if config.remote is None else None),
     )
     spool: Spool | None = None
     names: Journal | None = None
