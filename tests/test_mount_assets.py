@@ -241,3 +241,27 @@ def test_a_server_without_the_api(server_without_assets: str, tmp_path: Path) ->
         assert "does not serve the Remote Asset API" in status.stdout.decode()
         said = [line for line in mount.log_text().splitlines() if "assets/" in line]
         assert len(said) == 1, said
+
+
+def test_an_upload_with_a_uri_is_pushed_with_its_qualifiers(mounted: Mounted) -> None:
+    """uploads/: the qualifiers and the URI set before the close travel with the push
+    after the commit; a URI set on a committed file pushes it at once."""
+    pending = mounted.root / "uploads" / "notes.txt"
+    with open(pending, "wb") as file:
+        file.write(b"notes\n")
+        os.setxattr(pending, "user.casfs.qualifier.content_type", b"text/plain")
+        os.setxattr(pending, "user.casfs.uri", b"urn:notes:1")
+    answer = mounted.fetch("urn:notes:1")
+    assert answer["qualifiers"] == {
+        "checksum.sri": sri_of_file(pending),
+        "content_type": "text/plain",
+    }
+    committed = mounted.root / "uploads" / "later.txt"
+    committed.write_bytes(b"later\n")
+    result = run("setfattr", "-n", "user.casfs.uri", "-v", "urn:later:1", committed)
+    assert result.returncode == 0, result.stderr
+    assert mounted.fetch("urn:later:1")["size"] == 6
+    assert getfattr(committed, "user.casfs.uri") == "urn:later:1"
+    with pytest.raises(OSError) as raised:
+        os.setxattr(committed, "user.casfs.uri", b"https://h/../x")
+    assert raised.value.errno == errno.EINVAL

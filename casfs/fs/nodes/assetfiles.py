@@ -16,31 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from casfs.digest import Digest
-from casfs.fs.assetcatalog import AssetRefusal, Record, with_checksum
+from casfs.fs.nodes.assetpush import push_committed
 from casfs.fs.nodes.base import Opened
 from casfs.fs.nodes.blobfile import BlobFile, BlobHandle
-from casfs.fs.nodes.errors import NodeError
 from casfs.fs.nodes.state import MountState
 from casfs.fs.nodes.uploadfiles import UploadHandle
 from casfs.fs.uploadentries import FileEntry
-
-
-async def resolve(state: MountState, instance: str, uri: str) -> Record | None:
-    """``MountAssets.resolve``, its refusals as ``NodeError``."""
-    try:
-        return await state.assets.resolve(instance, uri)
-    except AssetRefusal as refusal:
-        raise NodeError(refusal.errno) from None
-
-
-async def push(
-    state: MountState, instance: str, uri: str, digest: Digest, qualifiers: Mapping[str, str]
-) -> None:
-    """``MountAssets.push``, its refusals as ``NodeError``."""
-    try:
-        await state.assets.push(instance, uri, digest, qualifiers)
-    except AssetRefusal as refusal:
-        raise NodeError(refusal.errno) from None
 
 
 def open_asset_read(instance: str, digest: Digest) -> Opened:
@@ -65,6 +46,7 @@ async def open_asset_write(
         entry = state.uploads.new_file(instance, None, name, mode or 0o644, None)
         state.uploads.spool.forget(entry)  # no later mount resumes it (see above)
         entry.qualifiers = dict(qualifiers or {})
+        entry.uri = uri
         state.entries[entry.id] = entry
         state.assets.pending[(instance, uri)] = entry.id
     access = flags & os.O_ACCMODE
@@ -83,26 +65,16 @@ class AssetUploadHandle(UploadHandle):
     uri: str = ""
 
     async def commit(self, state: MountState, *, any_descriptor: bool) -> None:
-        """Commit (``UploadHandle.commit``), then push the blob under the URI with the
-        file's qualifiers unless the name already says just that. Either failing fails
-        the close; cancelled, the push may or may not have happened (the next close
-        pushes again)."""
+        """Commit and push (``UploadHandle.commit``); a push that failed at an earlier
+        close is tried again. Either failing fails the close; cancelled, the push may or
+        may not have happened (the next close pushes again)."""
         entry = self.entry
         try:
             await super().commit(state, any_descriptor=any_descriptor)
         finally:
             state.uploads.spool.forget(entry)
-        digest = entry.digest
-        if not (self.can_write or any_descriptor) or digest is None or entry.unlinked:
-            return
-        known = state.assets.record(entry.instance, self.uri)
-        if (
-            known is not None
-            and (known.digest, known.directory) == (digest, False)
-            and dict(known.qualifiers) == with_checksum(entry.qualifiers, digest)
-        ):
-            return  # pushed already, just so
-        await push(state, entry.instance, self.uri, digest, entry.qualifiers)
+        if self.can_write or any_descriptor:
+            await push_committed(state, entry)  # again, if the last close's push failed
 
     async def release(self, state: MountState) -> None:
         """Clean up; once the last handle is gone the name is what was pushed, if any."""

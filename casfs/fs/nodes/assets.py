@@ -23,50 +23,22 @@ import stat
 from dataclasses import dataclass
 
 import casfs.fs.nodes.blobio as blobio
-from casfs.assetnames import AssetNameError, check_qualifiers
 from casfs.fs.assetcatalog import ANSWER_TTL, Record
 from casfs.fs.assetpaths import AssetPrefix, scheme_prefix
-from casfs.fs.nodes.assetfiles import open_asset_read, open_asset_write, push, resolve
+from casfs.fs.nodes.assetfiles import open_asset_read, open_asset_write
+from casfs.fs.nodes.assetpush import (
+    XATTR_URI,
+    changed_qualifiers,
+    push,
+    qualifier_xattrs,
+    resolve,
+)
 from casfs.fs.nodes.base import Attributes, Caller, Node, Opened, new_name
 from casfs.fs.nodes.errors import NodeError
 from casfs.fs.nodes.state import MountState
 from casfs.fs.uploadentries import FileEntry
 
 ASSETS = "assets"
-XATTR_URI = b"user.casfs.uri"
-QUALIFIER_PREFIX = b"user.casfs.qualifier."
-
-
-def qualifier_xattrs(qualifiers: dict[str, str]) -> dict[bytes, bytes]:
-    return {QUALIFIER_PREFIX + n.encode(): v.encode() for n, v in sorted(qualifiers.items())}
-
-
-def changed_qualifiers(
-    qualifiers: dict[str, str], name: bytes, value: bytes | None
-) -> dict[str, str]:
-    """``qualifiers`` with ``name`` (an attribute name) set to ``value`` (None: removed).
-    A name that is not a qualifier's is ENOTSUP; one that is not UTF-8 EINVAL; a set over
-    the API's bounds (``assetnames``) E2BIG; removing one that is not there ENODATA."""
-    if not name.startswith(QUALIFIER_PREFIX):
-        raise NodeError(errno.ENOTSUP)
-    try:
-        key = name[len(QUALIFIER_PREFIX) :].decode("utf-8")
-        text = None if value is None else value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise NodeError(errno.EINVAL) from None
-    changed = dict(qualifiers)
-    if text is None:
-        if changed.pop(key, None) is None:
-            raise NodeError(errno.ENODATA)
-        return changed
-    changed[key] = text
-    try:
-        return check_qualifiers(changed.items())
-    except AssetNameError as error:
-        bounds = ("longer than", "more than")
-        raise NodeError(
-            errno.E2BIG if any(b in str(error) for b in bounds) else errno.EINVAL
-        ) from None
 
 
 def _directory(state: MountState) -> Attributes:
