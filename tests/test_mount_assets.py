@@ -265,3 +265,24 @@ def test_an_upload_with_a_uri_is_pushed_with_its_qualifiers(mounted: Mounted) ->
     with pytest.raises(OSError) as raised:
         os.setxattr(committed, "user.casfs.uri", b"https://h/../x")
     assert raised.value.errno == errno.EINVAL
+
+
+def test_a_failed_push_fails_the_close_and_shows_nothing(tmp_path: Path) -> None:
+    """A token that may read but not write: the blob is in the CAS already (so the upload
+    sends nothing), and the push is refused. cp reports it; the name is not shown."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("writer\nreader read-only\n")
+    (tmp_path / "writer").write_text("writer")
+    (tmp_path / "reader").write_text("reader")
+    payload = tmp_path / "payload"
+    payload.write_bytes(b"payload\n")
+    with CasfsServer(tmp_path / "store", "--token-file", str(tokens)) as server:
+        writer = ["--remote", server.endpoint, "--token-file", str(tmp_path / "writer")]
+        assert casfs("put", *writer, str(payload)).returncode == 0
+        args = ["--remote", server.endpoint, "--token-file", str(tmp_path / "reader")]
+        with CasfsMount(tmp_path / "mnt", *args) as mount:
+            target = mount.mountpoint / "main/assets/https/h/payload"
+            result = run("cp", payload, target)
+            assert result.returncode == 1 and "Permission denied" in result.stderr, result
+            assert os.listdir(target.parent) == []
+            assert not target.exists()

@@ -77,10 +77,12 @@ class AssetUploadHandle(UploadHandle):
             await push_committed(state, entry)  # again, if the last close's push failed
 
     async def release(self, state: MountState) -> None:
-        """Clean up; once the last handle is gone the name is what was pushed, if any."""
+        """Clean up. Once the last handle is gone the name is what was pushed, if
+        anything: a file whose upload or push failed is dropped with its spool file."""
         await super().release(state)
         entry = self.entry
         key = (entry.instance, self.uri)
         if not entry.opens and state.assets.pending.get(key) == entry.id:
             del state.assets.pending[key]
             entry.unlinked = True  # its node answers ENOENT; the pushed name is shown
+            state.uploads.spool.discard(entry)
