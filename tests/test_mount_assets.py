@@ -17,11 +17,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+import trio
 
 from casfs.cas.assets import AssetClient
 from casfs.cas.client import CasClient
 from casfs.digest import Digest
 from casfs.trees import encode
+from tests.conftest import remote
 from tests.mounts import CasfsMount
 from tests.servers import CasfsServer
 from tests.test_assets_cli import sri_of_file
@@ -196,28 +198,6 @@ def test_hostile_uris_never_make_paths_outside_assets(mounted: Mounted) -> None:
     assert raised.value.errno == errno.EINVAL
 
 
-def test_without_a_catalog_a_full_path_is_fetched_and_an_evicted_blob_is_gone(
-    tmp_path: Path,
-) -> None:
-    """Against a server whose catalog the mount cannot read, a full path is answered by
-    FetchBlob, and the listing shows only what this mount fetched. A blob the server
-    evicted (a real eviction: the store at its --max-size) is no such file."""
-    mib = 1 << 20
-    with CasfsServer(tmp_path / "store", "--max-size", str(2 * mib), "--evict") as server:
-        first = upload(server.endpoint, os.urandom(mib))
-        push(server.endpoint, ["https://h/first"], first)
-        push(server.endpoint, ["https://h/x"], upload(server.endpoint, b"hello\n"))
-        with CasfsMount(tmp_path / "mnt", "--remote", server.endpoint) as mount:
-            assets = mount.mountpoint / "main/assets"
-            assert os.listdir(assets) == []
-            assert run("cat", assets / "https/h/x").stdout == "hello\n"
-            assert os.listdir(assets / "https/h") == ["x"]
-            assert not (assets / "https/h/missing").exists()
-            upload(server.endpoint, os.urandom(mib))  # the least recently used goes: first
-            result = run("cat", assets / "https/h/first")
-            assert result.returncode == 1 and "No such file" in result.stderr, result.stderr
-
-
 @pytest.fixture
 def server_without_assets() -> Iterator[str]:
     """A real gRPC server on 127.0.0.1 that serves nothing of the Remote Asset API."""
@@ -237,6 +217,9 @@ def test_a_server_without_the_api(server_without_assets: str, tmp_path: Path) ->
         for _ in range(2):
             result = run("cat", assets / "https/example.com/x")
             assert "Operation not supported" in result.stderr, result.stderr
+        with pytest.raises(OSError) as raised:
+            os.listdir(assets)
+        assert raised.value.errno == errno.ENOTSUP
         status = casfs("status", str(mount.mountpoint))
         assert "does not serve the Remote Asset API" in status.stdout.decode()
         said = [line for line in mount.log_text().splitlines() if "assets/" in line]
@@ -267,22 +250,47 @@ def test_an_upload_with_a_uri_is_pushed_with_its_qualifiers(mounted: Mounted) ->
     assert raised.value.errno == errno.EINVAL
 
 
-def test_a_failed_push_fails_the_close_and_shows_nothing(tmp_path: Path) -> None:
-    """A token that may read but not write: the blob is in the CAS already (so the upload
-    sends nothing), and the push is refused. cp reports it; the name is not shown."""
+def test_without_a_catalog_or_the_right_to_push(tmp_path: Path) -> None:
+    """A mount that cannot read the server's catalog, with a token that may read but not
+    write: a full path is answered by FetchBlob and the listing shows only what this
+    mount fetched; a copy of a blob the CAS has (the upload sends nothing) whose push is
+    refused fails cp's close and shows nothing; a blob the server evicted (a real
+    eviction: the store at its --max-size) is no such file."""
     tokens = tmp_path / "tokens"
     tokens.write_text("writer\nreader read-only\n")
     (tmp_path / "writer").write_text("writer")
     (tmp_path / "reader").write_text("reader")
     payload = tmp_path / "payload"
     payload.write_bytes(b"payload\n")
-    with CasfsServer(tmp_path / "store", "--token-file", str(tokens)) as server:
-        writer = ["--remote", server.endpoint, "--token-file", str(tmp_path / "writer")]
-        assert casfs("put", *writer, str(payload)).returncode == 0
+    mib = 1 << 20
+    limits = ["--max-size", str(2 * mib), "--evict", "--token-file", str(tokens)]
+    with CasfsServer(tmp_path / "store", *limits) as server:
+        writer = remote(server.endpoint, token_file=tmp_path / "writer")
+
+        async def fill() -> None:
+            async with CasClient(writer) as cas, AssetClient(writer) as assets:
+                await assets.push_blob(["https://h/first"], await cas.upload_bytes(os.urandom(mib)))
+                await assets.push_blob(["https://h/x"], await cas.upload_bytes(b"hello\n"))
+                await cas.upload_bytes(payload.read_bytes())
+
+        trio.run(fill)
         args = ["--remote", server.endpoint, "--token-file", str(tmp_path / "reader")]
         with CasfsMount(tmp_path / "mnt", *args) as mount:
-            target = mount.mountpoint / "main/assets/https/h/payload"
-            result = run("cp", payload, target)
+            assets = mount.mountpoint / "main/assets"
+            assert os.listdir(assets) == []
+            assert run("cat", assets / "https/h/x").stdout == "hello\n"
+            assert os.listdir(assets / "https/h") == ["x"]
+            assert not (assets / "https/h/missing").exists()
+
+            result = run("cp", payload, assets / "https/h/payload")
             assert result.returncode == 1 and "Permission denied" in result.stderr, result
-            assert os.listdir(target.parent) == []
-            assert not target.exists()
+            assert os.listdir(assets / "https/h") == ["x"]
+            assert not (assets / "https/h/payload").exists()
+
+            async def evict() -> None:  # the least recently used goes: first
+                async with CasClient(writer) as cas:
+                    await cas.upload_bytes(os.urandom(mib))
+
+            trio.run(evict)
+            result = run("cat", assets / "https/h/first")
+            assert result.returncode == 1 and "No such file" in result.stderr, result.stderr

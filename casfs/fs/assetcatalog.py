@@ -30,7 +30,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +73,19 @@ def with_checksum(qualifiers: Mapping[str, str], digest: Digest) -> dict[str, st
     return check_qualifiers(pushed.items())
 
 
+def directories_above(uri: str) -> list[str]:
+    """The directory texts on the way to ``uri``: ``https://``, ``https://h/``, ... (for
+    a URI ending in ``/``, that one too)."""
+    scheme, _, rest = uri.partition(":")
+    top = f"{scheme}://" if rest.startswith("//") else f"{scheme}:"
+    texts = [top]
+    start = len(top)
+    while (slash := uri.find("/", start)) != -1:
+        texts.append(uri[: slash + 1])
+        start = slash + 1
+    return texts
+
+
 class AssetRefusal(Exception):
     """An asset request refused without a failure to log (the nodes answer its errno):
     ENOTSUP with no Remote Asset API, EINVAL for qualifiers the API would refuse."""
@@ -96,6 +109,8 @@ class MountAssets:
         # What listings of the index showed: attributes for readdir, never a Fetch's answer.
         self._listed: OrderedDict[tuple[str, str], Record] = OrderedDict()
         self._made: set[tuple[str, str]] = set()  # prefixes made by mkdir
+        # (instance, prefix) -> how many remembered assets and mkdirs are below it
+        self._directories: Counter[tuple[str, str]] = Counter()
         self.pending: dict[tuple[str, str], int] = {}  # URI -> id of the upload writing it
         self._index: sqlite3.Connection | None = None
 
@@ -129,20 +144,30 @@ class MountAssets:
         return AssetRefusal(errno.ENOTSUP)
 
     def _remember(self, key: tuple[str, str], record: Record | None) -> None:
-        self._records[key] = (time.monotonic(), record)
+        self._count(key, self._records.get(key), -1)
+        self._records[key] = entry = (time.monotonic(), record)
+        self._count(key, entry, 1)
         self._records.move_to_end(key)
         while len(self._records) > MAX_RECORDS:
-            self._records.popitem(last=False)
+            self._count(*self._records.popitem(last=False), -1)
+
+    def _count(
+        self, key: tuple[str, str], entry: tuple[float, Record | None] | None, step: int
+    ) -> None:
+        """Count (or uncount) a remembered asset in the directories above it."""
+        if entry is None or entry[1] is None:
+            return
+        for text in directories_above(key[1]):
+            where = (key[0], text)
+            self._directories[where] += step
+            if self._directories[where] <= 0:
+                del self._directories[where]
 
     def record(self, instance: str, uri: str) -> Record | None:
         """The last answer for a URI, however old, or what a listing showed of it (None:
         neither, or the last answer was NOT_FOUND)."""
         known = self._records.get((instance, uri))
         return self._listed.get((instance, uri)) if known is None else known[1]
-
-    def forget(self, instance: str, uri: str) -> None:
-        """Drop the answer for a URI: the next lookup asks the server again."""
-        self._records.pop((instance, uri), None)
 
     async def resolve(self, instance: str, uri: str) -> Record | None:
         """What ``uri`` names now: FetchBlob, then FetchDirectory (answers kept
@@ -193,19 +218,19 @@ class MountAssets:
 
     def make(self, instance: str, prefix: AssetPrefix) -> None:
         """Remember a directory made by mkdir (this mount only, until it ends)."""
-        self._made.add((instance, prefix.text))
+        if (instance, prefix.text) not in self._made:
+            self._made.add((instance, prefix.text))
+            for text in directories_above(prefix.text):
+                self._directories[(instance, text)] += 1
 
     def _known(self, instance: str) -> list[Record]:
         return [r for (inst, _), (_, r) in self._records.items() if inst == instance and r]
 
     def is_directory(self, instance: str, prefix: AssetPrefix) -> bool:
         """Whether some known name is below ``prefix`` (or mkdir made it)."""
-        text = prefix.text
-        if any(i == instance and made.startswith(text) for i, made in self._made):
+        if self._directories[(instance, prefix.text)] > 0:
             return True
-        if any(record.uri.startswith(text) for record in self._known(instance)):
-            return True
-        return self._index_first(text) is not None
+        return self._index_first(prefix.text) is not None
 
     def children(self, instance: str, prefix: AssetPrefix) -> dict[str, Record | None]:
         """The names in ``prefix``'s directory: a record for an asset, None for a

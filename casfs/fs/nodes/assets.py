@@ -45,6 +45,12 @@ def _directory(state: MountState) -> Attributes:
     return Attributes.directory(0o555 if state.read_only else 0o755, timeout=ANSWER_TTL)
 
 
+def _available(state: MountState) -> None:
+    """A listing against a remote known to lack the API says so (ENOTSUP)."""
+    if state.assets.unavailable is not None:
+        raise NodeError(errno.ENOTSUP)
+
+
 def asset_node(instance: str, record: Record) -> Node:
     if record.directory:
         return AssetTree(instance, record.uri)
@@ -68,6 +74,7 @@ class AssetsDir(Node):
         return AssetDir(self.instance, prefix.text)
 
     def entries(self, state: MountState, caller: Caller) -> list[tuple[str, Node]]:
+        _available(state)
         entries: list[tuple[str, Node]] = []
         for name in state.assets.schemes(self.instance):
             prefix = scheme_prefix(name)
@@ -115,6 +122,7 @@ class AssetDir(Node):
         return asset_node(self.instance, record)
 
     def entries(self, state: MountState, caller: Caller) -> list[tuple[str, Node]]:
+        _available(state)
         prefix = AssetPrefix(self.prefix)
         entries: list[tuple[str, Node]] = []
         for name, record in sorted(state.assets.children(self.instance, prefix).items()):
