@@ -289,6 +289,8 @@ class MountConfig:
     disk_cache: Path | None = None  # None: default_disk_cache_dir()
     disk_cache_size: int = DEFAULT_DISK_CACHE_SIZE
     use_disk_cache: bool = True
+    # A casfs store whose asset catalog assets/ lists (the embedded store's by default).
+    asset_catalog: Path | None = None
 
     def __post_init__(self) -> None:
         if not is_block_size(self.block_size):

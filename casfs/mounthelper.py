@@ -28,6 +28,7 @@ VALUE_OPTIONS = {
     "instance": "--instance",
     "config": "--config",
     "store": "--store",
+    "asset_catalog": "--asset-catalog",
     "cache_size": "--cache-size",
     "block_size": "--block-size",
     "readahead": "--readahead",

@@ -154,7 +154,7 @@ def test_static_directories_list_and_look_up(tmp_path: Path) -> None:
         assert nested == InstanceDir("a")
         assert names(nested.entries(state, OWNER)) == ["b"]
         main = await ROOT.lookup(state, "main", OWNER)
-        assert names(main.entries(state, OWNER)) == ["blobs", "uploads"]
+        assert names(main.entries(state, OWNER)) == ["blobs", "uploads", "assets"]
         blobs = await main.lookup(state, "blobs", OWNER)
         assert blobs == BlobsDir("main")
         assert names(blobs.entries(state, OWNER)) == ["blake3"]

@@ -60,6 +60,13 @@ def register(commands: Commands) -> None:
         " name, whose blobs/ sits at the mount's root)",
     )
     mount.add_argument("--store", type=Path, help=f"embedded store ({default_store_dir()})")
+    mount.add_argument(
+        "--asset-catalog",
+        type=Path,
+        metavar="STORE",
+        help="list assets/ from this casfs store's catalog (the remote's, on this machine; "
+        "the embedded store's by default)",
+    )
     mount_options(mount)
     mount.add_argument("--daemon", action="store_true", help="detach once mounted")
     mount.add_argument("--log-file", type=Path, help="with --daemon: where to log")
@@ -160,6 +167,7 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         check_remote=args.check_remote is not False,
         disk_cache=args.disk_cache,
         use_disk_cache=not args.no_disk_cache,
+        asset_catalog=getattr(args, "asset_catalog", None),
     )
 
 

@@ -27,6 +27,7 @@ import pyfuse3
 import trio
 
 from casfs import notify
+from casfs.cas.assets import AssetClient
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError, InvalidArgument, NotFound, PermissionDenied
 from casfs.cas.quirks import RemoteQuirks, SizeCheck
@@ -39,6 +40,7 @@ from casfs.config import (
 )
 from casfs.digest import DigestFunction
 from casfs.embedded import EmbeddedError, embedded_server
+from casfs.fs.assetcatalog import MountAssets
 from casfs.fs.blocks.cache import BlockCache
 from casfs.fs.blocks.disk import open_disk_tier
 from casfs.fs.errors import MountError
@@ -156,6 +158,15 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
         )
         for name in config.instances
     }
+    # assets/: Fetch and Push on the same remote; the embedded store's catalog is
+    # readable here, so its names can be listed (fs/assetcatalog.py).
+    assets = MountAssets(
+        {
+            name: AssetClient(dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats)
+            for name in config.instances
+        },
+        index_root=config.asset_catalog or (config.store if config.remote is None else None),
+    )
     spool: Spool | None = None
     names: Journal | None = None
     try:
@@ -200,6 +211,7 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
                         remote=remote.endpoint
                         if config.remote
                         else f"embedded CAS on {config.store}",
+                        assets=assets,
                     )
                     if config.metrics and rpc_stats is not None:
                         await nursery.start(
@@ -214,6 +226,9 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     finally:
         for client in clients.values():
             await client.aclose()
+        for asset_client in assets.clients.values():
+            await asset_client.aclose()
+        assets.close()
         if names is not None:
             names.close()
         if spool is not None:

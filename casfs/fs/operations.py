@@ -36,6 +36,7 @@ import trio
 
 from casfs.cas.client import CasClient, Chunk
 from casfs.cas.errors import CasError
+from casfs.fs.assetcatalog import MountAssets
 from casfs.fs.blocks.cache import BlockCache
 from casfs.fs.inodes import InodeTable
 from casfs.fs.namespace import Namespace
@@ -121,6 +122,7 @@ class CasOperations(pyfuse3.Operations):
         *,
         read_only: bool = False,
         remote: str | None = None,
+        assets: MountAssets | None = None,
     ) -> None:
         super().__init__()
         self.stats = FuseStats()
@@ -148,6 +150,9 @@ class CasOperations(pyfuse3.Operations):
             uid=os.getuid(),
             gid=os.getgid(),
         )
+        if assets is not None:
+            self.state.assets = assets
+            self.mount_stats.assets = assets.status
         self.catalog = self.state.catalog
         self.inodes = InodeTable(ROOT)
         self._handles = itertools.count(1)
@@ -390,11 +395,11 @@ class CasOperations(pyfuse3.Operations):
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self._node(inode).setxattr(self.state, name, value)
 
     @_fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        await self._node(inode).removexattr(self.state, name)
 
     # -- the rest -----------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -66,6 +66,7 @@ class Snapshot:
     fuse_written_bytes: int
     ops: dict[str, int]
     errors: dict[tuple[str, int], int]  # (op, errno)
+    assets: dict[str, object] | None = None  # assets/: the API's state, fetches, pushes
 
 
 class StatsSource(Protocol):
@@ -89,6 +90,7 @@ class MountStats:
         fuse: FuseStats,
     ) -> None:
         self.remote = remote
+        self.assets: Callable[[], dict[str, object]] | None = None  # MountAssets.status
         self.started = time.time()
         self._clients = clients
         self._cache = cache
@@ -126,4 +128,5 @@ class MountStats:
             fuse_written_bytes=fuse.written_bytes,
             ops=dict(fuse.ops.copy()),
             errors=dict(fuse.errors.copy()),
+            assets=self.assets() if self.assets is not None else None,
         )

@@ -78,6 +78,7 @@ def document(stats: Snapshot) -> dict[str, Any]:
             "recovered": stats.recovered,
             "resumed": stats.resumed,
         },
+        "assets": stats.assets,
         "errors": dict(sorted(errors.items())),
     }
 
@@ -153,6 +154,15 @@ def _disk_line(disk: dict[str, int] | None) -> str:
     )
 
 
+def _assets_line(assets: dict[str, Any] | None) -> str:
+    if not assets:
+        return "none"
+    if assets["api"] != "available":
+        return f"unavailable: {assets['reason']}"
+    catalog = f", catalog {assets['catalog']}" if assets.get("catalog") else ""
+    return f"{assets['fetches']} fetches, {assets['pushes']} pushes{catalog}"
+
+
 def format_status(mountpoint: Path, status: dict[str, Any]) -> str:
     """The status for a person: one line per subject."""
     cache, cas, fuse, uploads = status["cache"], status["cas"], status["fuse"], status["uploads"]
@@ -177,6 +187,7 @@ def format_status(mountpoint: Path, status: dict[str, Any]) -> str:
         ("uploads", f"{uploads['in_flight']} in flight, {uploads['committed']} committed "
          f"({uploads['deduplicated']} already there), {uploads['failed']} failed, "
          f"{uploads['recovered']} recovered, {uploads['resumed']} resumed"),
+        ("assets", _assets_line(status.get("assets"))),
         ("errors", errors or "none"),
     ]  # fmt: skip
     return "\n".join(f"{key:<13} {value}" for key, value in lines)

@@ -104,6 +104,10 @@ class FileEntry(Entry):
     # Set while a commit runs; done when it ends. Changes wait on it, not on ``lock``:
     # waiters that took and gave back the lock in turn would see it held forever.
     committing: trio.Event | None = None
+    # Remote Asset qualifiers set with setfattr (user.casfs.qualifier.<name>); a file with
+    # a URI is pushed with them after its commit (fs/nodes/assetpush.py).
+    qualifiers: dict[str, str] = field(default_factory=dict)
+    uri: str | None = None  # the asset name a commit pushes it under (assets/, user.casfs.uri)
 
     @property
     def committed(self) -> bool:

@@ -147,6 +147,13 @@ class Node:
         """The extended attributes (``user.casfs.*``) and their values."""
         return {}
 
+    async def setxattr(self, state: MountState, name: bytes, value: bytes) -> None:
+        """Set an extended attribute: not supported unless a node says so."""
+        raise NodeError(errno.ENOTSUP)
+
+    async def removexattr(self, state: MountState, name: bytes) -> None:
+        raise NodeError(errno.ENOTSUP)
+
     # -- changing (refused in read-only places) -------------------------------------------
 
     async def setattr(self, state: MountState, changes: SetAttributes) -> None:

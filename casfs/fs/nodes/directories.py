@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from casfs.digest import DigestFunction
 from casfs.fs.namespace import BLOBS, UPLOADS, join
+from casfs.fs.nodes.assets import ASSETS, AssetsDir
 from casfs.fs.nodes.base import Attributes, Caller, Node, Opened, new_name
 from casfs.fs.nodes.blobfile import BlobFile
 from casfs.fs.nodes.errors import NO_ATTRIBUTE, NodeError
@@ -58,6 +59,7 @@ class InstanceDir(_StaticDir):
         if names.is_instance(self.path):
             entries.append((BLOBS, BlobsDir(self.path)))
             entries.append((UPLOADS, UploadsDir(self.path)))
+            entries.append((ASSETS, AssetsDir(self.path)))
         return entries
 
     async def getxattr(self, state: MountState, name: bytes, caller: Caller) -> bytes:

@@ -14,7 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from casfs.cas.client import CasClient
 from casfs.fs.audience import Audience
@@ -24,6 +24,16 @@ from casfs.fs.namespace import Namespace
 from casfs.fs.nodes.errors import NodeError
 from casfs.fs.uploadentries import Entry
 from casfs.fs.uploads import Uploads
+
+if TYPE_CHECKING:
+    from casfs.fs.assetcatalog import MountAssets
+
+
+def _no_assets() -> MountAssets:
+    """Asset names with no remote to ask (a ``MountState`` made without them)."""
+    from casfs.fs.assetcatalog import MountAssets  # it imports fs/nodes: not at the top
+
+    return MountAssets({})
 
 
 class Kernel(Protocol):
@@ -58,6 +68,8 @@ class MountState:
     entries: weakref.WeakValueDictionary[int, Entry] = field(
         default_factory=weakref.WeakValueDictionary
     )
+    # Remote Asset names (assets/): Fetch and Push, what this mount knows of them.
+    assets: MountAssets = field(default_factory=_no_assets)
     audience: Audience = field(init=False)
 
     def __post_init__(self) -> None:

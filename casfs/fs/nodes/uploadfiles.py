@@ -18,6 +18,7 @@ import trio
 import casfs.fs.nodes.blobio as blobio
 from casfs.cas.client import Chunk
 from casfs.fs.blocks.readahead import Readahead
+from casfs.fs.nodes.assetpush import push_committed
 from casfs.fs.nodes.base import Handle, Opened
 from casfs.fs.nodes.errors import NodeError
 from casfs.fs.nodes.state import MountState
@@ -99,6 +100,7 @@ class UploadHandle(Handle):
                 await drop_cached_pages(state, self.blob_inode)
             raise
         state.catalog.found(entry.instance, digest)
+        await push_committed(state, entry)  # a file with a URI: named after its commit
 
     async def release(self, state: MountState) -> None:
         """Clean up; a file whose upload failed stays spooled for fsync or the next mount."""

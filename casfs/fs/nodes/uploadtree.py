@@ -15,6 +15,7 @@ import stat
 from dataclasses import dataclass
 
 import casfs.fs.nodes.blobio as blobio
+from casfs.fs.nodes.assetpush import set_upload_xattr, upload_xattrs
 from casfs.fs.nodes.base import (
     UPLOAD_TIMEOUT,
     Attributes,
@@ -355,6 +356,17 @@ class UploadFile(_ById):
 
     async def xattrs(self, state: MountState) -> dict[bytes, bytes]:
         entry = self._file(state)
+        values = upload_xattrs(entry)  # its asset name and qualifiers, if set
         if not entry.committed or entry.digest is None:
-            return {}
-        return blobio.blob_xattrs(self.instance, entry.digest)
+            return values
+        return blobio.blob_xattrs(self.instance, entry.digest) | values
+
+    async def setxattr(self, state: MountState, name: bytes, value: bytes) -> None:
+        entry = self._file(state)
+        state.writable()
+        await set_upload_xattr(state, entry, name, value)
+
+    async def removexattr(self, state: MountState, name: bytes) -> None:
+        entry = self._file(state)
+        state.writable()
+        await set_upload_xattr(state, entry, name, None)

@@ -1,0 +1,342 @@
+"""What the mount knows of Remote Asset names: the answers of Fetch, the names this mount
+pushed, the directories a user made, and (when the store's index file is readable, as for
+the embedded CAS) the store's catalog. No FUSE in here; ``fs/nodes/assets.py`` shows it.
+
+The Remote Asset API has no listing. So:
+
+- A full path is answered by FetchBlob of its URI (then FetchDirectory), against any
+  server: an answer is a file (or a directory asset), NOT_FOUND is no such name.
+- A listing shows the names this mount fetched or pushed, the directories made with
+  mkdir (kept in memory only), and, with a readable index, every live name in it.
+- With a readable index, a name that is a prefix of a name in it is a directory. Against
+  another server, only the scheme and authority levels (``assets/https/<host>/``) are
+  directories for any name; deeper ones must be known first (fetched, pushed, mkdir).
+- An answer whose blob is gone from the CAS is NOT_FOUND (casfs's server checks), so an
+  evicted asset is no such name. Answers are kept ``ANSWER_TTL`` seconds, so a name
+  pushed elsewhere or evicted shows so soon.
+- A server without the API (UNIMPLEMENTED) is remembered: every later asset request is
+  refused at once (ENOTSUP in the mount), logged once, and ``casfs status`` says why.
+
+Concurrency notes: used from the mount's trio thread only. The index is read with
+short, indexed SQLite queries (one per name listed, at most ``MAX_LISTING`` a listing)
+in the trio thread: small, bounded work. A request that awaits Fetch or Push looks the
+records up again afterwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import sqlite3
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from casfs.assetnames import CHECKSUM_SRI, check_qualifiers, sri_of
+from casfs.cas.assets import AssetClient, FetchedAsset, NoAssetApi
+from casfs.cas.errors import NotFound
+from casfs.digest import Digest, DigestFunction
+from casfs.fs.assetpaths import AssetPrefix, child_name
+from casfs.store.assets import INDEX_NAME
+
+log = logging.getLogger("casfs.fs")
+
+ANSWER_TTL = 2.0  # seconds a Fetch answer (or a NOT_FOUND) is used again
+MAX_RECORDS = 100_000  # names remembered (oldest go first)
+MAX_LISTING = 10_000  # names a listing shows from the index
+SRI_FUNCTIONS = (DigestFunction.SHA256, DigestFunction.SHA384, DigestFunction.SHA512)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One asset: its URI, whether it names a tree, its digest and qualifiers."""
+
+    uri: str
+    digest: Digest
+    directory: bool = False
+    qualifiers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, fetched: FetchedAsset, *, directory: bool) -> Record:
+        return cls(fetched.uri, fetched.digest, directory, dict(fetched.qualifiers))
+
+
+def with_checksum(qualifiers: Mapping[str, str], digest: Digest) -> dict[str, str]:
+    """The qualifiers to push ``digest`` with: ``checksum.sri`` set to its hash (as
+    ``casfs asset push`` does for a file), so a fetch by checksum finds it."""
+    pushed = {n: v for n, v in qualifiers.items() if n != CHECKSUM_SRI}
+    if digest.function in SRI_FUNCTIONS:
+        pushed[CHECKSUM_SRI] = sri_of(digest.function, digest.hash)
+    return check_qualifiers(pushed.items())
+
+
+def directories_above(uri: str) -> list[str]:
+    """The directory texts on the way to ``uri``: ``https://``, ``https://h/``, ... (for
+    a URI ending in ``/``, that one too)."""
+    scheme, _, rest = uri.partition(":")
+    top = f"{scheme}://" if rest.startswith("//") else f"{scheme}:"
+    texts = [top]
+    start = len(top)
+    while (slash := uri.find("/", start)) != -1:
+        texts.append(uri[: slash + 1])
+        start = slash + 1
+    return texts
+
+
+class AssetRefusal(Exception):
+    """An asset request refused without a failure to log (the nodes answer its errno):
+    ENOTSUP with no Remote Asset API, EINVAL for qualifiers the API would refuse."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(errno.errorcode.get(code, str(code)))
+        self.errno = code
+
+
+class MountAssets:
+    """The asset names of one mount, per instance."""
+
+    def __init__(self, clients: Mapping[str, AssetClient], index_root: Path | None = None) -> None:
+        self.clients = clients
+        self.index_root = index_root
+        self.unavailable: str | None = None  # why the remote answers no asset request
+        self.fetches = 0
+        self.pushes = 0
+        # (instance, URI) -> (when, the answer: None for NOT_FOUND)
+        self._records: OrderedDict[tuple[str, str], tuple[float, Record | None]] = OrderedDict()
+        # What listings of the index showed: attributes for readdir, never a Fetch's answer.
+        self._listed: OrderedDict[tuple[str, str], Record] = OrderedDict()
+        self._made: set[tuple[str, str]] = set()  # prefixes made by mkdir
+        # (instance, prefix) -> how many remembered assets and mkdirs are below it
+        self._directories: Counter[tuple[str, str]] = Counter()
+        self.pending: dict[tuple[str, str], int] = {}  # URI -> id of the upload writing it
+        self._index: sqlite3.Connection | None = None
+
+    def status(self) -> dict[str, object]:
+        """What ``casfs status`` shows of the assets."""
+        return {
+            "api": "unavailable" if self.unavailable else "available",
+            "reason": self.unavailable,
+            "catalog": str(self.index_root / INDEX_NAME) if self.index_root else None,
+            "fetches": self.fetches,
+            "pushes": self.pushes,
+        }
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+    # -- the remote ---------------------------------------------------------------------
+
+    def _client(self, instance: str) -> AssetClient:
+        client = self.clients.get(instance)
+        if self.unavailable is not None or client is None:
+            raise AssetRefusal(errno.ENOTSUP)
+        return client
+
+    def _no_api(self, error: NoAssetApi) -> AssetRefusal:
+        if self.unavailable is None:
+            self.unavailable = str(error)
+            log.warning("assets/: %s; asset requests are refused (ENOTSUP)", error)
+        return AssetRefusal(errno.ENOTSUP)
+
+    def _remember(self, key: tuple[str, str], record: Record | None) -> None:
+        self._count(key, self._records.get(key), -1)
+        self._records[key] = entry = (time.monotonic(), record)
+        self._count(key, entry, 1)
+        self._records.move_to_end(key)
+        while len(self._records) > MAX_RECORDS:
+            self._count(*self._records.popitem(last=False), -1)
+
+    def _count(
+        self, key: tuple[str, str], entry: tuple[float, Record | None] | None, step: int
+    ) -> None:
+        """Count (or uncount) a remembered asset in the directories above it."""
+        if entry is None or entry[1] is None:
+            return
+        for text in directories_above(key[1]):
+            where = (key[0], text)
+            self._directories[where] += step
+            if self._directories[where] <= 0:
+                del self._directories[where]
+
+    def record(self, instance: str, uri: str) -> Record | None:
+        """The last answer for a URI, however old, or what a listing showed of it (None:
+        neither, or the last answer was NOT_FOUND)."""
+        known = self._records.get((instance, uri))
+        return self._listed.get((instance, uri)) if known is None else known[1]
+
+    async def resolve(self, instance: str, uri: str) -> Record | None:
+        """What ``uri`` names now: FetchBlob, then FetchDirectory (answers kept
+        ``ANSWER_TTL``); None if nothing. ``AssetRefusal(ENOTSUP)`` without the API;
+        other ``CasError``s pass (EIO, ...)."""
+        key = (instance, uri)
+        known = self._records.get(key)
+        if known is not None and time.monotonic() - known[0] < ANSWER_TTL:
+            return known[1]
+        client = self._client(instance)
+        record: Record | None
+        self.fetches += 1
+        try:
+            try:
+                record = Record.of(await client.fetch_blob([uri]), directory=False)
+            except NotFound:
+                record = Record.of(await client.fetch_directory([uri]), directory=True)
+        except NotFound:
+            record = None
+        except NoAssetApi as error:
+            raise self._no_api(error) from None
+        if record is not None and record.uri != uri:  # the server answered another name
+            record = Record(uri, record.digest, record.directory, record.qualifiers)
+        self._remember(key, record)
+        return record
+
+    async def push(
+        self, instance: str, uri: str, digest: Digest, qualifiers: Mapping[str, str]
+    ) -> Record:
+        """Name ``digest`` (in the CAS) ``uri`` with ``qualifiers`` plus its checksum.
+        Raises what the push raised (the name is then not shown), ``AssetRefusal(ENOTSUP)``
+        without the API, ``AssetRefusal(EINVAL)`` for qualifiers over the bounds."""
+        try:
+            pushed = with_checksum(qualifiers, digest)
+        except ValueError:
+            raise AssetRefusal(errno.EINVAL) from None
+        client = self._client(instance)
+        self.pushes += 1
+        try:
+            await client.push_blob([uri], digest, pushed)
+        except NoAssetApi as error:
+            raise self._no_api(error) from None
+        record = Record(uri, digest, False, pushed)
+        self._remember((instance, uri), record)
+        return record
+
+    # -- listings -------------------------------------------------------------------------
+
+    def make(self, instance: str, prefix: AssetPrefix) -> None:
+        """Remember a directory made by mkdir (this mount only, until it ends)."""
+        if (instance, prefix.text) not in self._made:
+            self._made.add((instance, prefix.text))
+            for text in directories_above(prefix.text):
+                self._directories[(instance, text)] += 1
+
+    def _known(self, instance: str) -> list[Record]:
+        return [r for (inst, _), (_, r) in self._records.items() if inst == instance and r]
+
+    def is_directory(self, instance: str, prefix: AssetPrefix) -> bool:
+        """Whether some known name is below ``prefix`` (or mkdir made it)."""
+        if self._directories[(instance, prefix.text)] > 0:
+            return True
+        return self._index_first(prefix.text) is not None
+
+    def children(self, instance: str, prefix: AssetPrefix) -> dict[str, Record | None]:
+        """The names in ``prefix``'s directory: a record for an asset, None for a
+        directory (a directory wins over an asset of the same name)."""
+        found: dict[str, Record | None] = {}
+
+        def add(uri: str, record: Record | None) -> None:
+            step = child_name(prefix, uri)
+            if step is None:
+                return
+            name, whole = step
+            if not whole or record is None:
+                found[name] = None
+            elif name not in found:
+                found[name] = record
+
+        for inst, made in self._made:
+            if inst == instance and made != prefix.text:
+                add(made, None)
+        for record in self._known(instance):
+            add(record.uri, record)
+        for record in self._index_children(prefix.text):
+            add(record.uri, record)
+            key = (instance, record.uri)
+            self._listed[key] = record
+            self._listed.move_to_end(key)
+        while len(self._listed) > MAX_RECORDS:
+            self._listed.popitem(last=False)
+        return found
+
+    def schemes(self, instance: str) -> list[str]:
+        """The scheme directories known (``https``, ``urn:``, ...)."""
+        uris = [made for inst, made in self._made if inst == instance]
+        uris += [record.uri for record in self._known(instance)]
+        after = ""
+        for _ in range(MAX_LISTING):
+            rows = self._query(
+                f"SELECT uri FROM assets WHERE uri > ? AND {_LIVE} ORDER BY uri LIMIT 1",
+                (after, time.time()),
+            )
+            if not rows:
+                break
+            uri = str(rows[0][0])
+            uris.append(uri)
+            after = uri.partition(":")[0] + ";"  # past every URI of this scheme
+        names = set()
+        for uri in uris:
+            scheme, _, rest = uri.partition(":")
+            names.add(scheme if rest.startswith("//") else f"{scheme}:")
+        return sorted(names)
+
+    # -- the store's index (read-only) --------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection | None:
+        if self._index is None and self.index_root is not None:
+            path = self.index_root / INDEX_NAME
+            if not path.exists():
+                return None
+            try:
+                self._index = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+                self._index.execute("PRAGMA busy_timeout = 1000")
+            except sqlite3.Error as error:
+                log.warning("assets/: cannot read the catalog %s: %s", path, error)
+                self.index_root = None
+                return None
+        return self._index
+
+    def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+        db = self._db()
+        if db is None:
+            return []
+        try:
+            return db.execute(sql, params).fetchall()
+        except sqlite3.Error as error:
+            log.warning("assets/: reading the catalog: %s", error)
+            return []
+
+    def _index_first(self, text: str, after: str | None = None) -> tuple[object, ...] | None:
+        """The first live row whose URI starts with ``text`` (and is above ``after``)."""
+        end = text[:-1] + chr(ord(text[-1]) + 1)  # text ends in '/' or ':'
+        rows = self._query(
+            "SELECT uri, kind, function, hash, size, qualifiers FROM assets "
+            f"WHERE uri {'>=' if after is None else '>'} ? AND uri < ? AND {_LIVE} "
+            "ORDER BY uri LIMIT 1",
+            (text if after is None else after, end, time.time()),
+        )
+        return rows[0] if rows else None
+
+    def _index_children(self, text: str) -> list[Record]:
+        """One row per name in ``text``'s directory: a skip-scan of the index by URI,
+        each step one indexed query past the subtree of the name it found."""
+        records: list[Record] = []
+        after: str | None = None
+        for _ in range(MAX_LISTING):
+            row = self._index_first(text, after)
+            if row is None:
+                break
+            uri, kind, function, hash_, size, qualifiers = row
+            uri, hash_ = str(uri), str(hash_)
+            assert isinstance(size, int)
+            digest = Digest(hash_, size, DigestFunction.from_name(str(function)))
+            records.append(Record(uri, digest, kind == "directory", json.loads(str(qualifiers))))
+            piece, slash, _ = uri[len(text) :].partition("/")
+            # Past this name's whole subtree, or just past this URI.
+            after = f"{text}{piece}/\U0010ffff" if slash else uri
+        return records
+
+
+_LIVE = "(expire_at IS NULL OR expire_at > ?)"

@@ -1,0 +1,109 @@
+"""Fetch and Push for the nodes: ``MountAssets``'s calls with its refusals as
+``NodeError``, and the push that follows the commit of a file that has a URI (a file of
+``assets/``, or one of ``uploads/`` given ``user.casfs.uri``)."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Mapping
+
+from casfs.assetnames import AssetNameError, check_qualifiers, check_uri
+from casfs.digest import Digest
+from casfs.fs.assetcatalog import AssetRefusal, Record, with_checksum
+from casfs.fs.nodes.errors import NodeError
+from casfs.fs.nodes.state import MountState
+from casfs.fs.uploadentries import FileEntry
+
+XATTR_URI = b"user.casfs.uri"
+QUALIFIER_PREFIX = b"user.casfs.qualifier."
+
+
+def qualifier_xattrs(qualifiers: dict[str, str]) -> dict[bytes, bytes]:
+    return {QUALIFIER_PREFIX + n.encode(): v.encode() for n, v in sorted(qualifiers.items())}
+
+
+def changed_qualifiers(
+    qualifiers: dict[str, str], name: bytes, value: bytes | None
+) -> dict[str, str]:
+    """``qualifiers`` with ``name`` (an attribute name) set to ``value`` (None: removed).
+    A name that is not a qualifier's is ENOTSUP; one that is not UTF-8 EINVAL; a set over
+    the API's bounds (``assetnames``) E2BIG; removing one that is not there ENODATA."""
+    if not name.startswith(QUALIFIER_PREFIX):
+        raise NodeError(errno.ENOTSUP)
+    try:
+        key = name[len(QUALIFIER_PREFIX) :].decode("utf-8")
+        text = None if value is None else value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NodeError(errno.EINVAL) from None
+    changed = dict(qualifiers)
+    if text is None:
+        if changed.pop(key, None) is None:
+            raise NodeError(errno.ENODATA)
+        return changed
+    changed[key] = text
+    try:
+        return check_qualifiers(changed.items())
+    except AssetNameError as error:
+        bounds = ("longer than", "more than")
+        raise NodeError(
+            errno.E2BIG if any(b in str(error) for b in bounds) else errno.EINVAL
+        ) from None
+
+
+async def set_upload_xattr(
+    state: MountState, entry: FileEntry, name: bytes, value: bytes | None
+) -> None:
+    """setxattr (``value``) or removexattr (None) on a file of ``uploads/``: its URI
+    (``user.casfs.uri``) or a qualifier, kept on the file for the push after its commit;
+    a committed file with a URI is pushed again at once."""
+    if name == XATTR_URI:
+        try:
+            entry.uri = None if value is None else check_uri(value.decode("utf-8"))
+        except (UnicodeDecodeError, AssetNameError):
+            raise NodeError(errno.EINVAL) from None
+    else:
+        entry.qualifiers = changed_qualifiers(entry.qualifiers, name, value)
+    await push_committed(state, entry)
+
+
+def upload_xattrs(entry: FileEntry) -> dict[bytes, bytes]:
+    """A file's URI and qualifiers as extended attributes."""
+    values = qualifier_xattrs(entry.qualifiers)
+    if entry.uri is not None:
+        values[XATTR_URI] = entry.uri.encode()
+    return values
+
+
+async def resolve(state: MountState, instance: str, uri: str) -> Record | None:
+    """``MountAssets.resolve``, its refusals as ``NodeError``."""
+    try:
+        return await state.assets.resolve(instance, uri)
+    except AssetRefusal as refusal:
+        raise NodeError(refusal.errno) from None
+
+
+async def push(
+    state: MountState, instance: str, uri: str, digest: Digest, qualifiers: Mapping[str, str]
+) -> None:
+    """``MountAssets.push``, its refusals as ``NodeError``."""
+    try:
+        await state.assets.push(instance, uri, digest, qualifiers)
+    except AssetRefusal as refusal:
+        raise NodeError(refusal.errno) from None
+
+
+async def push_committed(state: MountState, entry: FileEntry) -> None:
+    """Push a committed file under its URI with its qualifiers, unless it has no URI or
+    the name already says just that. Raises what the push raised: the caller's close or
+    setxattr fails with it."""
+    uri, digest = entry.uri, entry.digest
+    if uri is None or digest is None or entry.unlinked:
+        return
+    known = state.assets.record(entry.instance, uri)
+    if (
+        known is not None
+        and (known.digest, known.directory) == (digest, False)
+        and dict(known.qualifiers) == with_checksum(entry.qualifiers, digest)
+    ):
+        return  # pushed already, just so
+    await push(state, entry.instance, uri, digest, entry.qualifiers)

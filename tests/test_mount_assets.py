@@ -1,0 +1,296 @@
+"""``<instance>/assets/`` on a real mount against a real ``casfs serve``: assets pushed with
+``casfs asset push`` read with cat and sha256sum, their qualifiers with getfattr; files
+copied in pushed at close, with the qualifiers setfattr gave them; hostile names; an
+evicted blob; a server without the Remote Asset API."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import trio
+
+from casfs.cas.assets import AssetClient
+from casfs.cas.client import CasClient
+from casfs.digest import Digest
+from casfs.trees import encode
+from tests.conftest import remote
+from tests.mounts import CasfsMount
+from tests.servers import CasfsServer
+from tests.test_assets_cli import sri_of_file
+from tests.test_assets_server import fetch, push, upload
+from tests.test_assets_server import run as run_client
+from tests.test_cli import casfs
+
+TOOL = "https://example.com/dist/tool-1.2.tar.gz"
+
+
+@dataclass
+class Mounted:
+    server: CasfsServer
+    mount: CasfsMount
+    root: Path  # <mountpoint>/main
+    tmp: Path
+
+    @property
+    def assets(self) -> Path:
+        return self.root / "assets"
+
+    def push(self, uri: str, target: str, *qualifiers: str) -> str:
+        args = [a for q in qualifiers for a in ("-q", q)]
+        result = casfs("asset", "push", "--remote", self.server.endpoint, uri, target, *args)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.decode().strip()
+
+    def fetch(self, uri: str) -> dict[str, object]:
+        """What ``casfs asset fetch`` prints (in this process: no interpreter to start)."""
+        found = fetch(self.server.endpoint, [uri])
+        return {"size": found.digest.size, "qualifiers": dict(found.qualifiers)}
+
+
+@pytest.fixture(scope="module")
+def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mounted]:
+    """One server and one mount for the module: the mount lists the server's catalog
+    (``--asset-catalog``: the store is on this machine)."""
+    tmp = tmp_path_factory.mktemp("assets")
+    store = tmp / "store"
+    with CasfsServer(store) as server:
+        mountpoint = tmp / "mnt"
+        args = ["--remote", server.endpoint, "--asset-catalog", str(store)]
+        with CasfsMount(mountpoint, *args) as mount:
+            yield Mounted(server, mount, mountpoint / "main", tmp)
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=60)
+
+
+def getfattr(path: Path, name: str) -> str:
+    result = run("getfattr", "--only-values", "-n", name, path)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_pushed_asset_reads_as_its_blob_with_its_qualifiers(mounted: Mounted) -> None:
+    archive = mounted.tmp / "tool-1.2.tar.gz"
+    archive.write_bytes(os.urandom(300_000))
+    digest = mounted.push(TOOL, str(archive), "content_type=application/gzip")
+    path = mounted.assets / "https/example.com/dist/tool-1.2.tar.gz"
+    result = run("sha256sum", path)
+    assert result.stdout.split()[0] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert subprocess.run(["cat", path], capture_output=True).stdout == archive.read_bytes()
+    assert getfattr(path, "user.casfs.qualifier.content_type") == "application/gzip"
+    assert getfattr(path, "user.casfs.qualifier.checksum.sri") == sri_of_file(archive)
+    assert getfattr(path, "user.casfs.digest") == digest
+    assert getfattr(path, "user.casfs.uri") == TOOL
+    # The catalog lists it: every directory on the way, and the file with its size.
+    assert "https" in os.listdir(mounted.assets)
+    assert "example.com" in os.listdir(mounted.assets / "https")
+    assert os.listdir(path.parent) == ["tool-1.2.tar.gz"]
+    assert path.stat().st_size == 300_000
+
+
+def test_a_urn_and_a_directory_asset(mounted: Mounted) -> None:
+    endpoint = mounted.server.endpoint
+    file = upload(endpoint, b"f\n")
+    root = upload(endpoint, encode.directory_bytes([("f", encode.FileEntry(file, False))]))
+
+    async def name_tree(_: CasClient, assets: AssetClient) -> None:
+        await assets.push_directory(["urn:tree:1"], root)
+
+    run_client(endpoint, name_tree)
+    path = mounted.assets / "urn:" / "tree:1"
+    assert path.is_dir() and os.listdir(path) == []
+    assert getfattr(path, "user.casfs.digest") == f"{root.hash}/{root.size}"
+    assert "urn:" in os.listdir(mounted.assets)
+
+
+def test_cp_into_assets_pushes_at_close_and_setfattr_pushes_again(mounted: Mounted) -> None:
+    report = mounted.tmp / "report.json"
+    report.write_text('{"ok": true}\n')
+    uri = "https://reports.example.com/ci/42/report.json"
+    target = mounted.assets / "https/reports.example.com/ci/42/report.json"
+    os.makedirs(target.parent)  # a view only: nothing is pushed for directories
+    assert run("cp", report, target).returncode == 0
+    fetched = casfs("asset", "fetch", "--remote", mounted.server.endpoint, uri)
+    answer = json.loads(fetched.stdout)
+    assert answer["size"] == report.stat().st_size
+    assert answer["qualifiers"] == {"checksum.sri": sri_of_file(report)}
+    assert run("cat", target).stdout == report.read_text()
+    # A qualifier set on the asset pushes it again with it.
+    setfattr = run("setfattr", "-n", "user.casfs.qualifier.content_type", "-v", "application/json",
+                   target)  # fmt: skip
+    assert setfattr.returncode == 0, setfattr.stderr
+    assert mounted.fetch(uri)["qualifiers"] == {
+        "checksum.sri": sri_of_file(report),
+        "content_type": "application/json",
+    }
+    # Written anew: the qualifiers stay, the checksum follows the content.
+    report.write_text('{"ok": false}\n')
+    assert run("cp", report, target).returncode == 0
+    answer = mounted.fetch(uri)
+    assert answer["qualifiers"] == {
+        "checksum.sri": sri_of_file(report),
+        "content_type": "application/json",
+    }
+    assert run("cat", target).stdout == report.read_text()
+
+
+def test_qualifiers_set_before_close_travel_with_the_push(mounted: Mounted) -> None:
+    uri = "https://example.com/docs/readme.md"
+    target = mounted.assets / "https/example.com/docs/readme.md"
+    os.makedirs(target.parent, exist_ok=True)
+    with open(target, "wb") as file:
+        file.write(b"# readme\n")
+        os.setxattr(target, "user.casfs.qualifier.content_type", b"text/markdown")
+        os.setxattr(target, "user.casfs.qualifier.graviton.namespace", b'{"schema": "v2"}')
+        # Not pushed before its close (no subprocess here: a fork's copy of the
+        # descriptor closes too, and every close commits, as in uploads/).
+        assert "readme.md" not in os.listdir(target.parent)
+        assert os.getxattr(target, "user.casfs.qualifier.content_type") == b"text/markdown"
+    answer = mounted.fetch(uri)
+    assert answer["qualifiers"] == {
+        "checksum.sri": sri_of_file(target),
+        "content_type": "text/markdown",
+        "graviton.namespace": '{"schema": "v2"}',
+    }
+
+
+def test_qualifiers_are_bounded(mounted: Mounted) -> None:
+    target = mounted.assets / "https/example.com/bounded"
+    target.write_bytes(b"x")
+    with pytest.raises(OSError) as raised:
+        os.setxattr(target, "user.casfs.qualifier.big", b"v" * (17 << 10))
+    assert raised.value.errno == errno.E2BIG
+    with pytest.raises(OSError) as raised:
+        os.setxattr(target, "user.other", b"v")
+    assert raised.value.errno == errno.ENOTSUP
+    with open(target, "wb") as file:
+        file.write(b"y")
+        for i in range(31):  # and checksum.sri makes 32, the API's bound
+            os.setxattr(target, f"user.casfs.qualifier.q{i}", b"v")
+        with pytest.raises(OSError) as raised:
+            os.setxattr(target, "user.casfs.qualifier.q31", b"v")
+        assert raised.value.errno == errno.E2BIG
+
+
+def test_hostile_uris_never_make_paths_outside_assets(mounted: Mounted) -> None:
+    """A URI whose query holds '..' pieces, or an empty piece, is shown escaped or not at
+    all; names that would stand for '.' or '..' are no such file."""
+    uris = ["https://evil.example.com/x?/../../etc", "https://evil.example.com/dir/"]
+    push(mounted.server.endpoint, uris, Digest.of_bytes(b""))
+    evil = mounted.assets / "https/evil.example.com"
+    assert sorted(os.listdir(evil)) == ["dir"]  # x?/../.. cannot be shown
+    assert os.listdir(evil / "dir") == ["%"]  # the empty piece after the trailing '/'
+    for name in ("%2e%2e", "%2E", "x?/%2e%2e"):
+        assert not (evil / name).exists()
+    with pytest.raises(OSError) as raised:
+        (mounted.assets / "https/example.com/%2e%2e").mkdir()
+    assert raised.value.errno == errno.EINVAL
+
+
+@pytest.fixture
+def server_without_assets() -> Iterator[str]:
+    """A real gRPC server on 127.0.0.1 that serves nothing of the Remote Asset API."""
+    bare = grpc.server(ThreadPoolExecutor(max_workers=2))
+    port = bare.add_insecure_port("127.0.0.1:0")
+    bare.start()
+    try:
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        bare.stop(grace=None)
+
+
+def test_a_server_without_the_api(server_without_assets: str, tmp_path: Path) -> None:
+    args = ["--remote", server_without_assets, "--retries", "1", "--no-check-remote"]
+    with CasfsMount(tmp_path / "mnt", *args) as mount:
+        assets = mount.mountpoint / "main/assets"
+        for _ in range(2):
+            result = run("cat", assets / "https/example.com/x")
+            assert "Operation not supported" in result.stderr, result.stderr
+        with pytest.raises(OSError) as raised:
+            os.listdir(assets)
+        assert raised.value.errno == errno.ENOTSUP
+        status = casfs("status", str(mount.mountpoint))
+        assert "does not serve the Remote Asset API" in status.stdout.decode()
+        said = [line for line in mount.log_text().splitlines() if "assets/" in line]
+        assert len(said) == 1, said
+
+
+def test_an_upload_with_a_uri_is_pushed_with_its_qualifiers(mounted: Mounted) -> None:
+    """uploads/: the qualifiers and the URI set before the close travel with the push
+    after the commit; a URI set on a committed file pushes it at once."""
+    pending = mounted.root / "uploads" / "notes.txt"
+    with open(pending, "wb") as file:
+        file.write(b"notes\n")
+        os.setxattr(pending, "user.casfs.qualifier.content_type", b"text/plain")
+        os.setxattr(pending, "user.casfs.uri", b"urn:notes:1")
+    answer = mounted.fetch("urn:notes:1")
+    assert answer["qualifiers"] == {
+        "checksum.sri": sri_of_file(pending),
+        "content_type": "text/plain",
+    }
+    committed = mounted.root / "uploads" / "later.txt"
+    committed.write_bytes(b"later\n")
+    result = run("setfattr", "-n", "user.casfs.uri", "-v", "urn:later:1", committed)
+    assert result.returncode == 0, result.stderr
+    assert mounted.fetch("urn:later:1")["size"] == 6
+    assert getfattr(committed, "user.casfs.uri") == "urn:later:1"
+    with pytest.raises(OSError) as raised:
+        os.setxattr(committed, "user.casfs.uri", b"https://h/../x")
+    assert raised.value.errno == errno.EINVAL
+
+
+def test_without_a_catalog_or_the_right_to_push(tmp_path: Path) -> None:
+    """A mount that cannot read the server's catalog, with a token that may read but not
+    write: a full path is answered by FetchBlob and the listing shows only what this
+    mount fetched; a copy of a blob the CAS has (the upload sends nothing) whose push is
+    refused fails cp's close and shows nothing; a blob the server evicted (a real
+    eviction: the store at its --max-size) is no such file."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("writer\nreader read-only\n")
+    (tmp_path / "writer").write_text("writer")
+    (tmp_path / "reader").write_text("reader")
+    payload = tmp_path / "payload"
+    payload.write_bytes(b"payload\n")
+    mib = 1 << 20
+    limits = ["--max-size", str(2 * mib), "--evict", "--token-file", str(tokens)]
+    with CasfsServer(tmp_path / "store", *limits) as server:
+        writer = remote(server.endpoint, token_file=tmp_path / "writer")
+
+        async def fill() -> None:
+            async with CasClient(writer) as cas, AssetClient(writer) as assets:
+                await assets.push_blob(["https://h/first"], await cas.upload_bytes(os.urandom(mib)))
+                await assets.push_blob(["https://h/x"], await cas.upload_bytes(b"hello\n"))
+                await cas.upload_bytes(payload.read_bytes())
+
+        trio.run(fill)
+        args = ["--remote", server.endpoint, "--token-file", str(tmp_path / "reader")]
+        with CasfsMount(tmp_path / "mnt", *args) as mount:
+            assets = mount.mountpoint / "main/assets"
+            assert os.listdir(assets) == []
+            assert run("cat", assets / "https/h/x").stdout == "hello\n"
+            assert os.listdir(assets / "https/h") == ["x"]
+            assert not (assets / "https/h/missing").exists()
+
+            result = run("cp", payload, assets / "https/h/payload")
+            assert result.returncode == 1 and "Permission denied" in result.stderr, result
+            assert os.listdir(assets / "https/h") == ["x"]
+            assert not (assets / "https/h/payload").exists()
+
+            async def evict() -> None:  # the least recently used goes: first
+                async with CasClient(writer) as cas:
+                    await cas.upload_bytes(os.urandom(mib))
+
+            trio.run(evict)
+            result = run("cat", assets / "https/h/first")
+            assert result.returncode == 1 and "No such file" in result.stderr, result.stderr
