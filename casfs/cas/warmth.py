@@ -67,7 +67,7 @@ class ChannelWarmth:
         self._metadata = tuple(metadata)
         self._linger = default_linger() if linger is None else linger
         self._until = 0.0  # when the held call's deadline passes (monotonic)
-        self.holds = 0  # held calls started (for tests and metrics)
+        self.holds = 0  # held calls started (for tests)
 
     def touch(self) -> None:
         """Called before each unary call: make sure a held call outlasts it by about
