@@ -88,8 +88,8 @@ def _remount(
         ("casfs", lambda: casfs_remount(work, server.endpoint, name, size))
     ]
     rclone = _of(contenders, RcloneContender, "rclone-full")
-    if isinstance(rclone, RcloneContender) and rclone.rclone and rclone._shared:
-        command, url = rclone.rclone, rclone._shared[0].url
+    if isinstance(rclone, RcloneContender) and rclone.rclone and rclone.url:
+        command, url = rclone.rclone, rclone.url
         measures.append(("rclone-full", lambda: rclone_remount(work, command, url, size)))
     for number in range(1, runs + 1):
         for key, measure in measures if number % 2 else measures[::-1]:
