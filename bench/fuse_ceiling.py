@@ -92,23 +92,37 @@ def serve(mountpoint: Path, size: int) -> None:
         pyfuse3.close(unmount=True)
 
 
+def null_fuse(mountpoint: Path, size: int, log: Path) -> FuseProcess:
+    """The null file system mounted at ``mountpoint`` (a context manager), readahead as
+    casfs sets it."""
+    command = [sys.executable, "-m", "bench.fuse_ceiling", "--serve", str(mountpoint)]
+    return FuseProcess("null FUSE", [*command, "--size", str(size)], mountpoint, log)
+
+
+def read_cold_and_warm(path: Path, size: int) -> dict[str, float]:
+    """MB/s of a read of ``path`` after ``drop_caches`` ("cold"), then again ("warm")."""
+    drop_caches()
+    figures = {}
+    for phase in ("cold", "warm"):
+        with Stopwatch() as watch:
+            read = read_file(path)
+        if read != size:
+            raise RuntimeError(f"{path}: read {read} bytes of {size}")
+        figures[phase] = mb_per_s(size, watch.seconds)
+    return figures
+
+
 def measure(root: Path, size: int, runs: int) -> str:
     local = write_random_file(root / "local", size)
     mountpoint = root / "mnt"
-    command = [sys.executable, "-m", "bench.fuse_ceiling", "--serve", str(mountpoint)]
     figures: dict[tuple[str, str], list[float]] = {}
-    with FuseProcess("null FUSE", [*command, "--size", str(size)], mountpoint, root / "log"):
+    with null_fuse(mountpoint, size, root / "log"):
         set_readahead(mountpoint, 1024)
         for run in range(runs):
             progress(f"run {run + 1}/{runs}")
             for name, path in (("null FUSE", mountpoint / "file"), ("local file", local)):
-                drop_caches()
-                for phase in ("cold", "warm"):
-                    with Stopwatch() as watch:
-                        read = read_file(path)
-                    if read != size:
-                        raise RuntimeError(f"{path}: read {read} bytes of {size}")
-                    figures.setdefault((phase, name), []).append(mb_per_s(size, watch.seconds))
+                for phase, figure in read_cold_and_warm(path, size).items():
+                    figures.setdefault((phase, name), []).append(figure)
     rows = []
     for phase in ("cold", "warm"):
         fuse = Summary.of(figures[(phase, "null FUSE")])

@@ -240,6 +240,11 @@ class RcloneContender(Contender):
         self._shared = server  # empty until the first of the two starts it
         self.rclone: str | None = None
 
+    @property
+    def url(self) -> str | None:
+        """The URL of the ``rclone serve http`` both modes mount, once one is set up."""
+        return self._shared[0].url if self._shared else None
+
     def setup(self, stack: contextlib.ExitStack, data: Data) -> None:
         self.rclone = shutil.which("rclone")
         if self.rclone is None:

@@ -29,6 +29,7 @@ class Column(Protocol):
     title: str
     is_mount: bool
     missing: str | None
+    command: str  # how it was started, for the report's header ("" to leave it out)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Target:
     bound: float
     at_least: bool
     label: str
+    peer_metric: str | None = None  # the peer's figure of another row (None: this row's)
 
     def verdict(self, results: Results, metric: str) -> str:
         ours = results.summary(metric, CASFS)
@@ -70,7 +72,7 @@ class Target:
             return "n/a"
         if self.peer is None:
             return "met" if ours.high <= self.bound else "MISSED"
-        theirs = results.summary(metric, self.peer)
+        theirs = results.summary(self.peer_metric or metric, self.peer)
         if theirs is None or theirs.median == 0:
             return "n/a"
         ratio = ours.median / theirs.median
@@ -105,7 +107,11 @@ ROWS = (
             _at_least("direct", 0.8, "direct"),
         ),
     ),
-    Row("warm", "warm re-read, MB/s", (_at_least("local", 0.9, "local"),)),
+    Row(
+        "warm",
+        "warm re-read, MB/s",
+        (_at_least("local", 0.9, "local"), _at_least("nullfs", 0.95, "null FUSE")),
+    ),
     Row("r4k_p50", "random 4 KiB p50, ms"),
     Row("r4k_p99", "random 4 KiB p99, ms"),
     Row("r4k_max", "random 4 KiB worst, ms"),
@@ -117,8 +123,27 @@ ROWS = (
     Row("r128k_p99", "random 128 KiB p99, ms"),
     Row("r128k_max", "random 128 KiB worst, ms"),
     Row("small", "small blobs read cold, s", (_at_most("bbfuse", 1.0, "buildbox-fuse"),)),
+    Row("small_cpu", "mount CPU ms per small blob", mounts_only=True),
     Row("cp", "cp in, MB/s", (_at_least("direct", 0.8, "direct"),)),
-    Row("cpu", "mount CPU s in the cold read", mounts_only=True),
+    Row(
+        "cpu",
+        "mount CPU s in the cold read",
+        (_at_most("rclone-off", 0.6, "rclone off"),),
+        mounts_only=True,
+    ),
+    Row(
+        "remount",
+        "re-read after remount with the disk cache, MB/s",
+        (
+            _at_least("rclone-full", 2.0, "rclone full"),
+            Target("nullfs", 0.8, True, ">= 0.8x null FUSE cold read", "cold"),
+        ),
+    ),
+    Row(
+        "server_cold",
+        "server cold read (buildbox-fuse: its casd), MB/s",
+        (_at_least("bbfuse", 1.5, "buildbox-casd"),),
+    ),
     *(
         Row(
             rss_metric(scenario),

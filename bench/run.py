@@ -13,7 +13,9 @@ http`` of ``served/``). A peer that cannot be installed or started is reported m
 
 Then ``--runs`` times: every scenario (``bench.scenarios``), each over every contender in
 turn, each on a fresh, cold session. A contender's scenario that fails is reported failed
-and the run goes on. One markdown table goes to stdout at the end (``bench.report``),
+and the run goes on. Then the extras (``bench.extras``: the null FUSE file system, the
+re-read after a remount, the servers' cold read), ``--runs`` times (once with ``--quick``).
+One markdown table goes to stdout at the end (``bench.report``),
 progress to stderr. Exit code 0 when the table was made (targets met or not, peers missing
 or not), 1 when the run itself failed, 130 on Ctrl-C or SIGTERM. Whatever happens, every
 mount is unmounted, every process stopped and the scratch directory removed.
@@ -46,6 +48,7 @@ from bench.common import (
     scratch_dir,
     write_random_file,
 )
+from bench.extras import EXTRA_KEYS, measure_extras
 from bench.peers import (
     BuildboxFuseContender,
     CasfsContender,
@@ -56,7 +59,7 @@ from bench.peers import (
     RcloneContender,
 )
 from bench.processes import HttpServer
-from bench.report import Results, notes, table
+from bench.report import Column, Results, notes, table
 from bench.scenarios import SCENARIOS, Reference, Scenario, measure, offsets_for
 from bench.sessions import SMALL_SIZE, Data, NotApplicable, small_name
 from casfs.cas.client import CasClient
@@ -110,7 +113,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.runs < 1 or args.random < 1 or args.small < 1:
         parser.error("--runs, --random and --small must be at least 1")
     args.only = _choose(parser, "--only", args.only, CONTENDER_KEYS)
-    args.scenarios = _choose(parser, "--scenarios", args.scenarios, tuple(SCENARIO_KEYS))
+    args.scenarios = _choose(parser, "--scenarios", args.scenarios, (*SCENARIO_KEYS, *EXTRA_KEYS))
     return args
 
 
@@ -220,7 +223,7 @@ def measure_all(
 
 def report(
     args: argparse.Namespace,
-    contenders: Sequence[Contender],
+    contenders: Sequence[Column],
     results: Results,
     data: Data,
     seconds: float,
@@ -262,13 +265,18 @@ def run(args: argparse.Namespace, root: Path) -> str:
         data = trio.run(upload, server.endpoint, served, args.small)
         contenders = make_contenders(root, server, args.only)
         set_up(stack, contenders, data)
-        scenarios = [s for s in SCENARIOS if s.name in {SCENARIO_KEYS[k] for k in args.scenarios}]
+        chosen = {SCENARIO_KEYS[k] for k in args.scenarios if k in SCENARIO_KEYS}
+        scenarios = [s for s in SCENARIOS if s.name in chosen]
         ref = Reference.of(data, source)
         results = measure_all(
             scenarios, contenders, ref, args.runs, args.random, random.Random(args.seed)
         )
+        # --quick: the extras once, to stay under 3 minutes on a loaded 2-core machine
+        extra_runs = 1 if args.quick else args.runs
+        extra = measure_extras(args.scenarios, root, server, contenders, data, extra_runs, results)
         progress("stopping servers")
-    return report(args, contenders, results, data, time.monotonic() - started)
+    columns: list[Column] = [*contenders, *extra]
+    return report(args, columns, results, data, time.monotonic() - started)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

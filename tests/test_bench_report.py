@@ -14,6 +14,7 @@ class Column:
     title: str
     is_mount: bool
     missing: str | None = None
+    command: str = ""
 
 
 COLUMNS = [
@@ -70,3 +71,32 @@ def test_not_applicable_and_failed_figures_say_why() -> None:
         "- buildbox-fuse, cp in, MB/s: n/a: keeps writes local",
         "- casfs, small blobs read cold, s: failed: mount exited",
     ]
+
+
+def test_issue_18_targets_compare_against_the_right_figures() -> None:
+    """The re-read after a remount is judged against the null file system's cold read (a
+    figure of another row), the server's cold read against buildbox-casd's (the
+    buildbox-fuse column), the mount's CPU against rclone off's."""
+    results = Results()
+    results.add("casfs", {"remount": 400.0, "server_cold": 300.0, "cpu": 2.0, "warm": 4000.0})
+    results.add("rclone-full", {"remount": 150.0})
+    results.add("nullfs", {"cold": 450.0, "warm": 4100.0})
+    results.add("bbfuse", {"server_cold": 250.0})
+    results.add("rclone-off", {"cpu": 2.5})
+    columns = [
+        Column("casfs", "casfs", True),
+        Column("bbfuse", "buildbox-fuse", True),
+        Column("rclone-off", "rclone off", True),
+        Column("rclone-full", "rclone full", True),
+        Column("nullfs", "null FUSE", True),
+    ]
+
+    text = table(results, columns)
+
+    remount = cells(text, "re-read after remount with the disk cache, MB/s")
+    assert remount[-1] == ">= 2x rclone full: met; >= 0.8x null FUSE cold read: met"
+    server = cells(text, "server cold read (buildbox-fuse: its casd), MB/s")
+    assert server[-1] == ">= 1.5x buildbox-casd: MISSED"
+    assert cells(text, "mount CPU s in the cold read")[-1] == "<= 0.6x rclone off: MISSED"
+    warm = cells(text, "warm re-read, MB/s")
+    assert warm[-1] == ">= 0.9x local: n/a; >= 0.95x null FUSE: met"

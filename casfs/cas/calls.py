@@ -23,6 +23,7 @@ from casfs.cas.channel import call_metadata, open_channel
 from casfs.cas.errors import Unimplemented, from_rpc_error
 from casfs.cas.quirks import RemoteQuirks
 from casfs.cas.retry import with_retries
+from casfs.cas.warmth import ChannelWarmth
 from casfs.config import RemoteConfig
 from casfs.digest import Digest
 from casfs.resource import Compressor
@@ -82,6 +83,9 @@ class ClientCore:
         self.instance = config.instance
         self._metadata = call_metadata(config)
         self._channel = channel(config)
+        # One call held pending between unary calls, so grpc's spin thread is not started
+        # anew for each (cas/warmth.py). On the raw channel: it is not counted.
+        self.warmth = ChannelWarmth(self._channel, self._metadata)
         if rpc_stats is not None:  # metrics asked for: count and time every call
             self._channel = rpc_stats.client_channel(self._channel)
         self.resumed_writes = 0  # ByteStream Writes resumed at the server's committed_size
@@ -110,6 +114,7 @@ class ClientCore:
 
     async def _unary(self, method: Any, request: Any, what: str) -> Any:
         """One unary call with the deadline and headers; no retries."""
+        self.warmth.touch()
         future = method.future(request, timeout=self.config.rpc_timeout, metadata=self._metadata)
         return await await_future(future, what)
 

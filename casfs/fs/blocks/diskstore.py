@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casfs.digest import Digest
+from casfs.fs.blocks.directwrite import BlockWriter
 
 MAGIC = b"cfb1"
 TRAILER = struct.Struct("<4sIQ")  # magic, crc32 of the block, its length
@@ -95,6 +96,7 @@ class DiskStore:
         self._counter = itertools.count()
         self.total = 0  # bytes of block files, as of the last scan plus our writes
         self._written_since_scan = 0
+        self._writer = BlockWriter()  # whole pages around the page cache (directwrite.py)
 
     def open(self) -> None:
         """Create the root private (0700) and learn its size; raises ``OSError``."""
@@ -166,7 +168,7 @@ class DiskStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             trailer = TRAILER.pack(MAGIC, zlib.crc32(data), len(data))
-            os.writev(fd, [data, trailer])
+            self._writer.write(fd, [data, trailer])
         except BaseException:
             os.close(fd)
             self.discard(tmp)
