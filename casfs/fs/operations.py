@@ -52,6 +52,7 @@ from casfs.fs.nodes import (
 )
 from casfs.fs.stats import FuseStats, MountStats, Snapshot
 from casfs.fs.status import StatusAttribute
+from casfs.fs.treeview import TreeView
 from casfs.fs.uploads import FileEntry, UploadError, Uploads
 
 log = logging.getLogger("casfs.fs")
@@ -121,6 +122,7 @@ class CasOperations(pyfuse3.Operations):
         *,
         read_only: bool = False,
         remote: str | None = None,
+        trees: TreeView | None = None,
     ) -> None:
         super().__init__()
         self.stats = FuseStats()
@@ -145,6 +147,7 @@ class CasOperations(pyfuse3.Operations):
             kernel=_Kernel(),
             status=self.status.value,
             read_only=read_only,
+            trees=trees,
             uid=os.getuid(),
             gid=os.getgid(),
         )
@@ -290,7 +293,7 @@ class CasOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        entries = self._node(inode).entries(self.state, _caller(ctx))
+        entries = await self._node(inode).listing(self.state, _caller(ctx))
         handle = next(self._handles)
         self._listings[handle] = entries
         return handle

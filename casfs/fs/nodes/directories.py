@@ -15,6 +15,7 @@ from casfs.digest import DigestFunction
 from casfs.fs.namespace import BLOBS, UPLOADS, join
 from casfs.fs.nodes.base import Attributes, Caller, Node, Opened, new_name
 from casfs.fs.nodes.blobfile import BlobFile
+from casfs.fs.nodes.digestdirs import ACTIONS, TREES, DigestsDir, Kind
 from casfs.fs.nodes.errors import NO_ATTRIBUTE, NodeError
 from casfs.fs.nodes.state import MountState
 from casfs.fs.nodes.uploadfiles import open_upload
@@ -58,6 +59,9 @@ class InstanceDir(_StaticDir):
         if names.is_instance(self.path):
             entries.append((BLOBS, BlobsDir(self.path)))
             entries.append((UPLOADS, UploadsDir(self.path)))
+            if state.trees is not None:
+                entries.append((TREES, DigestsDir(Kind.TREES, self.path)))
+                entries.append((ACTIONS, DigestsDir(Kind.ACTIONS, self.path)))
         return entries
 
     async def getxattr(self, state: MountState, name: bytes, caller: Caller) -> bytes:

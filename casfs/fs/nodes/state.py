@@ -14,7 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from casfs.cas.client import CasClient
 from casfs.fs.audience import Audience
@@ -24,6 +24,9 @@ from casfs.fs.namespace import Namespace
 from casfs.fs.nodes.errors import NodeError
 from casfs.fs.uploadentries import Entry
 from casfs.fs.uploads import Uploads
+
+if TYPE_CHECKING:
+    from casfs.fs.treeview import TreeView
 
 
 class Kernel(Protocol):
@@ -49,6 +52,7 @@ class MountState:
     kernel: Kernel
     status: Callable[[], bytes]  # the value of user.casfs.status on the root
     read_only: bool = False
+    trees: TreeView | None = None  # trees/ and actions/ (none: not shown)
     catalog: Catalog = field(default_factory=Catalog)
     uid: int = 0
     gid: int = 0
