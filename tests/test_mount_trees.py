@@ -20,8 +20,8 @@ from casfs.cas.client import CasClient
 from casfs.digest import Digest
 from tests.conftest import remote
 from tests.mounts import CasfsMount
-from tests.test_observability import Scrape, metrics_url
 from tests.servers import CasfsServer
+from tests.test_observability import Scrape, metrics_url
 from tests.test_trees_cli import executables, make_tree, put_r
 from tests.test_trees_server import store_raw
 
