@@ -1,5 +1,6 @@
-"""The read-only directories: instance directories (and the root), ``blobs/``, a digest
-function's directory and a hash directory. Their children come from the namespace's rules
+"""The read-only directories: instance directories (and the root, which names ``trees/``
+and ``actions/`` too when the mount has a tree view), ``blobs/``, a digest function's
+directory and a hash directory. Their children come from the namespace's rules
 and, for blobs, from what the catalog has seen (filtered by ``audience.py``).
 
 A new top-level directory of an instance (``trees/``, ``actions/``, ...) is one more node
