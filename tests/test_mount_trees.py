@@ -203,3 +203,19 @@ def test_a_tree_deeper_than_the_limit_is_eio_below_it(fx: Fixture) -> None:
     assert errno_of(os.listdir, path / "d") == errno.EIO
     found = sh("find", str(fx.tree(root)), check=False)
     assert found.returncode != 0 and b"Input/output error" in found.stderr
+
+
+def test_mtimes_come_from_node_properties(fx: Fixture) -> None:
+    (data,) = fx.upload(b"dated\n")
+    message = directory(links={"link": "file"})
+    node = message.files.add(name="file", digest=data.to_proto(), is_executable=True)
+    node.node_properties.mtime.FromNanoseconds(1_600_000_000_123_456_789)
+    message.symlinks[0].node_properties.mtime.FromNanoseconds(1_500_000_000 * 10**9)
+    message.node_properties.mtime.FromNanoseconds(1_400_000_000 * 10**9)
+    (root,) = fx.upload(message.SerializeToString())
+    tree = fx.tree(root)
+    assert (tree / "file").stat().st_mtime_ns == 1_600_000_000_123_456_789
+    assert (tree / "file").stat().st_mode & 0o777 == 0o555
+    assert os.lstat(tree / "link").st_mtime_ns == 1_500_000_000 * 10**9
+    assert tree.stat().st_mtime_ns == 1_400_000_000 * 10**9
+    assert xattr(tree / "file") == str(data)
