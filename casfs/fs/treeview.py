@@ -41,6 +41,7 @@ from casfs.fs.catalog import Catalog
 from casfs.fs.nodes.errors import NodeError
 from casfs.trees.actionsource import ActionView, fetch_action, fetch_tree
 from casfs.trees.model import DEFAULT_LIMITS, BadDirectory, Directory, TreeLimits
+from casfs.trees.model import Node as Entry
 from casfs.trees.smallfiles import SMALL_FILE, pack, small_digests
 from casfs.trees.source import DEFAULT_CACHE_BYTES, TreeSource
 
@@ -52,6 +53,7 @@ log = logging.getLogger("casfs.fs")
 BATCHES_IN_FLIGHT = 2
 """Small-file batches of one directory on their way at once."""
 _REMEMBERED = 10_000  # digests remembered as prefetched, or as bad (logged)
+_NAMED = 64  # Directories whose entries are kept by name
 
 
 class TreeView:
@@ -86,6 +88,11 @@ class TreeView:
             maxsize=_REMEMBERED
         )
         self._bad: cachetools.LRUCache[Digest, bool] = cachetools.LRUCache(maxsize=_REMEMBERED)
+        # Directories' entries by name, for lookups (a large directory looked up name by
+        # name must not build its table each time).
+        self._names: cachetools.LRUCache[Digest, dict[str, Entry]] = cachetools.LRUCache(
+            maxsize=_NAMED
+        )
 
     # -- failures ---------------------------------------------------------------------------
 
@@ -124,6 +131,13 @@ class TreeView:
             return found
         except CasError as error:
             raise self._refuse(origin.tree or digest, error) from None
+
+    def names(self, directory: Directory) -> dict[str, Entry]:
+        """The Directory's entries by name (kept for the most recently used ones)."""
+        found = self._names.get(directory.digest)
+        if found is None:
+            found = self._names[directory.digest] = directory.entries
+        return found
 
     def cached(self, origin: Origin, digest: Digest) -> Directory | None:
         return self.sources[origin.instance].cached(digest)

@@ -108,7 +108,7 @@ class TreeDir(Node):
     async def lookup(self, state: MountState, name: str, caller: Caller) -> Node:
         """A child; a directory's own Directory is fetched first (ENOENT if missing, EIO
         if bad or deeper than the limits allow)."""
-        entry = (await self.directory(state)).entries.get(name)
+        entry = view(state).names(await self.directory(state)).get(name)
         if entry is None:
             raise NodeError(errno.ENOENT)
         child = self._child(state, entry)
