@@ -17,8 +17,9 @@ the batch is on its way waits for it instead of fetching again; a batch that fai
 retried blob by blob, so each reader gets its own blob's outcome (a missing one: EIO at
 read). Cancelling the mount's nursery fails the flights still pending (their readers
 get an error, the next read fetches again). Memory: Directories within the sources'
-``cache_bytes``, entries within ``action_bytes``, small files within a quarter of the
-block cache per directory and two batches in flight per directory.
+``cache_bytes``, entries within half that, small files within a quarter of the block
+cache per directory, and ``BATCHES_IN_FLIGHT`` batches on their way for all directories
+(taken in the order the directories were listed).
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("casfs.fs")
 
-BATCHES_IN_FLIGHT = 2
-"""Small-file batches of one directory on their way at once."""
+BATCHES_IN_FLIGHT = 4
+"""Small-file batches on their way at once, all directories together."""
 _REMEMBERED = 10_000  # digests remembered as prefetched, or as bad (logged)
 _NAMED = 64  # Directories whose entries are kept by name
 
@@ -78,6 +79,7 @@ class TreeView:
         self.trees_seen = Catalog()
         self.actions_seen = Catalog()
         self._nursery = nursery
+        self._batches = trio.CapacityLimiter(BATCHES_IN_FLIGHT)
         self._actions: cachetools.LRUCache[tuple[str, Digest], ActionView] = cachetools.LRUCache(
             maxsize=max(1, cache_bytes // 2), getsizeof=_view_cost
         )
@@ -206,10 +208,9 @@ class TreeView:
         pending = dict(run)
         try:
             budget = (await client.capabilities()).batch_budget()
-            limiter = trio.CapacityLimiter(BATCHES_IN_FLIGHT)
             async with trio.open_nursery() as nursery:
                 for batch in pack(pending, budget):
-                    nursery.start_soon(self._batch, client, batch, pending, limiter)
+                    nursery.start_soon(self._batch, client, batch, pending)
         except Exception as error:  # a bug here must not end the mount: readers retry
             log.exception("small files of %s failed: %s", instance, error)
         finally:
@@ -221,9 +222,8 @@ class TreeView:
         client: CasClient,
         batch: list[Digest],
         pending: dict[Digest, Flight],
-        limiter: trio.CapacityLimiter,
     ) -> None:
-        async with limiter:
+        async with self._batches:
             try:
                 blobs = await client.batch_read(batch)
             except CasError:  # one bad or missing blob fails the batch: each on its own
