@@ -26,7 +26,15 @@ import casfs.fs.nodes.blobio as blobio
 from casfs.cas.client import Chunk
 from casfs.cas.errors import CasError
 from casfs.digest import Digest, DigestFunction
-from casfs.fs.nodes.base import BLOB_TIMEOUT, Attributes, Caller, Handle, Node, Opened
+from casfs.fs.nodes.base import (
+    BLOB_TIMEOUT,
+    UPLOAD_TIMEOUT,
+    Attributes,
+    Caller,
+    Handle,
+    Node,
+    Opened,
+)
 from casfs.fs.nodes.blobfile import BlobFile, BlobHandle
 from casfs.fs.nodes.errors import NodeError
 from casfs.fs.nodes.state import MountState
@@ -82,11 +90,14 @@ class TreeDir(Node):
     depth: int = 0
 
     def attributes(self, state: MountState) -> Attributes:
-        attributes = Attributes.directory(timeout=BLOB_TIMEOUT)
+        """A directory; its mtime and link count once its Directory is here (until then
+        the kernel is told to ask again soon)."""
         found = state.trees.cached(self.origin, self.digest) if state.trees else None
-        if found is not None:
-            attributes.nlink = 2 + len(found.directories)
-            attributes.mtime_ns = found.mtime_ns
+        if found is None:
+            return Attributes.directory(timeout=UPLOAD_TIMEOUT)
+        attributes = Attributes.directory(timeout=BLOB_TIMEOUT)
+        attributes.nlink = 2 + len(found.directories)
+        attributes.mtime_ns = found.mtime_ns
         return attributes
 
     async def directory(self, state: MountState) -> model.Directory:
