@@ -60,8 +60,9 @@ class InstanceDir(_StaticDir):
         if names.is_instance(self.path):
             entries.append((BLOBS, BlobsDir(self.path)))
             entries.append((UPLOADS, UploadsDir(self.path)))
-            if state.trees is not None:
-                entries.append((TREES, DigestsDir(Kind.TREES, self.path)))
+            if state.trees is not None:  # "trees" may name an instance too: it wins
+                if TREES not in names.subdirectories(self.path):
+                    entries.append((TREES, DigestsDir(Kind.TREES, self.path)))
                 entries.append((ACTIONS, DigestsDir(Kind.ACTIONS, self.path)))
         return entries
 
