@@ -1,8 +1,8 @@
 """What the mount's ``trees/`` and ``actions/`` nodes share: a ``TreeSource`` per instance,
 the tree and action digests the mount has seen (what ``ls trees/`` and ``ls actions/``
 show), the ActionCache entries fetched, and the fetches ahead of readers (a subtree's
-Directories when a walk starts, a directory's small files when it is listed or its
-first file opened). No pyfuse3 in here.
+Directories when a walk starts, a directory's small files when its first file is
+opened). No pyfuse3 in here.
 
 Failures: a Directory, Tree or ActionResult that does not match its digest, does not
 parse or breaks a rule (``BadDirectory``, ``DataLoss``) is logged once per digest and
@@ -183,8 +183,8 @@ class TreeView:
     # -- small files ------------------------------------------------------------------------
 
     def small_files(self, origin: Origin, directory: Directory) -> None:
-        """A directory was listed or a file of it opened: fetch its small files into the
-        block cache in a few batches (once while remembered; in the background)."""
+        """A file of the directory was opened: fetch its small files into the block cache
+        in a few batches (once while remembered; in the background)."""
         key = (origin.instance, directory.digest)
         if key in self._listed:
             return

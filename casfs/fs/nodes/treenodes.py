@@ -3,8 +3,8 @@ file of one, read through the block cache like a blob), ``LinkNode`` (a symlink)
 ``ContentFile`` (bytes given inline, or a blob by digest: what ``actions/`` shows).
 
 A tree's directories are fetched when first looked up or listed (``fs/treeview.py``:
-checked against their digests; a bad one is EIO, a missing one ENOENT), listing one
-fetches its small files ahead in batches, and a file's bytes come through the same
+checked against their digests; a bad one is EIO, a missing one ENOENT), opening a file
+fetches its directory's small files ahead in batches, and a file's bytes come through the same
 block cache and ``BlobHandle`` as ``blobs/`` (a missing blob is EIO at read). Every
 directory and file answers ``user.casfs.digest`` (a directory: its Directory digest).
 
@@ -134,9 +134,10 @@ class TreeDir(Node):
         return sorted(((n, self._child(state, e)) for n, e in found.entries.items()))
 
     async def listing(self, state: MountState, caller: Caller) -> list[tuple[str, Node]]:
-        """The entries, the Directory fetched if need be; its small files start coming."""
+        """The entries, the Directory fetched if need be. Its small files are not fetched
+        yet: ``ls -lR`` lists every directory and reads no file (the first file opened
+        fetches them)."""
         directory = await self.directory(state)
-        view(state).small_files(self.origin, directory)
         return sorted(((n, self._child(state, e)) for n, e in directory.entries.items()))
 
     async def xattrs(self, state: MountState) -> dict[bytes, bytes]:
