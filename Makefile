@@ -53,8 +53,10 @@ typecheck: $(STAMP)
 
 # casfs beside buildbox-fuse, rclone mount, the direct client and a local file: one markdown
 # table (bench/README.md). As root. `make bench ARGS="--runs 5"`; bench-quick fits in ~2 min.
+# Then the tree scenario (issue 17): trees/ beside buildbox-fuse and a local copy.
 bench: $(STAMP) bench-deps
 	$(PY) -m bench $(ARGS)
+	$(PY) -m bench.treemount $(TREE_ARGS)
 
 bench-quick: $(STAMP) bench-deps
 	$(PY) -m bench --quick $(ARGS)

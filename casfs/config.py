@@ -291,6 +291,10 @@ class MountConfig:
     use_disk_cache: bool = True
     # A casfs store whose asset catalog assets/ lists (the embedded store's by default).
     asset_catalog: Path | None = None
+    # trees/ and actions/ (casfs.trees.model.TreeLimits, casfs.trees.source)
+    tree_max_entries: int = 100_000  # entries of one Directory
+    tree_max_depth: int = 256  # directories below a tree's root on one path
+    tree_cache_size: int = 64 * MIB  # checked Directories kept in memory
 
     def __post_init__(self) -> None:
         if not is_block_size(self.block_size):
@@ -301,3 +305,7 @@ class MountConfig:
             raise ConfigError("mount at least one instance")
         if self.use_disk_cache and self.disk_cache_size < 4 * self.block_size:
             raise ConfigError("--disk-cache-size must hold at least 4 blocks")
+        if min(self.tree_max_entries, self.tree_max_depth) < 1:
+            raise ConfigError("--tree-max-entries and --tree-max-depth must be at least 1")
+        if self.tree_cache_size < MIB:
+            raise ConfigError("--tree-cache-size must be at least 1M")

@@ -287,7 +287,14 @@ def test_embedded_store_and_nested_instances(tmp_path: Path) -> None:
     args = ["--store", str(store), "--instance", "", "--instance", "team/linux"]
     with CasfsMount(tmp_path / "mnt", *args) as mount:
         root = mount.mountpoint
-        assert sorted(os.listdir(root)) == ["assets", "blobs", "team", "uploads"]
+        assert sorted(os.listdir(root)) == [
+            "actions",
+            "assets",
+            "blobs",
+            "team",
+            "trees",
+            "uploads",
+        ]
         assert os.listdir(root / "team") == ["linux"]
         assert (root / "blobs" / str(a)).read_bytes() == b"root instance"
         assert (root / "team" / "linux" / "blobs" / str(b)).read_bytes() == b"nested"

@@ -48,7 +48,7 @@ def test_mount_is_ready_once_it_answers_and_says_stopping_on_sigterm(
         with CasfsMount(mountpoint, *args) as mount:
             ready = notify.next()
             assert ready.fields["READY"] == "1"
-            assert ready.seen == (True, ["assets", "blobs", "uploads"])
+            assert ready.seen == (True, ["actions", "assets", "blobs", "trees", "uploads"])
             assert ready.fields["STATUS"] == f"mounted {source} at {mountpoint}"
             assert ready.pid == int(ready.fields["MAINPID"])
             if daemon:

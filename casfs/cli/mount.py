@@ -21,6 +21,8 @@ from casfs.config import (
 )
 from casfs.remotes import config_file, find_remote, load_remotes
 from casfs.resource import validate_instance_name
+from casfs.trees.model import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ENTRIES
+from casfs.trees.source import DEFAULT_CACHE_BYTES
 
 if TYPE_CHECKING:
     from casfs.cli.parser import Commands
@@ -110,6 +112,25 @@ def mount_options(mount: argparse.ArgumentParser) -> None:
     mount.add_argument(
         "--no-disk-cache", action="store_true", default=None, help="keep no blocks on disk"
     )
+    # trees/ and actions/: what a hostile tree may make the mount hold.
+    mount.add_argument(
+        "--tree-max-entries",
+        type=int,
+        metavar="N",
+        help=f"entries one Directory may have; more is EIO ({DEFAULT_MAX_ENTRIES})",
+    )
+    mount.add_argument(
+        "--tree-max-depth",
+        type=int,
+        metavar="N",
+        help=f"directories below a tree's root; deeper is EIO ({DEFAULT_MAX_DEPTH})",
+    )
+    mount.add_argument(
+        "--tree-cache-size",
+        type=size,
+        metavar="SIZE",
+        help=f"Directories kept in memory ({DEFAULT_CACHE_BYTES >> 20}M)",
+    )
     mount.add_argument(
         "-o", dest="options", action="append", default=[], help="FUSE mount options, a,b,c"
     )
@@ -150,6 +171,9 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
             ("block_size", args.block_size),
             ("readahead_kb", args.readahead),
             ("disk_cache_size", args.disk_cache_size),
+            ("tree_max_entries", args.tree_max_entries),
+            ("tree_max_depth", args.tree_max_depth),
+            ("tree_cache_size", args.tree_cache_size),
         )
         if value is not None
     }

@@ -55,9 +55,11 @@ from casfs.fs.mountpoint import (
 )
 from casfs.fs.namespace import Namespace
 from casfs.fs.operations import CasOperations
+from casfs.fs.treeview import TreeView
 from casfs.fs.uploads import Spool, UploadError, Uploads
 from casfs.prometheus import RpcCollector, serve_metrics_in_trio
 from casfs.rpcstats import RpcStats
+from casfs.trees.model import TreeLimits
 
 log = logging.getLogger("casfs.fs")
 M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
@@ -202,11 +204,22 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
                     uploads = Uploads(clients, spool, nursery, names)
                     restored = uploads.restore_names()
                     log.info("names: %d record(s) restored from %s", restored, names.dir)
+                    trees = TreeView(
+                        clients,
+                        cache,
+                        nursery,
+                        limits=TreeLimits(
+                            max_entries=config.tree_max_entries,
+                            max_depth=config.tree_max_depth,
+                        ),
+                        cache_bytes=config.tree_cache_size,
+                    )
                     operations = CasOperations(
                         clients,
                         namespace,
                         cache,
                         uploads,
+                        trees=trees,
                         read_only=config.read_only,
                         remote=remote.endpoint
                         if config.remote

@@ -53,6 +53,7 @@ from casfs.fs.nodes import (
 )
 from casfs.fs.stats import FuseStats, MountStats, Snapshot
 from casfs.fs.status import StatusAttribute
+from casfs.fs.treeview import TreeView
 from casfs.fs.uploads import FileEntry, UploadError, Uploads
 
 log = logging.getLogger("casfs.fs")
@@ -123,6 +124,7 @@ class CasOperations(pyfuse3.Operations):
         read_only: bool = False,
         remote: str | None = None,
         assets: MountAssets | None = None,
+        trees: TreeView | None = None,
     ) -> None:
         super().__init__()
         self.stats = FuseStats()
@@ -147,6 +149,7 @@ class CasOperations(pyfuse3.Operations):
             kernel=_Kernel(),
             status=self.status.value,
             read_only=read_only,
+            trees=trees,
             uid=os.getuid(),
             gid=os.getgid(),
         )
@@ -295,7 +298,7 @@ class CasOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        entries = self._node(inode).entries(self.state, _caller(ctx))
+        entries = await self._node(inode).listing(self.state, _caller(ctx))
         handle = next(self._handles)
         self._listings[handle] = entries
         return handle

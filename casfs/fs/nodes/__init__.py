@@ -7,6 +7,9 @@
     blobio.py       the blob side: existence probes, reads, small blobs into the page cache
     uploadtree.py   ``uploads/`` and the directories, files and symlinks below it
     uploadfiles.py  open files of ``uploads/``: read, write, commit, release
+    digestdirs.py   ``trees/`` and ``actions/``, their ``<fn>/`` and ``<hash>/`` directories
+    treenodes.py    a tree's directories, files and symlinks; files of given content
+    actions.py      ``actions/<hash>/<size>/``, its ``outputs/`` and ``action/``
 
 ``fs/operations.py`` is the pyfuse3 adapter in front of them.
 """

@@ -128,6 +128,11 @@ class Node:
         """The entries of a directory as ``caller`` may list them (for readdir)."""
         raise NodeError(errno.ENOTDIR)
 
+    async def listing(self, state: MountState, caller: Caller) -> list[tuple[str, Node]]:
+        """The entries when a directory is opened for reading: ``entries``, unless the
+        node must fetch something first (a tree's Directory)."""
+        return self.entries(state, caller)
+
     async def open(self, state: MountState, inode: int, flags: int) -> Opened:
         raise NodeError(errno.EISDIR)
 

@@ -1,5 +1,6 @@
-"""The read-only directories: instance directories (and the root), ``blobs/``, a digest
-function's directory and a hash directory. Their children come from the namespace's rules
+"""The read-only directories: instance directories (and the root, which names ``trees/``
+and ``actions/`` too when the mount has a tree view), ``blobs/``, a digest function's
+directory and a hash directory. Their children come from the namespace's rules
 and, for blobs, from what the catalog has seen (filtered by ``audience.py``).
 
 A new top-level directory of an instance (``trees/``, ``actions/``, ...) is one more node
@@ -16,6 +17,7 @@ from casfs.fs.namespace import BLOBS, UPLOADS, join
 from casfs.fs.nodes.assets import ASSETS, AssetsDir
 from casfs.fs.nodes.base import Attributes, Caller, Node, Opened, new_name
 from casfs.fs.nodes.blobfile import BlobFile
+from casfs.fs.nodes.digestdirs import ACTIONS, TREES, DigestsDir, Kind
 from casfs.fs.nodes.errors import NO_ATTRIBUTE, NodeError
 from casfs.fs.nodes.state import MountState
 from casfs.fs.nodes.uploadfiles import open_upload
@@ -59,7 +61,12 @@ class InstanceDir(_StaticDir):
         if names.is_instance(self.path):
             entries.append((BLOBS, BlobsDir(self.path)))
             entries.append((UPLOADS, UploadsDir(self.path)))
-            entries.append((ASSETS, AssetsDir(self.path)))
+            if ASSETS not in names.subdirectories(self.path):  # an instance's name wins
+                entries.append((ASSETS, AssetsDir(self.path)))
+            if state.trees is not None:  # "trees" may name an instance too: it wins
+                if TREES not in names.subdirectories(self.path):
+                    entries.append((TREES, DigestsDir(Kind.TREES, self.path)))
+                entries.append((ACTIONS, DigestsDir(Kind.ACTIONS, self.path)))
         return entries
 
     async def getxattr(self, state: MountState, name: bytes, caller: Caller) -> bytes:

@@ -27,6 +27,7 @@ from casfs.fs.uploads import Uploads
 
 if TYPE_CHECKING:
     from casfs.fs.assetcatalog import MountAssets
+    from casfs.fs.treeview import TreeView
 
 
 def _no_assets() -> MountAssets:
@@ -59,6 +60,7 @@ class MountState:
     kernel: Kernel
     status: Callable[[], bytes]  # the value of user.casfs.status on the root
     read_only: bool = False
+    trees: TreeView | None = None  # trees/ and actions/ (none: not shown)
     catalog: Catalog = field(default_factory=Catalog)
     uid: int = 0
     gid: int = 0

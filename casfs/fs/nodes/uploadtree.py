@@ -274,6 +274,8 @@ class _UploadDirectory(_UploadNode):
 
     async def xattrs(self, state: MountState) -> dict[bytes, bytes]:
         digest = await state.uploads.directory_digest(self.directory(state), self.instance)
+        if state.trees is not None:  # ``ls trees/`` shows it
+            state.trees.trees_seen.note(self.instance, digest)
         return blobio.blob_xattrs(self.instance, digest)
 
 
