@@ -49,7 +49,6 @@ class Spool:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         entry.fd, entry.spool = fd, path
         entry.size = 0
-        entry.closed = False
         try:
             self.record(entry)
         except OSError:  # a full spool disk: leave neither a descriptor nor a file behind
