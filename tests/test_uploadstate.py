@@ -12,6 +12,7 @@ import itertools
 import pytest
 
 from casfs.digest import Digest
+from casfs.fs.uploadmachine import FileState, Step
 from casfs.fs.uploadstate import (
     COMMITTING,
     SPOOLED,
@@ -19,7 +20,6 @@ from casfs.fs.uploadstate import (
     WAIT,
     Do,
     Event,
-    FileState,
     Go,
     LifecycleError,
     Phase,
@@ -195,6 +195,14 @@ def test_the_digest_stands_only_for_committed_content(phase: Phase) -> None:
 # -- descriptors, commits and errors owed -------------------------------------------------
 
 
+def open_(life: FileState, *, write: bool) -> Step:
+    """A descriptor opened, as the driver does it: decided, done, counted."""
+    step = life.open(write=write, truncate=False)
+    assert not step.wait and step.refuse is None
+    life.opened(write=write)
+    return step
+
+
 def _commit(life: FileState, digest: Digest = DIGEST) -> list[Do]:
     """A whole successful commit; the actions the driver would do."""
     actions = list(life.commit().actions)
@@ -207,7 +215,7 @@ def _commit(life: FileState, digest: Digest = DIGEST) -> list[Do]:
 
 def test_a_new_file_written_and_closed() -> None:
     life = FileState()
-    assert life.open(write=True, truncate=False).actions == (Do.OPEN_FD,)
+    assert open_(life, write=True).actions == (Do.OPEN_FD,)
     assert life.write(0, 0).actions == (Do.QUEUE_WRITE,)
     assert not life.closed
     assert _commit(life) == [Do.SETTLE, Do.MARK_CLOSED, Do.UPLOAD, Do.JOURNAL, Do.FORGET]
@@ -224,8 +232,8 @@ def test_two_descriptors_each_close_commits_what_was_written() -> None:
     the file pending again, and B's close commits them: no close returns 0 over bytes
     it did not commit."""
     life = FileState()
-    life.open(write=True, truncate=False)  # A
-    life.open(write=True, truncate=False)  # B
+    open_(life, write=True)  # A
+    open_(life, write=True)  # B
     life.write(0, 0)
     life.commit()
     life.settled()
@@ -246,7 +254,7 @@ def test_a_write_during_a_commit_waits_and_then_makes_the_file_pending() -> None
     for stage in ("settling", "uploading"):
         for event in (E.WRITE, E.TRUNCATE, E.OPEN_WRITE, E.OPEN_TRUNCATE, E.UNLINK):
             life = FileState()
-            life.open(write=True, truncate=False)
+            open_(life, write=True)
             life.commit()
             if stage == "uploading":
                 life.settled()
@@ -266,7 +274,7 @@ def test_fsync_through_a_read_only_descriptor_retries_a_failed_upload() -> None:
     """Issue 14, item 3: a pending file whose upload failed is CLOSED; a COMMIT (the
     driver sends one for any fsync, whatever the descriptor's mode) uploads it again."""
     life = FileState()
-    life.open(write=True, truncate=False)
+    open_(life, write=True)
     life.write(0, 0)
     life.commit()
     life.settled()
@@ -274,7 +282,7 @@ def test_fsync_through_a_read_only_descriptor_retries_a_failed_upload() -> None:
     assert life.phase is P.CLOSED and life.closed
     life.release(wrote=True)
     assert life.unused().actions == (Do.CLOSE_FD,)  # kept, spooled, for fsync
-    assert life.open(write=False, truncate=False).actions == ()
+    assert open_(life, write=False).actions == ()
     assert life.commit().actions == (Do.SETTLE,)
     assert life.settled().actions == (Do.MARK_CLOSED, Do.UPLOAD)
     life.uploaded(DIGEST)
@@ -295,7 +303,7 @@ def test_a_lost_write_is_owed_until_a_truncate_says_what_the_file_holds() -> Non
     every write past the cut and every commit report the loss until a truncate to at
     most the file's size; the commit still commits what the file holds."""
     life = FileState()
-    life.open(write=True, truncate=False)
+    open_(life, write=True)
     life.write(0, 0)
     failure = OSError(errno.ENOSPC, "full")
     assert life.spool_failed(failure, cut=True).actions == (Do.TRUNCATE_SPOOL, Do.STOP_SPOOLER)
@@ -323,8 +331,8 @@ def test_a_loss_found_while_settling_is_decided_as_in_the_phase_before() -> None
 
 def test_a_direct_write_that_does_not_match_is_dropped_at_its_last_release() -> None:
     life = FileState(direct=True)
-    life.open(write=True, truncate=False)
-    life.open(write=True, truncate=False)  # a shell's duplicate
+    open_(life, write=True)
+    open_(life, write=True)  # a shell's duplicate
     life.commit()
     life.settled()
     assert life.mismatch().actions == ()
@@ -336,26 +344,26 @@ def test_a_direct_write_that_does_not_match_is_dropped_at_its_last_release() -> 
     life.release(wrote=True)
     assert life.unused().actions == (Do.DISCARD,)
     refused = FileState(direct=True)
-    refused.open(write=True, truncate=False)
+    open_(refused, write=True)
     refused.commit()
     refused.settled()
     refused.mismatch()
     refused.release(wrote=True)
     assert refused.unused().actions == (Do.DISCARD,) and refused.phase is P.GONE
     short = FileState(direct=True)  # lost bytes: it cannot match its name
-    short.open(write=True, truncate=False)
+    open_(short, write=True)
     short.spool_failed(OSError(errno.ENOSPC, "full"), cut=True)
     short.commit()
     assert short.settled().report is not None and short.phase is P.REFUSED
     never = FileState(direct=True)  # abandoned before any close
-    never.open(write=True, truncate=False)
+    open_(never, write=True)
     never.release(wrote=True)
     assert never.unused().actions == (Do.DISCARD,) and never.phase is P.GONE
 
 
 def test_unlink_keeps_an_open_file_until_its_last_release() -> None:
     life = FileState()
-    life.open(write=True, truncate=False)
+    open_(life, write=True)
     assert life.unlink().actions == (Do.STOP_SPOOLER, Do.FORGET)
     assert life.write(0, 0).actions == (Do.QUEUE_WRITE,)  # still written, never committed
     assert life.commit().actions == () and life.phase is P.UNLINKED

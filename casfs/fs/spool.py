@@ -1,6 +1,6 @@
 """Spool files and their metadata in ``<cache dir>/spool``: where a file of ``uploads/``
 is written before it is committed, and what the next mount finds of it (``<id>.json``
-beside each ``<id>.data``; see ``uploads.py``). A lock file keeps one mount per cache
+beside each ``<id>.data``; see ``uploaddriver.py``). A lock file keeps one mount per cache
 directory.
 """
 

@@ -19,7 +19,8 @@ import trio
 from casfs.digest import Digest, DigestFunction
 from casfs.fs.hashbehind import HashBehind
 from casfs.fs.spoolwriter import SpoolWriter
-from casfs.fs.uploadstate import FileState, Phase
+from casfs.fs.uploadmachine import FileState
+from casfs.fs.uploadstate import Phase
 
 _ids = itertools.count(1)
 

@@ -18,7 +18,8 @@ from casfs.digest import Digest, DigestFunction
 from casfs.fs.journal import Journal, Record
 from casfs.fs.spool import Spool
 from casfs.fs.uploadentries import DirEntry, Entry, FileEntry, SymlinkEntry
-from casfs.fs.uploadstate import FileState, Phase
+from casfs.fs.uploadmachine import FileState
+from casfs.fs.uploadstate import Phase
 
 log = logging.getLogger("casfs.fs")
 COMPACT_EVERY = 100_000  # journal records between compactions, at least (see save_names)

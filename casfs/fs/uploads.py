@@ -35,10 +35,10 @@ from casfs.digest import Digest
 from casfs.fs.behind import ByteBudget
 from casfs.fs.journal import Journal
 from casfs.fs.spool import Spool
-from casfs.fs.uploaddriver import UploadDriver, UploadStats
+from casfs.fs.uploadcommit import UploadCommits, UploadStats
 from casfs.fs.uploadentries import DirEntry, Entry, FileEntry, SymlinkEntry, UploadError
 from casfs.fs.uploadjournal import COMPACT_EVERY, UploadJournal
-from casfs.fs.uploadstate import FileState
+from casfs.fs.uploadmachine import FileState
 from casfs.trees import encode
 
 __all__ = [  # the upload side's names, wherever they are defined
@@ -55,10 +55,10 @@ __all__ = [  # the upload side's names, wherever they are defined
 log = logging.getLogger("casfs.fs")
 
 
-class Uploads(UploadJournal, UploadDriver):
+class Uploads(UploadJournal, UploadCommits):
     """The ``uploads/`` trees of all instances: their changes here, the lifecycle of their
-    files in ``UploadDriver``, their names across mounts and the recovery of left-overs
-    in ``UploadJournal``."""
+    files in ``UploadDriver`` and ``UploadCommits``, their names across mounts and the
+    recovery of left-overs in ``UploadJournal``."""
 
     def __init__(
         self,
