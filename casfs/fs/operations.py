@@ -17,7 +17,7 @@ the program; ``release`` only cleans up, since its errors reach no one.
 
 Concurrency notes: pyfuse3 runs each request as a trio task in one thread, so the inode
 table, handle tables, catalog and upload trees need no locks; handlers interleave only at
-``await``. A file being finalized holds its own lock (see ``uploads.py``).
+``await``. A file being committed holds its own lock (see ``uploadcommit.py``).
 """
 
 from __future__ import annotations

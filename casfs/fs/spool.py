@@ -1,6 +1,6 @@
 """Spool files and their metadata in ``<cache dir>/spool``: where a file of ``uploads/``
 is written before it is committed, and what the next mount finds of it (``<id>.json``
-beside each ``<id>.data``; see ``uploads.py``). A lock file keeps one mount per cache
+beside each ``<id>.data``; see ``uploaddriver.py``). A lock file keeps one mount per cache
 directory.
 """
 
@@ -49,7 +49,6 @@ class Spool:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         entry.fd, entry.spool = fd, path
         entry.size = 0
-        entry.closed = False
         try:
             self.record(entry)
         except OSError:  # a full spool disk: leave neither a descriptor nor a file behind

@@ -1,8 +1,10 @@
 """The entries of an ``uploads/`` tree: directories, symlinks and files, and the error an
-upload-side refusal raises. Plain data; ``Uploads`` (``uploads.py``) changes them.
+upload-side refusal raises. Plain data; ``Uploads`` (``uploads.py``) changes the trees,
+and ``UploadDriver`` (``uploaddriver.py``) a file as its lifecycle (``uploadstate.py``)
+decides.
 
 Concurrency notes: used from the mount's trio thread only; a file's ``lock`` is held by
-its commit, and ``committing`` is the event changes wait on (see ``uploads.py``).
+its commit, and ``committing`` is the event changes wait on (see ``uploaddriver.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import trio
 from casfs.digest import Digest, DigestFunction
 from casfs.fs.hashbehind import HashBehind
 from casfs.fs.spoolwriter import SpoolWriter
+from casfs.fs.uploadmachine import FileState
+from casfs.fs.uploadstate import Phase
 
 _ids = itertools.count(1)
 
@@ -73,33 +77,18 @@ class SymlinkEntry(Entry):
 
 @dataclass(eq=False)
 class FileEntry(Entry):
-    """A file: pending (``digest`` None) or committed; spooled while open or pending."""
+    """A file: its place, its spool and hashing, and its lifecycle (``life``, the state
+    machine of ``uploadstate.py``: pending or committed, open counts, errors owed)."""
 
     instance: str = ""
     spool: Path | None = None
     fd: int | None = None
     size: int = 0
     mode: int = 0o644
-    digest: Digest | None = None
     expected: Digest | None = None  # direct writes to blobs/<hash>/<size>
-    opens: int = 0
-    writers: int = 0
-    closed: bool = False  # a close asked for this content to be committed
-    unlinked: bool = False
+    life: FileState = field(default_factory=FileState)
     hasher: HashBehind | None = None  # None: the writes were not sequential
     spooler: SpoolWriter | None = None  # lands the writes in the spool file, behind them
-    write_error: OSError | None = None  # a write that failed after it was answered
-    # Writes were answered that never landed (a full disk) and the file was cut where they
-    # began. Until a truncate to at most its size says what the file holds, a write past
-    # its end would leave a hole where the program believes its bytes are: it fails with
-    # this error, and so does every close that commits the file (through any descriptor:
-    # a duplicate's close must not clear it for the writer).
-    lost: OSError | None = None
-    # A direct write whose content did not match its name at its last close. A shell's
-    # ``cat x > blobs/H/S`` closes a duplicate of the descriptor before anything is
-    # written, so the file stays writable through the other descriptors until the last
-    # one is released; then it is dropped, and nothing is stored.
-    refused: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)  # held by the commit (finalize)
     # Set while a commit runs; done when it ends. Changes wait on it, not on ``lock``:
     # waiters that took and gave back the lock in turn would see it held forever.
@@ -109,9 +98,33 @@ class FileEntry(Entry):
     qualifiers: dict[str, str] = field(default_factory=dict)
     uri: str | None = None  # the asset name a commit pushes it under (assets/, user.casfs.uri)
 
+    def __post_init__(self) -> None:
+        self.life.direct = self.expected is not None
+
+    @property
+    def digest(self) -> Digest | None:
+        return self.life.digest
+
     @property
     def committed(self) -> bool:
-        return self.digest is not None
+        return self.life.digest is not None
+
+    @property
+    def opens(self) -> int:
+        return self.life.opens
+
+    @property
+    def writers(self) -> int:
+        return self.life.writers
+
+    @property
+    def closed(self) -> bool:
+        """A close asked for this content to be committed (the spool metadata says so)."""
+        return self.life.closed
+
+    @property
+    def unlinked(self) -> bool:
+        return self.life.phase in (Phase.UNLINKED, Phase.GONE)
 
     @property
     def function(self) -> DigestFunction:

@@ -18,6 +18,8 @@ from casfs.digest import Digest, DigestFunction
 from casfs.fs.journal import Journal, Record
 from casfs.fs.spool import Spool
 from casfs.fs.uploadentries import DirEntry, Entry, FileEntry, SymlinkEntry
+from casfs.fs.uploadmachine import FileState
+from casfs.fs.uploadstate import Phase
 
 log = logging.getLogger("casfs.fs")
 COMPACT_EVERY = 100_000  # journal records between compactions, at least (see save_names)
@@ -217,7 +219,7 @@ class UploadJournal:
             digest = Digest.parse(str(record["digest"]), function)
             entry = FileEntry(
                 name=name, parent=parent, instance=self._instance_of[root], mode=mode,
-                digest=digest, size=digest.size, closed=True,
+                size=digest.size, life=FileState(Phase.COMMITTED, digest=digest),
             )  # fmt: skip
         else:
             raise ValueError(f"unknown kind {kind!r}")
@@ -273,7 +275,7 @@ class UploadJournal:
             spool=data,
             size=data.stat().st_size,
             mtime_ns=data.stat().st_mtime_ns,  # writes and utime keep it the file's mtime
-            closed=meta.get("closed") is True,
+            life=FileState(Phase.CLOSED if meta.get("closed") is True else Phase.PENDING),
         )
         if parent is not None:
             if name in parent.children:  # a committed name the pending file replaced

@@ -84,5 +84,5 @@ class AssetUploadHandle(UploadHandle):
         key = (entry.instance, self.uri)
         if not entry.opens and state.assets.pending.get(key) == entry.id:
             del state.assets.pending[key]
-            entry.unlinked = True  # its node answers ENOENT; the pushed name is shown
-            state.uploads.spool.discard(entry)
+            # Unlinked, its node answers ENOENT and its spool goes; the pushed name is shown.
+            state.uploads.remove(entry)

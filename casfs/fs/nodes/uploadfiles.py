@@ -1,6 +1,6 @@
 """Open files of ``uploads/`` (and direct writes of ``blobs/<hash>/<size>``): reads from
 the spool or the CAS, writes into the spool, and the commit at every close and fsync
-(``Uploads.finalize``; the file's lifecycle is ``fs/uploads.py``'s).
+(``Uploads.finalize``; the file's lifecycle is the table of ``fs/uploadstate.py``).
 
 Uploads finish in ``commit`` (the adapter's ``flush`` and ``fsync``), where an error still
 reaches the program; ``release`` only cleans up, since its errors reach no one.
