@@ -35,7 +35,7 @@ from casfs.cas.quirks import SizeCheck
 from casfs.cas.reads import SMALL_READ, read_response_data
 from casfs.cas.retry import with_retries
 from casfs.cas.writes import ProgressCallback, WriteCalls
-from casfs.digest import MAX_SIZE, Digest
+from casfs.digest import MAX_SIZE, Digest, DigestFunction
 
 __all__ = [
     "BATCH_LIMIT",
@@ -64,6 +64,8 @@ class CasClient(WriteCalls):
     in-process channel in a test). Create it inside ``trio.run`` (the channel must not
     cross a fork) and close it with ``aclose()`` or ``async with``.
     """
+
+    upload_function = DigestFunction.SHA256  # of blobs written to a mount's uploads/
 
     async def __aenter__(self) -> CasClient:
         return self

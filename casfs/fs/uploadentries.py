@@ -82,6 +82,7 @@ class FileEntry(Entry):
     mode: int = 0o644
     digest: Digest | None = None
     expected: Digest | None = None  # direct writes to blobs/<hash>/<size>
+    hash_function: DigestFunction = DigestFunction.SHA256  # the remote's, for uploads/
     opens: int = 0
     writers: int = 0
     closed: bool = False  # a close asked for this content to be committed
@@ -111,7 +112,7 @@ class FileEntry(Entry):
 
     @property
     def function(self) -> DigestFunction:
-        return self.expected.function if self.expected is not None else DigestFunction.SHA256
+        return self.expected.function if self.expected is not None else self.hash_function
 
     def label(self) -> str:
         return self.path() or (f"blobs/{self.expected}" if self.expected else self.name)

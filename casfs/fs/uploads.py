@@ -54,8 +54,8 @@ from dataclasses import dataclass
 
 import trio
 
-from casfs.cas.client import CasClient
 from casfs.cas.errors import ContentChanged
+from casfs.cas.remote import BlobRemote
 from casfs.digest import Digest, digest_file
 from casfs.fs.behind import ByteBudget
 from casfs.fs.hashbehind import HashBehind
@@ -98,7 +98,7 @@ class Uploads(UploadJournal):
 
     def __init__(
         self,
-        clients: Mapping[str, CasClient],
+        clients: Mapping[str, BlobRemote],
         spool: Spool,
         nursery: trio.Nursery,
         names: Journal | None = None,
@@ -129,6 +129,7 @@ class Uploads(UploadJournal):
         entry = FileEntry(
             name=name, parent=parent, instance=instance, mode=mode & 0o777, expected=expected
         )
+        entry.hash_function = self.clients[instance].upload_function
         old = parent.children.get(name) if parent is not None else None
         if isinstance(old, DirEntry):
             raise UploadError(errno.EISDIR, f"{name} is a directory")

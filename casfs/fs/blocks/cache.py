@@ -94,6 +94,19 @@ class BlockCache:
         flight.done.set()
         self.verification.failed(key)
 
+    def offer(self, source: BlobSource, digest: Digest, index: int, data: Chunk) -> None:
+        """A whole block that streamed past a read (a source that reads blobs from their
+        start, ``cas/tvixremote.py``): kept as a fetched one is, in memory and on disk,
+        unless it is here or on its way already."""
+        key = (digest, index)
+        if key in self.blocks or key in self._flights:
+            return
+        self.blocks[key] = data
+        self.stats.fetched_bytes += len(data)
+        if self.disk is not None:
+            self.disk.keep(source, digest, index, data)
+        self.verification.landed(digest, index)
+
     def drop(self, digest: Digest) -> None:
         """Forget every cached block of a blob, in memory and on disk."""
         for key in [key for key in self.blocks if key[0] == digest]:

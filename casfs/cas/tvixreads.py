@@ -1,0 +1,177 @@
+"""Ranged reads over tvix castore's Read, which has no offset: streams kept open where a
+read stopped, so the next read of the blob goes on from there.
+
+tvix's Read sends a whole blob (or a whole chunk that Stat listed) from its start. A read
+of bytes ``[offset, end)`` therefore takes a parked stream of the same blob at or before
+``offset`` if there is one (a sequential reader's next run continues the stream its last
+run left), else opens a new one at 0; the bytes before ``offset`` stream past, handed to
+``passing`` (the mount keeps them as blocks of its cache), and the stream is parked where
+the read ended, unless that is the blob's end.
+
+Checks: ``TvixClient.stream`` refuses more bytes than the digest's size and withholds the
+blob's last piece until the whole blob has been hashed, so a read that reaches the end
+gets ``DataLoss`` instead of the last bytes of a blob that does not match; a read that
+ends before it gets bytes checked only for their length so far, as a ranged ByteStream
+read does.
+
+Concurrency notes: used from the mount's one trio thread; a stream is taken out of the
+pool while a read uses it, so no two reads share one. Parked streams are bounded in
+number (``MAX_PARKED``) and closed after ``IDLE`` seconds unused (the server ends idle
+streams too; a stream it ended fails on its next read, which then opens a new one).
+Cancelling a read closes its stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from casfs.cas.calls import Chunk
+from casfs.cas.errors import CasError, DataLoss
+from casfs.digest import Digest
+
+log = logging.getLogger("casfs.cas")
+
+MAX_PARKED = 4  # streams kept open between reads, for all blobs
+IDLE = 20.0  # seconds a parked stream is kept unused
+
+# Bytes that streamed past a read: (blob offset, bytes).
+Passing = Callable[[int, Chunk], None]
+Opener = Callable[[Digest], AsyncGenerator[Chunk, None]]
+
+
+@dataclass(eq=False)
+class _Cursor:
+    """An open stream of a blob: ``offset`` is where ``leftover`` (bytes received, not
+    handed on yet) begins."""
+
+    stream: AsyncGenerator[Chunk, None]
+    offset: int = 0
+    leftover: Chunk = b""
+    used: float = field(default_factory=trio.current_time)
+
+
+class Cursors:
+    """Streams of blobs, parked between reads. ``open`` starts a stream of a whole blob
+    (``TvixClient.stream``)."""
+
+    def __init__(self, open_stream: Opener) -> None:
+        self._open = open_stream
+        self._parked: OrderedDict[int, tuple[Digest, _Cursor]] = OrderedDict()
+        self.opened = 0  # streams opened, for tests and the log
+        self.resumed = 0  # reads that went on with a parked stream
+
+    async def _take(self, digest: Digest, offset: int) -> _Cursor | None:
+        """The parked stream of ``digest`` nearest before ``offset`` (out of the pool);
+        streams idle too long are closed on the way."""
+        now = trio.current_time()
+        best: tuple[int, _Cursor] | None = None
+        for key, (parked, cursor) in list(self._parked.items()):
+            if now - cursor.used > IDLE:
+                del self._parked[key]
+                await _close(cursor)
+            elif (
+                parked == digest
+                and cursor.offset <= offset
+                and (best is None or cursor.offset > best[1].offset)
+            ):
+                best = (key, cursor)
+        if best is None:
+            return None
+        del self._parked[best[0]]
+        return best[1]
+
+    async def _park(self, digest: Digest, cursor: _Cursor) -> None:
+        cursor.used = trio.current_time()
+        self._parked[id(cursor)] = (digest, cursor)
+        while len(self._parked) > MAX_PARKED:
+            _, (_, oldest) = self._parked.popitem(last=False)
+            await _close(oldest)
+
+    async def aclose(self) -> None:
+        """Close every parked stream."""
+        while self._parked:
+            _, (_, cursor) = self._parked.popitem()
+            await _close(cursor)
+
+    async def read(
+        self, digest: Digest, offset: int, end: int, passing: Passing | None = None
+    ) -> AsyncIterator[Chunk]:
+        """Yield bytes ``[offset, end)`` of the blob (``end`` at most its size), going on
+        with a parked stream where one is at or before ``offset``.
+
+        A parked stream that fails before this read has yielded anything (the server
+        ended it while it was idle) is replaced by a new one; any other failure raises its
+        ``CasError``. ``DataLoss`` if the stream ends short or the blob does not match."""
+        cursor = await self._take(digest, offset)
+        resumed = cursor is not None
+        if cursor is not None:
+            self.resumed += 1
+        else:
+            cursor = self._new(digest)
+        yielded = False
+        parked = False
+        try:
+            while True:
+                try:
+                    async for piece in _pieces(cursor, offset, end, passing):
+                        yielded = True
+                        yield piece
+                    break
+                except CasError as error:
+                    if yielded or not resumed or isinstance(error, DataLoss):
+                        raise
+                    log.debug("%s: a parked stream failed (%s); a new one", digest, error)
+                    await _close(cursor)
+                    cursor, resumed = self._new(digest), False
+            if cursor.offset < digest.size:
+                await self._park(digest, cursor)
+                parked = True
+        finally:
+            if not parked:
+                await _close(cursor)
+
+    def _new(self, digest: Digest) -> _Cursor:
+        self.opened += 1
+        return _Cursor(self._open(digest))
+
+
+async def _pieces(
+    cursor: _Cursor, offset: int, end: int, passing: Passing | None
+) -> AsyncIterator[Chunk]:
+    """Bytes ``[offset, end)`` from the cursor, moving it on; what lies before ``offset``
+    goes to ``passing``."""
+    while cursor.offset < end:
+        pending = cursor.leftover
+        if not pending:
+            try:
+                pending = await cursor.stream.__anext__()
+            except StopAsyncIteration:
+                raise DataLoss(f"the stream ended at byte {cursor.offset}, before {end}") from None
+            if not pending:
+                continue
+        position = cursor.offset
+        if position < offset:  # before the read: streams past
+            skip = min(len(pending), offset - position)
+            if passing is not None:
+                passing(position, memoryview(pending)[:skip])
+            cursor.leftover = memoryview(pending)[skip:]
+            cursor.offset = position + skip
+            continue
+        take = min(len(pending), end - position)
+        piece = pending if take == len(pending) else memoryview(pending)[:take]
+        cursor.leftover = b"" if take == len(pending) else memoryview(pending)[take:]
+        cursor.offset = position + take
+        yield piece
+
+
+async def _close(cursor: _Cursor) -> None:
+    with trio.CancelScope(shield=True):
+        try:
+            await cursor.stream.aclose()
+        except CasError as error:  # it failed as it closed: nothing is waiting for it
+            log.debug("closing a tvix stream: %s", error)
