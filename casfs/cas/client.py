@@ -73,6 +73,10 @@ class CasClient(WriteCalls):
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
+    def ranged(self, digest: Digest) -> bool:
+        """ByteStream reads any range for the cost of that range."""
+        return True
+
     # -- existence --------------------------------------------------------------------------
 
     async def contains(self, digest: Digest) -> bool:

@@ -43,6 +43,11 @@ class BlobRemote(Protocol):
         """The digests the remote does not have at their size: for names someone typed."""
         ...
 
+    def ranged(self, digest: Digest) -> bool:
+        """Whether a read of part of the blob costs that part only (else the blob is
+        streamed from its start: read it in whole blocks, in order)."""
+        ...
+
     async def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset + length)`` of a blob, clamped to its end; ``NotFound``
         for a missing blob, ``DataLoss`` for bytes that do not match it."""

@@ -53,6 +53,7 @@ class _Cursor:
     offset: int = 0
     leftover: Chunk = b""
     used: float = field(default_factory=trio.current_time)
+    released: trio.Event = field(default_factory=trio.Event)  # its read ended
 
 
 class Cursors:
@@ -62,6 +63,7 @@ class Cursors:
     def __init__(self, open_stream: Opener) -> None:
         self._open = open_stream
         self._parked: OrderedDict[int, tuple[Digest, _Cursor]] = OrderedDict()
+        self._active: dict[Digest, set[_Cursor]] = {}  # streams that reads are using
         self.opened = 0  # streams opened, for tests and the log
         self.resumed = 0  # reads that went on with a parked stream
 
@@ -107,12 +109,10 @@ class Cursors:
         A parked stream that fails before this read has yielded anything (the server
         ended it while it was idle) is replaced by a new one; any other failure raises its
         ``CasError``. ``DataLoss`` if the stream ends short or the blob does not match."""
-        cursor = await self._take(digest, offset)
-        resumed = cursor is not None
-        if cursor is not None:
-            self.resumed += 1
-        else:
-            cursor = self._new(digest)
+        cursor = await self._cursor(digest, offset)
+        resumed = cursor.offset > 0
+        active = self._active.setdefault(digest, set())
+        active.add(cursor)
         yielded = False
         parked = False
         try:
@@ -129,11 +129,31 @@ class Cursors:
                     await _close(cursor)
                     cursor, resumed = self._new(digest), False
             if cursor.offset < digest.size:
+                active.discard(cursor)
                 await self._park(digest, cursor)
                 parked = True
         finally:
+            active.discard(cursor)
+            if not active:
+                self._active.pop(digest, None)
             if not parked:
                 await _close(cursor)
+            cursor.released.set()
+
+    async def _cursor(self, digest: Digest, offset: int) -> _Cursor:
+        """A stream for a read at ``offset``: a parked one at or before it; else, if a
+        read is using a stream of the blob that is not past ``offset`` yet, that one once
+        the read ends (one stream serves readers one after the other instead of a second
+        stream from the start); else a new one."""
+        while True:
+            cursor = await self._take(digest, offset)
+            if cursor is not None:
+                self.resumed += 1
+                return cursor
+            behind = [c for c in self._active.get(digest, ()) if c.offset <= offset]
+            if not behind:
+                return self._new(digest)
+            await max(behind, key=lambda c: c.offset).released.wait()
 
     def _new(self, digest: Digest) -> _Cursor:
         self.opened += 1

@@ -113,6 +113,11 @@ class TvixRemote:
 
     # -- reads ------------------------------------------------------------------------------
 
+    def ranged(self, digest: Digest) -> bool:
+        """Whether Stat listed the blob in several chunks (asked at its lookup); a blob
+        not asked about yet counts as one piece."""
+        return len(self._layouts.get(digest, ())) > 1
+
     async def read_range(self, digest: Digest, offset: int, length: int) -> bytes:
         pieces = [bytes(piece) async for piece in self.stream_range(digest, offset, length)]
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
