@@ -86,7 +86,8 @@ def parse_endpoint(url: str) -> Endpoint:
     parts = urlsplit(url)
     if parts.scheme not in ("grpc", "grpcs", "http", "https"):
         raise EndpointError(
-            f"unsupported endpoint {url!r}: use grpc://HOST:PORT, grpcs://HOST:PORT or unix:PATH"
+            f"unsupported endpoint {url!r}: use grpc://HOST:PORT, grpcs://HOST:PORT or unix:PATH "
+            "(REAPI), grpc+http://HOST:PORT, grpc+https://HOST:PORT or grpc+unix://PATH (tvix)"
         )
     if not parts.hostname:
         raise EndpointError(f"endpoint has no host: {url!r}")
