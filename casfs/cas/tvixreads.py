@@ -106,28 +106,34 @@ class Cursors:
         """Yield bytes ``[offset, end)`` of the blob (``end`` at most its size), going on
         with a parked stream where one is at or before ``offset``.
 
-        A parked stream that fails before this read has yielded anything (the server
-        ended it while it was idle) is replaced by a new one; any other failure raises its
-        ``CasError``. ``DataLoss`` if the stream ends short or the blob does not match."""
+        A transient failure of the stream (the server ended a parked stream while it was
+        idle, its deadline passed, the connection broke) is met once per read with a new
+        stream from the start, which goes on where the failed one stopped. Any other
+        failure raises its ``CasError``: ``DataLoss`` if the stream ends short or the blob
+        does not match. Cancelled, the stream is closed."""
         cursor = await self._cursor(digest, offset)
-        resumed = cursor.offset > 0
         active = self._active.setdefault(digest, set())
         active.add(cursor)
-        yielded = False
+        replaced = False
         parked = False
+        start = offset  # where the bytes not yielded yet begin
         try:
             while True:
                 try:
-                    async for piece in _pieces(cursor, offset, end, passing):
-                        yielded = True
+                    async for piece in _pieces(cursor, start, end, passing):
                         yield piece
                     break
                 except CasError as error:
-                    if yielded or not resumed or isinstance(error, DataLoss):
+                    if replaced or not error.transient:
                         raise
-                    log.debug("%s: a parked stream failed (%s); a new one", digest, error)
+                    log.debug("%s: a stream failed at %d (%s); a new one", digest, start, error)
+                    replaced = True
+                    start = max(offset, cursor.offset)
+                    active.discard(cursor)
                     await _close(cursor)
-                    cursor, resumed = self._new(digest), False
+                    cursor.released.set()
+                    cursor = self._new(digest)
+                    active.add(cursor)
             if cursor.offset < digest.size:
                 active.discard(cursor)
                 await self._park(digest, cursor)
