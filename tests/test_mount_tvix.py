@@ -7,7 +7,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -163,6 +165,33 @@ def test_malformed_names_are_enoent(fx: Fixture) -> None:
     with pytest.raises(FileNotFoundError):  # tvix has blake3 only
         os.stat(fx.tvix.mountpoint / "main" / "blobs" / ("ab" * 32) / "5")
     assert (functions / digest.hash / str(digest.size)).read_bytes() == source.read_bytes()
+
+
+def test_a_direct_write_of_a_blob_name(fx: Fixture) -> None:
+    source = write_file(fx.root / "direct-tvix", MIB + 3)
+    digest = blake3_of(source)
+    sh("cp", str(source), str(fx.blob(fx.tvix, digest)))  # tvix Put, checked against its name
+    assert sh("cmp", str(source), str(fx.blob(fx.reapi, digest))).returncode == 0
+    other = fx.blob(fx.tvix, Digest("ab" * 32, digest.size, BLAKE3))  # not its content
+    refused = sh("cp", str(source), str(other), check=False)
+    assert refused.returncode != 0 and b"Input/output error" in refused.stderr
+
+
+def test_a_dead_or_foreign_endpoint_fails_the_mount(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    endpoint = f"grpc+http://127.0.0.1:{port}"  # nothing listens there
+    refused = subprocess.run(
+        [sys.executable, "-m", "casfs", "mount", str(mountpoint), "--remote", endpoint,
+         "--cache-dir", str(tmp_path / "cache"), "--no-disk-cache"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert f"cannot use {endpoint} as a tvix castore" in refused.stderr, refused.stderr
+    assert "no_check_remote" in refused.stderr
 
 
 # -- a bent tvix server ---------------------------------------------------------------------
