@@ -214,7 +214,7 @@ def bent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bent]:
     server, port = serve(servicer)
     try:
         args = ("--remote", f"tvix+grpc://127.0.0.1:{port}", "--retries", "1", "--no-disk-cache")
-        with CasfsMount(root / "mnt", *args, "--cache-size", "32M") as mount:
+        with CasfsMount(root / "mnt", *args, "--cache-size", "64M") as mount:
             yield Bent(root, servicer, mount)
     finally:
         server.stop(None)

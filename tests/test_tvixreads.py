@@ -31,6 +31,7 @@ class Server:
         self.opened = 0
         self.closed = 0
         self.failing: list[int] = []
+        self.gate: trio.Event | None = None  # while set and not open, pieces wait for it
 
     async def stream(self, digest: Digest) -> AsyncGenerator[Chunk, None]:
         self.opened += 1
@@ -39,7 +40,7 @@ class Server:
             for start in range(0, len(DATA), PIECE):
                 if fail_after is not None and sent == fail_after:
                     raise Unavailable("the server ended the stream")
-                await trio.lowlevel.checkpoint()
+                await (self.gate.wait() if self.gate is not None else trio.lowlevel.checkpoint())
                 yield DATA[start : start + PIECE]
                 sent += 1
         finally:
@@ -88,6 +89,35 @@ def test_a_read_behind_a_stream_in_use_waits_for_it() -> None:
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(one, "next", 40_000, 80_000)
         assert results == {"first": DATA[:40_000], "next": DATA[40_000:80_000]}
+        assert server.opened == 1
+        await cursors.aclose()
+
+    trio.run(main)
+
+
+def test_of_reads_waiting_for_a_stream_the_nearest_goes_first() -> None:
+    async def main() -> None:
+        server = Server()
+        cursors = Cursors(server.stream)
+        results: dict[str, bytes] = {}
+
+        async def one(name: str, offset: int, end: int) -> None:
+            results[name] = await read(cursors, offset, end, [])
+
+        server.gate = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(one, "first", 0, 20_000)  # held up by the gate
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(one, "far", 60_000, 70_000)  # asks first, waits its turn
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(one, "near", 20_000, 60_000)
+            await trio.testing.wait_all_tasks_blocked()
+            server.gate.set()
+        assert results == {
+            "first": DATA[:20_000],
+            "near": DATA[20_000:60_000],
+            "far": DATA[60_000:70_000],
+        }
         assert server.opened == 1
         await cursors.aclose()
 

@@ -53,7 +53,6 @@ class _Cursor:
     offset: int = 0
     leftover: Chunk = b""
     used: float = field(default_factory=trio.current_time)
-    released: trio.Event = field(default_factory=trio.Event)  # its read ended
 
 
 class Cursors:
@@ -64,12 +63,15 @@ class Cursors:
         self._open = open_stream
         self._parked: OrderedDict[int, tuple[Digest, _Cursor]] = OrderedDict()
         self._active: dict[Digest, set[_Cursor]] = {}  # streams that reads are using
+        self._waiting: dict[Digest, list[int]] = {}  # offsets of reads looking for a stream
+        self._changed: dict[Digest, trio.Event] = {}  # set when a read of it lets go of one
         self.opened = 0  # streams opened, for tests and the log
         self.resumed = 0  # reads that went on with a parked stream
 
-    async def _take(self, digest: Digest, offset: int) -> _Cursor | None:
-        """The parked stream of ``digest`` nearest before ``offset`` (out of the pool);
-        streams idle too long are closed on the way."""
+    async def _take(self, digest: Digest, offset: int, others: list[int]) -> _Cursor | None:
+        """The parked stream of ``digest`` nearest before ``offset`` (out of the pool),
+        unless a read of ``others`` (offsets of reads waiting too) would read from it
+        before ``offset``: that read goes first. Streams idle too long are closed."""
         now = trio.current_time()
         best: tuple[int, _Cursor] | None = None
         for key, (parked, cursor) in list(self._parked.items()):
@@ -82,7 +84,7 @@ class Cursors:
                 and (best is None or cursor.offset > best[1].offset)
             ):
                 best = (key, cursor)
-        if best is None:
+        if best is None or any(best[1].offset <= other < offset for other in others):
             return None
         del self._parked[best[0]]
         return best[1]
@@ -131,7 +133,7 @@ class Cursors:
                     start = max(offset, cursor.offset)
                     active.discard(cursor)
                     await _close(cursor)
-                    cursor.released.set()
+                    self._notify(digest)
                     cursor = self._new(digest)
                     active.add(cursor)
             if cursor.offset < digest.size:
@@ -144,22 +146,40 @@ class Cursors:
                 self._active.pop(digest, None)
             if not parked:
                 await _close(cursor)
-            cursor.released.set()
+            self._notify(digest)
 
     async def _cursor(self, digest: Digest, offset: int) -> _Cursor:
-        """A stream for a read at ``offset``: a parked one at or before it; else, if a
-        read is using a stream of the blob that is not past ``offset`` yet, that one once
-        the read ends (one stream serves readers one after the other instead of a second
-        stream from the start); else a new one."""
-        while True:
-            cursor = await self._take(digest, offset)
-            if cursor is not None:
-                self.resumed += 1
-                return cursor
-            behind = [c for c in self._active.get(digest, ()) if c.offset <= offset]
-            if not behind:
-                return self._new(digest)
-            await max(behind, key=lambda c: c.offset).released.wait()
+        """A stream for a read at ``offset``: a parked one at or before it (the read
+        nearest after it goes first, when several wait); else, while a read is using a
+        stream of the blob that has not passed ``offset`` yet, that one once the read lets
+        go of it (one stream serves readers one after the other instead of a second stream
+        from the start); else a new one."""
+        waiting = self._waiting.setdefault(digest, [])
+        waiting.append(offset)
+        try:
+            while True:
+                others = list(waiting)
+                others.remove(offset)
+                cursor = await self._take(digest, offset, others)
+                if cursor is not None:
+                    self.resumed += 1
+                    return cursor
+                parked = any(d == digest and c.offset <= offset for d, c in self._parked.values())
+                active = self._active.get(digest, ())
+                if not parked and not any(c.offset <= offset for c in active):
+                    return self._new(digest)
+                changed = self._changed.setdefault(digest, trio.Event())
+                await changed.wait()
+        finally:
+            waiting.remove(offset)
+            if not waiting:
+                del self._waiting[digest]
+
+    def _notify(self, digest: Digest) -> None:
+        """A read let go of a stream of ``digest``: the reads waiting for one look again."""
+        changed = self._changed.pop(digest, None)
+        if changed is not None:
+            changed.set()
 
     def _new(self, digest: Digest) -> _Cursor:
         self.opened += 1

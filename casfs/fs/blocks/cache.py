@@ -238,7 +238,8 @@ class BlockCache:
             self.prefetch(source, digest, touched.start, len(touched) + window)
             if covered or end - offset >= self.block_size or not ranged:
                 data = await self.read(source, digest, offset, size)
-                self._release(digest, touched, end)
+                if ranged:  # else a reader behind would cost a stream from the start
+                    self._release(digest, touched, end)
                 return data
             # A small first read (the kernel starts with 16 KiB) need not wait for a whole
             # block to stream in: its own bytes come sooner on their own.
