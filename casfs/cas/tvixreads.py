@@ -114,8 +114,7 @@ class Cursors:
         failure raises its ``CasError``: ``DataLoss`` if the stream ends short or the blob
         does not match. Cancelled, the stream is closed."""
         cursor = await self._cursor(digest, offset)
-        active = self._active.setdefault(digest, set())
-        active.add(cursor)
+        self._use(digest, cursor)
         replaced = False
         parked = False
         start = offset  # where the bytes not yielded yet begin
@@ -131,19 +130,16 @@ class Cursors:
                     log.debug("%s: a stream failed at %d (%s); a new one", digest, start, error)
                     replaced = True
                     start = max(offset, cursor.offset)
-                    active.discard(cursor)
-                    await _close(cursor)
-                    self._notify(digest)
-                    cursor = self._new(digest)
-                    active.add(cursor)
+                    failed, cursor = cursor, self._new(digest)
+                    self._use(digest, cursor)
+                    self._unuse(digest, failed)
+                    await _close(failed)
             if cursor.offset < digest.size:
-                active.discard(cursor)
+                self._unuse(digest, cursor)
                 await self._park(digest, cursor)
                 parked = True
         finally:
-            active.discard(cursor)
-            if not active:
-                self._active.pop(digest, None)
+            self._unuse(digest, cursor)
             if not parked:
                 await _close(cursor)
             self._notify(digest)
@@ -174,6 +170,16 @@ class Cursors:
             waiting.remove(offset)
             if not waiting:
                 del self._waiting[digest]
+
+    def _use(self, digest: Digest, cursor: _Cursor) -> None:
+        self._active.setdefault(digest, set()).add(cursor)
+
+    def _unuse(self, digest: Digest, cursor: _Cursor) -> None:
+        active = self._active.get(digest)
+        if active is not None:
+            active.discard(cursor)
+            if not active:
+                del self._active[digest]
 
     def _notify(self, digest: Digest) -> None:
         """A read let go of a stream of ``digest``: the reads waiting for one look again."""
