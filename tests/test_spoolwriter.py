@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from casfs.digest import Digest
+from casfs.digest import Digest, DigestFunction
 from casfs.fs.behind import ByteBudget
 from casfs.fs.spoolwriter import SpoolWriter
 from casfs.fs.uploads import Spool, UploadError, Uploads
@@ -60,6 +60,8 @@ def test_a_full_disk_cuts_below_every_write_that_did_not_land(tmp_path: Path) ->
 
 class _ServerHasIt:
     """A CAS client whose server has every blob already: a close only asks."""
+
+    upload_function = DigestFunction.SHA256
 
     class _Capabilities:
         def batch_budget(self) -> int:

@@ -36,16 +36,46 @@ class EndpointError(ValueError):
     """The endpoint URL, or a TLS or token file it needs, is unusable."""
 
 
+# tvix castore endpoints, as tvix's own tools spell them (``grpc+http://HOST:PORT``,
+# ``grpc+https://HOST:PORT``, ``grpc+unix:///PATH``: tvix-castore's blobservice
+# ``from_addr``), and ``tvix+grpc://`` / ``tvix+grpcs://`` as casfs's own spelling. Each of
+# them names tvix's protocol and no other, so a mount knows which protocol to speak from
+# the URL alone: casfs's ``grpc://``, ``http://`` and ``unix:`` stay REAPI.
+_TVIX_SCHEMES = {
+    "grpc+http": "grpc",
+    "grpc+https": "grpcs",
+    "tvix+grpc": "grpc",
+    "tvix+grpcs": "grpcs",
+}
+TVIX_UNIX = "grpc+unix:"
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A parsed endpoint: grpc's target string and whether it needs TLS."""
+    """A parsed endpoint: grpc's target string, whether it needs TLS, and whether it is
+    a tvix castore endpoint (else REAPI)."""
 
     target: str
     tls: bool
+    tvix: bool = False
+
+
+def is_tvix(url: str) -> bool:
+    """Whether ``url`` names a tvix castore endpoint (see ``_TVIX_SCHEMES``)."""
+    return url.startswith(TVIX_UNIX) or url.partition("://")[0] in _TVIX_SCHEMES
 
 
 def parse_endpoint(url: str) -> Endpoint:
-    """Parse ``grpc://``, ``grpcs://``, ``http://``, ``https://`` or ``unix:`` endpoints."""
+    """Parse ``grpc://``, ``grpcs://``, ``http://``, ``https://`` or ``unix:`` endpoints
+    (REAPI), and tvix's ``grpc+http://``, ``grpc+https://``, ``grpc+unix://`` and
+    ``tvix+grpc://``, ``tvix+grpcs://``."""
+    if url.startswith(TVIX_UNIX):
+        plain = parse_endpoint("unix:" + url[len(TVIX_UNIX) :])
+        return Endpoint(plain.target, tls=False, tvix=True)
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in _TVIX_SCHEMES:
+        plain = parse_endpoint(f"{_TVIX_SCHEMES[scheme]}://{rest}")
+        return Endpoint(plain.target, plain.tls, tvix=True)
     if url.startswith("unix:"):
         path = url[len("unix:") :]
         if path.startswith("//"):
@@ -56,7 +86,8 @@ def parse_endpoint(url: str) -> Endpoint:
     parts = urlsplit(url)
     if parts.scheme not in ("grpc", "grpcs", "http", "https"):
         raise EndpointError(
-            f"unsupported endpoint {url!r}: use grpc://HOST:PORT, grpcs://HOST:PORT or unix:PATH"
+            f"unsupported endpoint {url!r}: use grpc://HOST:PORT, grpcs://HOST:PORT or unix:PATH "
+            "(REAPI), grpc+http://HOST:PORT, grpc+https://HOST:PORT or grpc+unix://PATH (tvix)"
         )
     if not parts.hostname:
         raise EndpointError(f"endpoint has no host: {url!r}")

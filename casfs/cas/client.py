@@ -35,7 +35,7 @@ from casfs.cas.quirks import SizeCheck
 from casfs.cas.reads import SMALL_READ, read_response_data
 from casfs.cas.retry import with_retries
 from casfs.cas.writes import ProgressCallback, WriteCalls
-from casfs.digest import MAX_SIZE, Digest
+from casfs.digest import MAX_SIZE, Digest, DigestFunction
 
 __all__ = [
     "BATCH_LIMIT",
@@ -65,11 +65,17 @@ class CasClient(WriteCalls):
     cross a fork) and close it with ``aclose()`` or ``async with``.
     """
 
+    upload_function = DigestFunction.SHA256  # of blobs written to a mount's uploads/
+
     async def __aenter__(self) -> CasClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+    def ranged(self, digest: Digest) -> bool:
+        """ByteStream reads any range for the cost of that range."""
+        return True
 
     # -- existence --------------------------------------------------------------------------
 

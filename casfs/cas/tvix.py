@@ -14,7 +14,7 @@ tvix names blobs by blake3 hash alone. What arrives is checked before it is hand
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -121,7 +121,7 @@ class TvixClient:
             raise DataLoss(f"{what}: the chunks do not add up to {digest.size} bytes")
         return listed
 
-    async def stream(self, digest: Digest) -> AsyncIterator[Chunk]:
+    async def stream(self, digest: Digest) -> AsyncGenerator[Chunk, None]:
         """Yield the blob (or a chunk Stat listed) in the pieces the server sends.
 
         More or fewer bytes than ``digest.size``, or bytes with another blake3 hash, raise

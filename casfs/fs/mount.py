@@ -28,9 +28,11 @@ import trio
 
 from casfs import notify
 from casfs.cas.assets import AssetClient
+from casfs.cas.channel import is_tvix
 from casfs.cas.client import CasClient
 from casfs.cas.errors import CasError, InvalidArgument, NotFound, PermissionDenied
 from casfs.cas.quirks import RemoteQuirks, SizeCheck
+from casfs.cas.remote import BlobRemote
 from casfs.config import (
     MountConfig,
     RemoteConfig,
@@ -56,6 +58,7 @@ from casfs.fs.mountpoint import (
 from casfs.fs.namespace import Namespace
 from casfs.fs.operations import CasOperations
 from casfs.fs.treeview import TreeView
+from casfs.fs.tvixmount import check_tvix, keep_passing, tvix_remotes
 from casfs.fs.uploads import Spool, UploadError, Uploads
 from casfs.prometheus import RpcCollector, serve_metrics_in_trio
 from casfs.rpcstats import RpcStats
@@ -154,18 +157,22 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
         may_store_probe=not config.read_only,
         size_check=SizeCheck.UNKNOWN if config.remote else SizeCheck.BY_DIGEST,
     )
-    clients = {
+    tvix = tvix_remotes(remote, config.instances, rpc_stats) if is_tvix(remote.endpoint) else {}
+    reapi = {
         name: CasClient(
             dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats, quirks=quirks
         )
         for name in config.instances
+        if not tvix
     }
+    clients: dict[str, BlobRemote] = {**reapi, **tvix}
     # assets/: Fetch and Push on the same remote; the embedded store's catalog is
     # readable here, so its names can be listed (fs/assetcatalog.py).
     assets = MountAssets(
         {
             name: AssetClient(dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats)
             for name in config.instances
+            if not tvix  # tvix has no Remote Asset API: no assets/
         },
         index_root=config.asset_catalog or (config.store if config.remote is None else None),
     )
@@ -173,8 +180,9 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
     names: Journal | None = None
     try:
         if config.remote is not None and config.check_remote:
-            await check_remote(remote, config.instances)
-        namespace = Namespace(config.instances, await _digest_functions(clients))
+            await (check_tvix(remote) if tvix else check_remote(remote, config.instances))
+        functions = {DigestFunction.BLAKE3} if tvix else await _digest_functions(reapi)
+        namespace = Namespace(config.instances, functions)
         cache_dir = config.cache_dir or mount_cache_dir(config.mountpoint)
         spool = Spool(cache_dir)
         # Signals are caught from before the mount exists: one that comes as soon as a
@@ -200,19 +208,25 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
                     cache = BlockCache(
                         nursery, block_size=config.block_size, capacity=config.cache_size, disk=disk
                     )
+                    keep_passing(tvix, cache)
                     names = Journal(cache_dir / "names")
                     uploads = Uploads(clients, spool, nursery, names)
                     restored = uploads.restore_names()
                     log.info("names: %d record(s) restored from %s", restored, names.dir)
-                    trees = TreeView(
-                        clients,
-                        cache,
-                        nursery,
-                        limits=TreeLimits(
-                            max_entries=config.tree_max_entries,
-                            max_depth=config.tree_max_depth,
-                        ),
-                        cache_bytes=config.tree_cache_size,
+                    # trees/ and actions/ are REAPI's: a tvix mount has none.
+                    trees = (
+                        None
+                        if tvix
+                        else TreeView(
+                            reapi,
+                            cache,
+                            nursery,
+                            limits=TreeLimits(
+                                max_entries=config.tree_max_entries,
+                                max_depth=config.tree_max_depth,
+                            ),
+                            cache_bytes=config.tree_cache_size,
+                        )
                     )
                     operations = CasOperations(
                         clients,

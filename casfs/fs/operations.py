@@ -34,8 +34,9 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
-from casfs.cas.client import CasClient, Chunk
+from casfs.cas.client import Chunk
 from casfs.cas.errors import CasError
+from casfs.cas.remote import BlobRemote
 from casfs.fs.assetcatalog import MountAssets
 from casfs.fs.blocks.cache import BlockCache
 from casfs.fs.inodes import InodeTable
@@ -116,7 +117,7 @@ class CasOperations(pyfuse3.Operations):
 
     def __init__(
         self,
-        clients: Mapping[str, CasClient],
+        clients: Mapping[str, BlobRemote],
         namespace: Namespace,
         cache: BlockCache,
         uploads: Uploads,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # ``casfs status`` reads snapshots' documents with none of these loaded
-    from casfs.cas.client import CasClient
+    from casfs.cas.remote import BlobRemote
     from casfs.fs.blocks.cache import BlockCache
     from casfs.fs.blocks.disk import DiskStats
     from casfs.fs.uploads import Uploads
@@ -83,7 +83,7 @@ class MountStats:
         self,
         *,
         remote: str,
-        clients: Mapping[str, CasClient],
+        clients: Mapping[str, BlobRemote],
         cache: BlockCache,
         uploads: Uploads,
         read_only: bool,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import trio
 
-from casfs.cas.client import CasClient
+from casfs.cas.remote import BlobRemote
 from casfs.cas.errors import ContentChanged
 from casfs.digest import Digest, digest_file
 from casfs.fs.uploaddriver import UploadDriver
@@ -53,7 +53,7 @@ class UploadCommits(UploadDriver):
     """The driver with commits (``finalize``), for ``Uploads``."""
 
     # Set by ``Uploads.__init__``.
-    clients: Mapping[str, CasClient]
+    clients: Mapping[str, BlobRemote]
     stats: UploadStats
     active: int
     idle: trio.Event

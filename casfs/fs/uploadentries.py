@@ -86,6 +86,7 @@ class FileEntry(Entry):
     size: int = 0
     mode: int = 0o644
     expected: Digest | None = None  # direct writes to blobs/<hash>/<size>
+    hash_function: DigestFunction = DigestFunction.SHA256  # the remote's, for uploads/
     life: FileState = field(default_factory=FileState)
     hasher: HashBehind | None = None  # None: the writes were not sequential
     spooler: SpoolWriter | None = None  # lands the writes in the spool file, behind them
@@ -128,7 +129,7 @@ class FileEntry(Entry):
 
     @property
     def function(self) -> DigestFunction:
-        return self.expected.function if self.expected is not None else DigestFunction.SHA256
+        return self.expected.function if self.expected is not None else self.hash_function
 
     def label(self) -> str:
         return self.path() or (f"blobs/{self.expected}" if self.expected else self.name)

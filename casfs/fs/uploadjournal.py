@@ -272,6 +272,7 @@ class UploadJournal:
             instance=instance,
             mode=mode if isinstance(mode, int) else 0o644,
             expected=expected,
+            hash_function=function,
             spool=data,
             size=data.stat().st_size,
             mtime_ns=data.stat().st_mtime_ns,  # writes and utime keep it the file's mtime

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 
 import trio
 
-from casfs.cas.client import CasClient
+from casfs.cas.remote import BlobRemote
 from casfs.digest import Digest
 from casfs.fs.behind import ByteBudget
 from casfs.fs.journal import Journal
@@ -62,7 +62,7 @@ class Uploads(UploadJournal, UploadCommits):
 
     def __init__(
         self,
-        clients: Mapping[str, CasClient],
+        clients: Mapping[str, BlobRemote],
         spool: Spool,
         nursery: trio.Nursery,
         names: Journal | None = None,
@@ -93,6 +93,7 @@ class Uploads(UploadJournal, UploadCommits):
         entry = FileEntry(
             name=name, parent=parent, instance=instance, mode=mode & 0o777, expected=expected
         )
+        entry.hash_function = self.clients[instance].upload_function
         old = parent.children.get(name) if parent is not None else None
         if isinstance(old, DirEntry):
             raise UploadError(errno.EISDIR, f"{name} is a directory")

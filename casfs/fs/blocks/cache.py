@@ -94,6 +94,19 @@ class BlockCache:
         flight.done.set()
         self.verification.failed(key)
 
+    def offer(self, source: BlobSource, digest: Digest, index: int, data: Chunk) -> None:
+        """A whole block that streamed past a read (a source that reads blobs from their
+        start, ``cas/tvixremote.py``): kept as a fetched one is, in memory and on disk,
+        unless it is here or on its way already."""
+        key = (digest, index)
+        if key in self.blocks or key in self._flights:
+            return
+        self.blocks[key] = data
+        self.stats.fetched_bytes += len(data)
+        if self.disk is not None:
+            self.disk.keep(source, digest, index, data)
+        self.verification.landed(digest, index)
+
     def drop(self, digest: Digest) -> None:
         """Forget every cached block of a blob, in memory and on disk."""
         for key in [key for key in self.blocks if key[0] == digest]:
@@ -201,7 +214,8 @@ class BlockCache:
 
         Sequential: whole blocks, and the blocks ahead as far as the window goes. Random:
         the cached blocks if they hold the range, else exactly the bytes asked for (a whole
-        block would cost several times the request; the kernel's page cache keeps them).
+        block would cost several times the request; the kernel's page cache keeps them),
+        but from a source that is not ``ranged`` for the blob, whole blocks in one run.
         """
         self.verification.check(digest)
         window = readahead.advance(
@@ -218,16 +232,21 @@ class BlockCache:
         )
         # A small read that reaches the blob's end (a small blob read whole) has nothing
         # ahead to prefetch: one fetch of its own bytes is all it needs.
+        ranged = source.ranged(digest)
         if window and (covered or end < digest.size or end - offset >= self.block_size):
             # The blocks this read needs and the window after them, in one run if missing.
             self.prefetch(source, digest, touched.start, len(touched) + window)
-            if covered or end - offset >= self.block_size:
+            if covered or end - offset >= self.block_size or not ranged:
                 data = await self.read(source, digest, offset, size)
-                self._release(digest, touched, end)
+                if ranged:  # else a reader behind would cost a stream from the start
+                    self._release(digest, touched, end)
                 return data
             # A small first read (the kernel starts with 16 KiB) need not wait for a whole
             # block to stream in: its own bytes come sooner on their own.
         elif covered:
+            return await self.read(source, digest, offset, size)
+        elif not ranged:  # its own bytes would cost a stream from the start: blocks
+            self.prefetch(source, digest, touched.start, len(touched))
             return await self.read(source, digest, offset, size)
         self.verification.read_around(digest, touched)
         if self.disk is not None:  # blocks all on disk need no call

@@ -32,7 +32,14 @@ log = logging.getLogger("casfs.fs")
 
 
 class BlobSource(Protocol):
-    """Where blocks come from: a ``CasClient`` for one instance."""
+    """Where blocks come from: a ``CasClient`` or ``TvixRemote`` for one instance.
+
+    ``ranged``: whether reading a range of the blob costs that range only. A source that
+    streams the blob from its start for any range (tvix's Read of a blob in one piece) is
+    read through the cache's blocks only, never around them, so that a read's bytes and
+    those that streamed past it are kept, and concurrent readers wait on one stream."""
+
+    def ranged(self, digest: Digest) -> bool: ...
 
     async def read_range(self, digest: Digest, offset: int, length: int) -> bytes: ...
 

@@ -61,7 +61,9 @@ class InstanceDir(_StaticDir):
         if names.is_instance(self.path):
             entries.append((BLOBS, BlobsDir(self.path)))
             entries.append((UPLOADS, UploadsDir(self.path)))
-            if ASSETS not in names.subdirectories(self.path):  # an instance's name wins
+            # assets/ when the remote has asset clients (a tvix remote has none); an
+            # instance's name wins over it.
+            if state.assets.clients and ASSETS not in names.subdirectories(self.path):
                 entries.append((ASSETS, AssetsDir(self.path)))
             if state.trees is not None:  # "trees" may name an instance too: it wins
                 if TREES not in names.subdirectories(self.path):

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from casfs.cas.client import CasClient
+from casfs.cas.remote import BlobRemote
 from casfs.fs.audience import Audience
 from casfs.fs.blocks.cache import BlockCache
 from casfs.fs.catalog import Catalog
@@ -53,7 +53,7 @@ class Kernel(Protocol):
 class MountState:
     """The mount's shared state, as the nodes see it."""
 
-    clients: Mapping[str, CasClient]
+    clients: Mapping[str, BlobRemote]  # by instance: REAPI's CasClient, or TvixRemote
     namespace: Namespace
     cache: BlockCache
     uploads: Uploads

@@ -1,0 +1,58 @@
+"""What a mount of a tvix castore remote does differently from a REAPI one: its remotes
+(``TvixRemote``, one per instance directory, all of them the server's one store: tvix
+has no instance names), its check before mounting, and the block cache keeping what
+streams past a read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+from casfs.cas.errors import CasError, NotFound
+from casfs.cas.tvixremote import TvixRemote
+from casfs.config import RemoteConfig, RetryPolicy
+from casfs.fs.blocks.cache import BlockCache
+from casfs.fs.errors import MountError
+from casfs.rpcstats import RpcStats
+
+CHECK_TIMEOUT = 10.0  # seconds for the Stat before mounting; two attempts
+
+
+def tvix_remotes(
+    remote: RemoteConfig, instances: Sequence[str], rpc_stats: RpcStats | None
+) -> dict[str, TvixRemote]:
+    """One ``TvixRemote`` per instance directory (each its own channel, as REAPI's)."""
+    return {
+        name: TvixRemote(dataclasses.replace(remote, instance=name), rpc_stats=rpc_stats)
+        for name in instances
+    }
+
+
+async def check_tvix(remote: RemoteConfig) -> None:
+    """One Stat with a short deadline and one retry before anything is mounted: a dead,
+    mistyped or refusing endpoint, or one with no BlobService, is a ``MountError`` naming
+    the endpoint and the cause. NOT_FOUND is the answer of a working server."""
+    probe = dataclasses.replace(remote, retry=RetryPolicy(attempts=2), rpc_timeout=CHECK_TIMEOUT)
+    checker = TvixRemote(probe)
+    try:
+        await checker.check()
+    except NotFound:  # pragma: no cover - check() takes it as the good answer
+        pass
+    except CasError as error:
+        hint = (
+            "\n(--no-check-remote, or -o no_check_remote, mounts all the same, for a "
+            "remote that comes up later)"
+            if error.transient
+            else ""
+        )
+        raise MountError(f"cannot use {remote.endpoint} as a tvix castore: {error}{hint}") from None
+    finally:
+        await checker.aclose()
+
+
+def keep_passing(remotes: dict[str, TvixRemote], cache: BlockCache) -> None:
+    """Blocks that stream past a read (tvix reads a blob from its start) go to the cache."""
+    for remote in remotes.values():
+        remote.keep_passing(cache.block_size, functools.partial(cache.offer, remote))

@@ -1,0 +1,110 @@
+"""A tvix castore BlobService in the test process, over blobs in memory, whose habits are
+set per blob: chunked or not, honest or not. For what ``casfs serve`` never does (it
+lists one chunk and sends the right bytes). Not a fault a real server could not have:
+each habit is one a real server may show.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import blake3
+import grpc
+
+from casfs._proto.tvix import rpc_blobstore_pb2 as pb2
+from casfs._proto.tvix import rpc_blobstore_pb2_grpc as pb2_grpc
+
+MESSAGE = 256 << 10  # bytes per Read message
+
+
+@dataclass
+class Blob:
+    data: bytes
+    chunk: int = 0  # Stat lists chunks of this size (0: none)
+    corrupt: bool = False  # Read sends the bytes with one flipped near the end (each chunk's)
+    short: bool = False  # Read stops one message early (each chunk's)
+
+
+@dataclass
+class BentTvix(pb2_grpc.BlobServiceServicer):
+    """Blobs by raw blake3 digest, and their chunks (readable by their own digests)."""
+
+    blobs: dict[bytes, Blob] = field(default_factory=dict)
+    put_mode: str = "ok"  # "ok", "cut" (abort after the first message), "lie" (wrong digest)
+    reads: list[bytes] = field(default_factory=list)  # digests Read asked for, in order
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, data: bytes, **habits: object) -> bytes:
+        """Store ``data`` (and its chunks, if ``chunk`` is given); returns its raw digest."""
+        raw = blake3.blake3(data).digest()
+        blob = Blob(data, **habits)  # type: ignore[arg-type]
+        with self.lock:
+            self.blobs[raw] = blob
+            for start in range(0, len(data), blob.chunk or len(data) or 1):
+                if blob.chunk:
+                    part = data[start : start + blob.chunk]
+                    self.blobs.setdefault(
+                        blake3.blake3(part).digest(),
+                        Blob(part, corrupt=blob.corrupt, short=blob.short),
+                    )
+        return raw
+
+    def reads_of(self, raw: bytes) -> int:
+        with self.lock:
+            return self.reads.count(raw)
+
+    def Stat(self, request: pb2.StatBlobRequest, context: grpc.ServicerContext) -> object:
+        blob = self.blobs.get(request.digest)
+        if blob is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such blob")
+        response = pb2.StatBlobResponse()
+        if request.send_chunks and blob.chunk:
+            for start in range(0, len(blob.data), blob.chunk):
+                part = blob.data[start : start + blob.chunk]
+                response.chunks.add(digest=blake3.blake3(part).digest(), size=len(part))
+        return response
+
+    def Read(self, request: pb2.ReadBlobRequest, context: grpc.ServicerContext) -> Iterator[object]:
+        with self.lock:
+            self.reads.append(request.digest)
+        blob = self.blobs.get(request.digest)
+        if blob is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such blob")
+        data = blob.data
+        if blob.corrupt:
+            data = data[:-10] + bytes([data[-10] ^ 1]) + data[-9:]
+        pieces = [data[i : i + MESSAGE] for i in range(0, len(data), MESSAGE)]
+        if blob.short:
+            pieces = pieces[:-1]
+        for piece in pieces:
+            yield pb2.BlobChunk(data=piece)
+
+    def Put(
+        self, request_iterator: Iterator[pb2.BlobChunk], context: grpc.ServicerContext
+    ) -> object:
+        hasher = blake3.blake3()
+        received = bytearray()
+        for message in request_iterator:
+            if self.put_mode == "cut":
+                context.abort(grpc.StatusCode.UNAVAILABLE, "cut off")
+            hasher.update(message.data)
+            received += message.data
+        if self.put_mode == "lie":
+            return pb2.PutBlobResponse(digest=bytes(32))
+        self.add(bytes(received))
+        return pb2.PutBlobResponse(digest=hasher.digest())
+
+
+def serve(servicer: BentTvix) -> tuple[grpc.Server, int]:
+    """Serve ``servicer`` on 127.0.0.1; returns the server and its port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16),
+        options=[("grpc.max_receive_message_length", 64 << 20)],
+    )
+    pb2_grpc.add_BlobServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
