@@ -15,6 +15,7 @@ import trio
 
 from casfs.cas.client import CasClient
 from casfs.digest import Digest, DigestFunction
+from casfs.fs.assetcatalog import MountAssets
 from casfs.fs.blocks.cache import BlockCache
 from casfs.fs.inodes import ROOT_INODE, InodeTable
 from casfs.fs.namespace import Namespace
@@ -154,6 +155,8 @@ def test_static_directories_list_and_look_up(tmp_path: Path) -> None:
         assert nested == InstanceDir("a")
         assert names(nested.entries(state, OWNER)) == ["b"]
         main = await ROOT.lookup(state, "main", OWNER)
+        assert names(main.entries(state, OWNER)) == ["blobs", "uploads"]  # no asset API
+        state.assets = MountAssets({"main": object()})  # type: ignore[dict-item]
         assert names(main.entries(state, OWNER)) == ["blobs", "uploads", "assets"]
         blobs = await main.lookup(state, "blobs", OWNER)
         assert blobs == BlobsDir("main")

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import trio
 
-from casfs.cas.remote import BlobRemote
 from casfs.cas.errors import ContentChanged
+from casfs.cas.remote import BlobRemote
 from casfs.digest import Digest, digest_file
 from casfs.fs.uploaddriver import UploadDriver
 from casfs.fs.uploadentries import FileEntry, UploadError
