@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
 
+import grpc
 import pytest
 
 from casfs.config import RemoteConfig, RetryPolicy
@@ -38,3 +40,15 @@ def remote(endpoint: str, instance: str = "main", **overrides: object) -> Remote
     """A client config for a test server."""
     settings: dict[str, object] = {"retry": TEST_RETRY, **overrides}
     return RemoteConfig(endpoint=endpoint, instance=instance, **settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def server_without_assets() -> Iterator[str]:
+    """A real gRPC server on 127.0.0.1 that serves nothing of the Remote Asset API."""
+    bare = grpc.server(ThreadPoolExecutor(max_workers=2))
+    port = bare.add_insecure_port("127.0.0.1:0")
+    bare.start()
+    try:
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        bare.stop(grace=None)

@@ -6,11 +6,8 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pytest
 
 from tests.servers import CasfsServer
@@ -143,18 +140,6 @@ def test_bad_input_is_a_usage_error_before_any_call(args: list[str], tmp_path: P
     result = casfs(*args, "--store", str(tmp_path / "store"))
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.splitlines()) == 1
-
-
-@pytest.fixture
-def server_without_assets() -> Iterator[str]:
-    """A real gRPC server on 127.0.0.1 that serves nothing of the Remote Asset API."""
-    bare = grpc.server(ThreadPoolExecutor(max_workers=2))
-    port = bare.add_insecure_port("127.0.0.1:0")
-    bare.start()
-    try:
-        yield f"grpc://127.0.0.1:{port}"
-    finally:
-        bare.stop(grace=None)
 
 
 def test_a_server_without_the_api_is_named_clearly(server_without_assets: str) -> None:

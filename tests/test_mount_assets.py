@@ -11,11 +11,9 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
 import trio
 
@@ -196,18 +194,6 @@ def test_hostile_uris_never_make_paths_outside_assets(mounted: Mounted) -> None:
     with pytest.raises(OSError) as raised:
         (mounted.assets / "https/example.com/%2e%2e").mkdir()
     assert raised.value.errno == errno.EINVAL
-
-
-@pytest.fixture
-def server_without_assets() -> Iterator[str]:
-    """A real gRPC server on 127.0.0.1 that serves nothing of the Remote Asset API."""
-    bare = grpc.server(ThreadPoolExecutor(max_workers=2))
-    port = bare.add_insecure_port("127.0.0.1:0")
-    bare.start()
-    try:
-        yield f"grpc://127.0.0.1:{port}"
-    finally:
-        bare.stop(grace=None)
 
 
 def test_a_server_without_the_api(server_without_assets: str, tmp_path: Path) -> None:

@@ -5,12 +5,10 @@ listings; each handler finds the node or handle a request names and asks it
 (``fs/nodes/``: every kind of node answers lookup, getattr, readdir, open, read, getxattr
 and, where it may, the changes itself). No handler here knows what kind of node it holds.
 
-This is the second border, where casfs errors become errno values. Every handler is
-wrapped by ``_fuse_errors``: a ``FUSEError`` or a node's ``NodeError`` passes as its errno,
-a ``CasError`` or ``UploadError`` becomes its errno and an ``OSError`` (the spool disk) its
-own, each logged in one line; anything else becomes EIO and is logged with its traceback.
-Nothing else may escape into pyfuse3, which would end the mount. The wrapper also counts
-each call and each error by errno (``FuseStats``), for ``casfs status`` and the metrics.
+This is the second border, where casfs errors become errno values: every handler is
+wrapped by ``fuse_errors`` (``fuseerrors.py``, which says how each error maps), and
+nothing but a ``FUSEError`` leaves a handler; it also counts calls and errors by errno
+(``FuseStats``), for ``casfs status`` and the metrics.
 
 Uploads finish in ``flush`` (every ``close()``) and ``fsync``, where an error still reaches
 the program; ``release`` only cleans up, since its errors reach no one.
@@ -23,22 +21,21 @@ table, handle tables, catalog and upload trees need no locks; handlers interleav
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
 import logging
 import os
 import stat
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
 from casfs.cas.client import Chunk
-from casfs.cas.errors import CasError
 from casfs.cas.remote import BlobRemote
 from casfs.fs.assetcatalog import MountAssets
 from casfs.fs.blocks.cache import BlockCache
+from casfs.fs.fuseerrors import fuse_errors
 from casfs.fs.inodes import InodeTable
 from casfs.fs.namespace import Namespace
 from casfs.fs.nodes import (
@@ -55,43 +52,11 @@ from casfs.fs.nodes import (
 from casfs.fs.stats import FuseStats, MountStats, Snapshot
 from casfs.fs.status import StatusAttribute
 from casfs.fs.treeview import TreeView
-from casfs.fs.uploads import FileEntry, UploadError, Uploads
+from casfs.fs.uploads import FileEntry, Uploads
 
 log = logging.getLogger("casfs.fs")
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def _fuse_errors(
-    fn: Callable[Concatenate[CasOperations, P], Coroutine[Any, Any, R]],
-) -> Callable[Concatenate[CasOperations, P], Coroutine[Any, Any, R]]:
-    """Translate every error a handler raises into a ``FUSEError``; count calls and errors."""
-    op = fn.__name__
-
-    @functools.wraps(fn)
-    async def handler(self: CasOperations, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        stats = self.stats
-        stats.ops[op] += 1
-        try:
-            return await fn(self, *args, **kwargs)
-        except pyfuse3.FUSEError as error:
-            stats.errors[(op, error.errno)] += 1
-            raise
-        except NodeError as error:  # an answer, not a failure: not logged
-            code = error.errno
-        except (CasError, UploadError) as error:
-            log.warning("%s: %s", op, error)
-            code = error.errno
-        except OSError as error:
-            log.warning("%s: %s", op, error)
-            code = error.errno or errno.EIO
-        except Exception:
-            log.exception("%s failed unexpectedly", op)
-            code = errno.EIO
-        stats.errors[(op, code)] += 1
-        raise pyfuse3.FUSEError(code) from None
-
-    return handler
 
 
 class _Kernel:
@@ -220,11 +185,11 @@ class CasOperations(pyfuse3.Operations):
 
     # -- attributes and names ---------------------------------------------------------------
 
-    @_fuse_errors
+    @fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self._reply(self._node(inode).attributes(self.state), inode)
 
-    @_fuse_errors
+    @fuse_errors
     async def setattr(
         self,
         inode: int,
@@ -242,7 +207,7 @@ class CasOperations(pyfuse3.Operations):
         await node.setattr(self.state, changes)
         return self._reply(node.attributes(self.state), inode)
 
-    @_fuse_errors
+    @fuse_errors
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -254,14 +219,14 @@ class CasOperations(pyfuse3.Operations):
         node = await parent.lookup(self.state, text, _caller(ctx))
         return self._looked_up(node)
 
-    @_fuse_errors
+    @fuse_errors
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         node = await self._node(parent_inode).mkdir(self.state, name, mode)
         return self._looked_up(node)
 
-    @_fuse_errors
+    @fuse_errors
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -269,19 +234,19 @@ class CasOperations(pyfuse3.Operations):
         node = await parent.symlink(self.state, name, os.fsdecode(target))
         return self._looked_up(node)
 
-    @_fuse_errors
+    @fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         return os.fsencode(self._node(inode).readlink(self.state))
 
-    @_fuse_errors
+    @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self._node(parent_inode).unlink(self.state, name)
 
-    @_fuse_errors
+    @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self._node(parent_inode).rmdir(self.state, name)
 
-    @_fuse_errors
+    @fuse_errors
     async def rename(
         self,
         parent_inode_old: int,
@@ -297,14 +262,14 @@ class CasOperations(pyfuse3.Operations):
 
     # -- directories ------------------------------------------------------------------------
 
-    @_fuse_errors
+    @fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         entries = await self._node(inode).listing(self.state, _caller(ctx))
         handle = next(self._handles)
         self._listings[handle] = entries
         return handle
 
-    @_fuse_errors
+    @fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         entries = self._listings.get(fh, [])
         for index in range(start_id, len(entries)):
@@ -321,7 +286,7 @@ class CasOperations(pyfuse3.Operations):
                 return
             self.inodes.lookup(node)
 
-    @_fuse_errors
+    @fuse_errors
     async def releasedir(self, fh: int) -> None:
         self._listings.pop(fh, None)
 
@@ -332,7 +297,7 @@ class CasOperations(pyfuse3.Operations):
         self._open[fh] = opened.handle
         return pyfuse3.FileInfo(fh=fh, keep_cache=opened.keep_cache, direct_io=opened.direct_io)
 
-    @_fuse_errors
+    @fuse_errors
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
@@ -342,11 +307,11 @@ class CasOperations(pyfuse3.Operations):
         opened, node = await self._node(parent_inode).create(state, name, mode, flags)
         return self._file_info(opened), self._looked_up(node)
 
-    @_fuse_errors
+    @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         return self._file_info(await self._node(inode).open(self.state, inode, flags))
 
-    @_fuse_errors
+    @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> Chunk:  # type: ignore[override]
         """Blobs from the block cache (a blob that vanished is EIO); pending uploads from
         their spool file; committed uploads from the CAS.
@@ -357,20 +322,20 @@ class CasOperations(pyfuse3.Operations):
         self.stats.read_bytes += len(data)
         return data
 
-    @_fuse_errors
+    @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         written = await self._open[fh].write(self.state, off, buf)
         self.stats.written_bytes += written
         return written
 
-    @_fuse_errors
+    @fuse_errors
     async def flush(self, fh: int) -> None:
         """``close()``: commit what was written, and report the outcome to the program."""
         handle = self._open.get(fh)
         if handle is not None:
             await handle.commit(self.state, any_descriptor=False)
 
-    @_fuse_errors
+    @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         """``fsync()``: commit now, and retry a failed upload (its spool is still there),
         through any descriptor of the file: ``sync FILE`` opens it read-only."""
@@ -378,7 +343,7 @@ class CasOperations(pyfuse3.Operations):
         if handle is not None:
             await handle.commit(self.state, any_descriptor=True)
 
-    @_fuse_errors
+    @fuse_errors
     async def release(self, fh: int) -> None:
         """Clean up; a file whose upload failed stays spooled for fsync or the next mount."""
         handle = self._open.pop(fh, None)
@@ -387,40 +352,40 @@ class CasOperations(pyfuse3.Operations):
 
     # -- extended attributes ----------------------------------------------------------------
 
-    @_fuse_errors
+    @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         return await self._node(inode).getxattr(self.state, name, _caller(ctx))
 
-    @_fuse_errors
+    @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         return await self._node(inode).listxattr(self.state)
 
-    @_fuse_errors
+    @fuse_errors
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         await self._node(inode).setxattr(self.state, name, value)
 
-    @_fuse_errors
+    @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self._node(inode).removexattr(self.state, name)
 
     # -- the rest -----------------------------------------------------------------------------
 
-    @_fuse_errors
+    @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = self.cache.block_size
         data.f_namemax = 255
         return data
 
-    @_fuse_errors
+    @fuse_errors
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EPERM)  # no devices, fifos or sockets in a CAS
 
-    @_fuse_errors
+    @fuse_errors
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:

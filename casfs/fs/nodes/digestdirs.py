@@ -21,6 +21,7 @@ from casfs.fs.namespace import join
 from casfs.fs.nodes.actions import ActionDir
 from casfs.fs.nodes.base import Attributes, Caller, Node
 from casfs.fs.nodes.errors import NodeError
+from casfs.fs.nodes.hashdirs import HashesDir
 from casfs.fs.nodes.state import MountState
 from casfs.fs.nodes.treenodes import Origin, TreeDir, view
 
@@ -60,42 +61,21 @@ async def _leaf(state: MountState, kind: Kind, instance: str, digest: Digest) ->
     return node
 
 
-class _DigestsDir(Node):
+class _DigestsDir(HashesDir):
     """``trees/``, ``actions/`` (the legacy functions' hashes) or their ``<fn>/``."""
 
     __slots__ = ()
     kind: Kind
     instance: str
 
-    def _function(self) -> DigestFunction | None:
+    def function_of_names(self) -> DigestFunction | None:
         return None
 
-    def attributes(self, state: MountState) -> Attributes:
-        return Attributes.directory()
+    def seen(self, state: MountState) -> Catalog:
+        return self.kind.seen(view(state))
 
-    def _hash_dir(self, state: MountState, name: str) -> DigestHashDir | None:
-        function = state.namespace.hash_function(name, self._function())
-        if function is None:
-            return None
-        return DigestHashDir(self.kind, self.instance, function, name)
-
-    async def lookup(self, state: MountState, name: str, caller: Caller) -> Node:
-        for entry, node in self.static_children(state):
-            if entry == name:
-                return node
-        found = self._hash_dir(state, name)
-        if found is None:
-            raise NodeError(errno.ENOENT)
-        return found
-
-    def entries(self, state: MountState, caller: Caller) -> list[tuple[str, Node]]:
-        entries = self.static_children(state)
-        hashes = self.kind.seen(view(state)).hashes(self.instance, self._function())
-        for hash_ in state.audience.visible(caller.uid, caller.gid, self.instance, hashes):
-            node = self._hash_dir(state, hash_)
-            if node is not None:
-                entries.append((hash_, node))
-        return entries
+    def hash_node(self, state: MountState, hash_: str, function: DigestFunction) -> Node:
+        return DigestHashDir(self.kind, self.instance, function, hash_)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +102,7 @@ class FunctionDigestsDir(_DigestsDir):
     function: DigestFunction
     pinned = True
 
-    def _function(self) -> DigestFunction | None:
+    def function_of_names(self) -> DigestFunction | None:
         return self.function
 
 

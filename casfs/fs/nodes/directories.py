@@ -13,12 +13,14 @@ import errno
 from dataclasses import dataclass
 
 from casfs.digest import DigestFunction
+from casfs.fs.catalog import Catalog
 from casfs.fs.namespace import BLOBS, UPLOADS, join
 from casfs.fs.nodes.assets import ASSETS, AssetsDir
 from casfs.fs.nodes.base import Attributes, Caller, Node, Opened, new_name
 from casfs.fs.nodes.blobfile import BlobFile
 from casfs.fs.nodes.digestdirs import ACTIONS, TREES, DigestsDir, Kind
 from casfs.fs.nodes.errors import NO_ATTRIBUTE, NodeError
+from casfs.fs.nodes.hashdirs import HashesDir, StaticDir
 from casfs.fs.nodes.state import MountState
 from casfs.fs.nodes.uploadfiles import open_upload
 from casfs.fs.nodes.uploadtree import UploadsDir, upload_node
@@ -27,26 +29,8 @@ from casfs.fs.status import STATUS_XATTR
 XATTR_STATUS = STATUS_XATTR.encode()  # on the mount's root: see casfs/fs/status.py
 
 
-class _StaticDir(Node):
-    """A directory whose children are fixed by the namespace."""
-
-    __slots__ = ()
-
-    def attributes(self, state: MountState) -> Attributes:
-        return Attributes.directory()
-
-    async def lookup(self, state: MountState, name: str, caller: Caller) -> Node:
-        for entry, node in self.static_children(state):
-            if entry == name:
-                return node
-        raise NodeError(errno.ENOENT)
-
-    def entries(self, state: MountState, caller: Caller) -> list[tuple[str, Node]]:
-        return self.static_children(state)
-
-
 @dataclass(frozen=True, slots=True)
-class InstanceDir(_StaticDir):
+class InstanceDir(StaticDir):
     """The root (``path == ""``) or a directory on the way to or at an instance name.
     The root also carries the mount's status attribute (``fs/status.py``)."""
 
@@ -83,48 +67,21 @@ class InstanceDir(_StaticDir):
 ROOT = InstanceDir("")
 
 
-class _HashesDir(_StaticDir):
-    """A directory of hashes: ``blobs/`` (the legacy functions) or ``blobs/<fn>/``."""
-
-    __slots__ = ()
-    instance: str
-
-    def _function(self) -> DigestFunction | None:
-        raise NotImplementedError
-
-    async def lookup(self, state: MountState, name: str, caller: Caller) -> Node:
-        for entry, node in self.static_children(state):
-            if entry == name:
-                return node
-        found = self._hash_dir(state, name)
-        if found is None:
-            raise NodeError(errno.ENOENT)
-        return found
-
-    def _hash_dir(self, state: MountState, name: str) -> HashDir | None:
-        function = state.namespace.hash_function(name, self._function())
-        return HashDir(self.instance, function, name) if function is not None else None
-
-    def entries(self, state: MountState, caller: Caller) -> list[tuple[str, Node]]:
-        """The hashes seen, as ``caller`` may list them (``audience.py``)."""
-        entries = self.static_children(state)
-        hashes = state.catalog.hashes(self.instance, self._function())
-        for hash_ in state.audience.visible(caller.uid, caller.gid, self.instance, hashes):
-            node = self._hash_dir(state, hash_)
-            if node is not None:
-                entries.append((hash_, node))
-        return entries
-
-
 @dataclass(frozen=True, slots=True)
-class BlobsDir(_HashesDir):
+class BlobsDir(HashesDir):
     """``<instance>/blobs/``."""
 
     instance: str
     pinned = True
 
-    def _function(self) -> DigestFunction | None:
+    def function_of_names(self) -> DigestFunction | None:
         return None
+
+    def seen(self, state: MountState) -> Catalog:
+        return state.catalog
+
+    def hash_node(self, state: MountState, hash_: str, function: DigestFunction) -> Node:
+        return HashDir(self.instance, function, hash_)
 
     def static_children(self, state: MountState) -> list[tuple[str, Node]]:
         return [
@@ -133,15 +90,18 @@ class BlobsDir(_HashesDir):
 
 
 @dataclass(frozen=True, slots=True)
-class FunctionDir(_HashesDir):
+class FunctionDir(BlobsDir):
     """``<instance>/blobs/<fn>/`` for a function named in resource names (blake3, ...)."""
 
     instance: str
     function: DigestFunction
     pinned = True
 
-    def _function(self) -> DigestFunction | None:
+    def function_of_names(self) -> DigestFunction | None:
         return self.function
+
+    def static_children(self, state: MountState) -> list[tuple[str, Node]]:
+        return []
 
 
 @dataclass(frozen=True, slots=True)
