@@ -182,7 +182,13 @@ def soak(
             figures.seconds = time.monotonic() - started
             figures.rss_end = rss(mount.pid)
             figures.rss_peak = _status(mount.pid, "VmHWM")
+            # Descriptors of work still finishing (a block being written to the disk
+            # cache, a spool file being closed) go within moments; a leak stays.
+            settle = time.monotonic() + 15.0
             figures.fds_end = open_fds(mount.pid)
+            while figures.fds_end > figures.fds_start + 2 and time.monotonic() < settle:
+                time.sleep(0.1)
+                figures.fds_end = open_fds(mount.pid)
     return figures
 
 
