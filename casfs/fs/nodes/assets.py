@@ -26,6 +26,7 @@ import stat
 from dataclasses import dataclass
 
 import casfs.fs.nodes.blobio as blobio
+from casfs.assetnames import CHECKSUM_SRI
 from casfs.fs.assetcatalog import ANSWER_TTL, Record
 from casfs.fs.assetpaths import AssetPrefix, scheme_prefix
 from casfs.fs.nodes.assetfiles import open_asset_read, open_asset_write
@@ -249,7 +250,9 @@ class AssetFile(_Asset):
         state.writable()
         if not flags & os.O_TRUNC:
             raise NodeError(errno.EACCES)  # casfs keeps no copy of a blob to change
-        qualifiers = dict(record.qualifiers)
+        # The asset's qualifiers but its checksum.sri, the old content's: the push at the
+        # close adds the new content's (and the bounds count it while the file is written).
+        qualifiers = {n: v for n, v in record.qualifiers.items() if n != CHECKSUM_SRI}
         opened, _ = await open_asset_write(state, self.instance, self.uri, 0o644, flags, qualifiers)
         return opened
 
@@ -317,5 +320,6 @@ class AssetUpload(Node):
         next close pushes again."""
         entry = self._entry(state)
         state.writable()
-        entry.qualifiers = changed_qualifiers(entry.qualifiers, name, value)
+        checksum = entry.function  # the push adds its checksum.sri: counted already
+        entry.qualifiers = changed_qualifiers(entry.qualifiers, name, value, checksum=checksum)
         await push_committed(state, entry)
