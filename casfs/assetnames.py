@@ -47,8 +47,9 @@ def _clip(text: str, limit: int = 80) -> str:
 
 def check_uri(uri: str) -> str:
     """``uri`` if it is an absolute URI casfs accepts: a scheme, at most 4096 bytes, no
-    control characters or spaces, no ``.`` or ``..`` path segment (plain or
-    percent-encoded), so that no view of it as a path can leave its directory."""
+    control characters or spaces, an authority ``urllib`` can split (no unmatched ``[``
+    or ``]``), no ``.`` or ``..`` path segment (plain or percent-encoded), so that no
+    view of it as a path can leave its directory."""
     if not uri:
         raise AssetNameError("an asset URI is empty")
     if len(uri.encode("utf-8", "surrogatepass")) > MAX_URI_BYTES:
@@ -57,7 +58,10 @@ def check_uri(uri: str) -> str:
         raise AssetNameError(f"asset URI {_clip(uri)} has a control character or a space")
     if not _SCHEME.match(uri):
         raise AssetNameError(f"asset URI {_clip(uri)} has no scheme (such as https:)")
-    path = urllib.parse.urlsplit(uri).path
+    try:
+        path = urllib.parse.urlsplit(uri).path
+    except ValueError:  # an authority with an unmatched '[' or ']'
+        raise AssetNameError(f"asset URI {_clip(uri)} has a malformed authority") from None
     for segment in path.split("/"):
         if urllib.parse.unquote(segment) in (".", ".."):
             raise AssetNameError(f"asset URI {_clip(uri)} has a '.' or '..' path segment")

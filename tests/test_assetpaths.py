@@ -41,6 +41,16 @@ def test_uris_that_cannot_be_shown(uri: str) -> None:
     assert child_name(AssetPrefix("https://"), uri) is None
 
 
+@pytest.mark.parametrize("uri", ["https://[", "https://h]/x", "s3://[a/b"])
+def test_an_unmatched_bracket_in_the_authority_is_no_uri(uri: str) -> None:
+    """urllib cannot split such an authority: refused as any other bad URI, never a
+    ValueError of urllib's (which a lookup of ``assets/https/[`` would have raised)."""
+    with pytest.raises(AssetNameError):
+        check_uri(uri)
+    top, _, host = uri.partition("://")
+    assert AssetPrefix(f"{top}://").child_uri(host.partition("/")[0]) is None
+
+
 @pytest.mark.parametrize("name", [".", "..", "%2e", "%2E%2E", "a" * 256])
 def test_names_that_stand_for_no_uri(name: str) -> None:
     assert AssetPrefix("https://h/").child_uri(name) is None

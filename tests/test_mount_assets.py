@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ from pathlib import Path
 import pytest
 import trio
 
+from casfs.assetnames import sri_of
 from casfs.cas.assets import AssetClient
 from casfs.cas.client import CasClient
-from casfs.digest import Digest
+from casfs.digest import Digest, DigestFunction
 from casfs.trees import encode
 from tests.conftest import remote
 from tests.mounts import CasfsMount
@@ -76,6 +78,10 @@ def getfattr(path: Path, name: str) -> str:
     result = run("getfattr", "--only-values", "-n", name, path)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def sri_of_bytes(data: bytes) -> str:
+    return sri_of(DigestFunction.SHA256, hashlib.sha256(data).hexdigest())
 
 
 def test_a_pushed_asset_reads_as_its_blob_with_its_qualifiers(mounted: Mounted) -> None:
@@ -179,6 +185,75 @@ def test_qualifiers_are_bounded(mounted: Mounted) -> None:
         with pytest.raises(OSError) as raised:
             os.setxattr(target, "user.casfs.qualifier.q31", b"v")
         assert raised.value.errno == errno.E2BIG
+
+
+def _wait_for_another_inode(path: Path, inode: int) -> None:
+    """Until a lookup of ``path`` finds another inode than ``inode``."""
+    deadline = time.monotonic() + 20
+    while os.stat(path).st_ino == inode:
+        assert time.monotonic() < deadline, f"{path} stays inode {inode}"
+        time.sleep(0.05)
+
+
+def test_an_asset_written_anew_keeps_its_qualifiers_whichever_node_is_asked(
+    mounted: Mounted,
+) -> None:
+    """An asset opened with O_TRUNC stays the kernel's inode of the committed asset, while a
+    fresh lookup of its path (once the kernel's entry expires) finds the file being written,
+    a second inode. Both act on the file being written: its qualifiers, bounded as one set,
+    are pushed at its close with its new content, and nothing is pushed before."""
+    uri = "https://example.com/anew"
+    target = mounted.assets / "https/example.com/anew"
+    with open(target, "xb") as file:
+        file.write(b"x")
+        written = os.fstat(file.fileno()).st_ino
+    # The close's release reaches the mount after close() returns: until then a lookup
+    # still finds the file written, not the committed asset.
+    _wait_for_another_inode(target, written)
+    with open(target, "wb") as file:
+        committed = os.fstat(file.fileno()).st_ino  # the inode of the committed asset
+        assert committed != written
+        file.write(b"y")
+        file.flush()
+        for i in range(15):
+            os.setxattr(file.fileno(), f"user.casfs.qualifier.q{i}", b"v")
+        assert mounted.fetch(uri)["qualifiers"] == {"checksum.sri": sri_of_bytes(b"x")}
+        _wait_for_another_inode(target, committed)  # once ANSWER_TTL has passed
+        for i in range(15, 31):  # and checksum.sri makes 32, the API's bound
+            os.setxattr(target, f"user.casfs.qualifier.q{i}", b"v")
+        for where in (file.fileno(), target):
+            # No checksum.sri while written (the old content's would be wrong); the push
+            # adds the new content's, and the bound counts it already.
+            assert "user.casfs.qualifier.checksum.sri" not in os.listxattr(where)
+            assert os.getxattr(where, "user.casfs.qualifier.q0") == b"v"
+            assert os.getxattr(where, "user.casfs.qualifier.q30") == b"v"
+            with pytest.raises(OSError) as raised:
+                os.setxattr(where, "user.casfs.qualifier.q31", b"v")
+            assert raised.value.errno == errno.E2BIG
+        os.removexattr(file.fileno(), "user.casfs.qualifier.q30")
+    answer = mounted.fetch(uri)
+    assert answer["size"] == 1
+    assert answer["qualifiers"] == {
+        "checksum.sri": sri_of_bytes(b"y"),
+        **{f"q{i}": "v" for i in range(30)},
+    }
+
+
+def test_a_qualifier_set_after_a_close_is_pushed_at_once(mounted: Mounted) -> None:
+    """Once a close committed the file (another descriptor keeps it open, as between a
+    close and its release), a qualifier set is pushed then: no later close may come."""
+    uri = "https://example.com/closed"
+    target = mounted.assets / "https/example.com/closed"
+    with open(target, "wb") as file:
+        file.write(b"z")
+        file.flush()
+        os.close(os.dup(file.fileno()))  # a close: committed and pushed
+        assert mounted.fetch(uri)["qualifiers"] == {"checksum.sri": sri_of_bytes(b"z")}
+        os.setxattr(target, "user.casfs.qualifier.content_type", b"text/plain")
+        assert mounted.fetch(uri)["qualifiers"] == {
+            "checksum.sri": sri_of_bytes(b"z"),
+            "content_type": "text/plain",
+        }
 
 
 def test_hostile_uris_never_make_paths_outside_assets(mounted: Mounted) -> None:

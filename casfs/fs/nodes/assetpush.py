@@ -7,9 +7,9 @@ from __future__ import annotations
 import errno
 from collections.abc import Mapping
 
-from casfs.assetnames import AssetNameError, check_qualifiers, check_uri
-from casfs.digest import Digest
-from casfs.fs.assetcatalog import AssetRefusal, Record, with_checksum
+from casfs.assetnames import CHECKSUM_SRI, AssetNameError, check_qualifiers, check_uri, sri_of
+from casfs.digest import Digest, DigestFunction
+from casfs.fs.assetcatalog import SRI_FUNCTIONS, AssetRefusal, Record, with_checksum
 from casfs.fs.nodes.errors import NodeError
 from casfs.fs.nodes.state import MountState
 from casfs.fs.uploadentries import FileEntry
@@ -23,11 +23,17 @@ def qualifier_xattrs(qualifiers: dict[str, str]) -> dict[bytes, bytes]:
 
 
 def changed_qualifiers(
-    qualifiers: dict[str, str], name: bytes, value: bytes | None
+    qualifiers: dict[str, str],
+    name: bytes,
+    value: bytes | None,
+    *,
+    checksum: DigestFunction | None = None,
 ) -> dict[str, str]:
     """``qualifiers`` with ``name`` (an attribute name) set to ``value`` (None: removed).
     A name that is not a qualifier's is ENOTSUP; one that is not UTF-8 EINVAL; a set over
-    the API's bounds (``assetnames``) E2BIG; removing one that is not there ENODATA."""
+    the API's bounds (``assetnames``) E2BIG; removing one that is not there ENODATA.
+    ``checksum``: the function of a file still to be pushed, whose push adds a
+    ``checksum.sri`` (``with_checksum``): the bounds count it already."""
     if not name.startswith(QUALIFIER_PREFIX):
         raise NodeError(errno.ENOTSUP)
     try:
@@ -41,7 +47,11 @@ def changed_qualifiers(
             raise NodeError(errno.ENODATA)
         return changed
     changed[key] = text
+    bounded = dict(changed)
+    if checksum in SRI_FUNCTIONS:
+        bounded[CHECKSUM_SRI] = sri_of(checksum, "0" * checksum.hex_length)
     try:
+        check_qualifiers(bounded.items())
         return check_qualifiers(changed.items())
     except AssetNameError as error:
         bounds = ("longer than", "more than")

@@ -10,7 +10,10 @@ into names ``fs/assetpaths.py``'s. The open files are ``assetfiles.py``'s.
 An asset's attributes: ``user.casfs.digest``, ``user.casfs.digest_function``,
 ``user.casfs.resource_name`` as for any blob, ``user.casfs.uri``, and one
 ``user.casfs.qualifier.<name>`` per qualifier. Setting or removing a qualifier pushes
-the asset again with it; on a file being written it is kept for the push at its close.
+the asset again with it; on a file being written it is kept for the push at its close
+(once a close committed it, pushed at once). A file written anew over an asset has two
+inodes in the kernel (the asset's, which O_TRUNC opened, and the file's, which a later
+lookup finds): while it is written, both are that file.
 ``mkdir`` makes a directory in this mount's view only (nothing is sent): a way to reach
 deeper names on a server that cannot list them.
 """
@@ -23,6 +26,7 @@ import stat
 from dataclasses import dataclass
 
 import casfs.fs.nodes.blobio as blobio
+from casfs.assetnames import CHECKSUM_SRI
 from casfs.fs.assetcatalog import ANSWER_TTL, Record
 from casfs.fs.assetpaths import AssetPrefix, scheme_prefix
 from casfs.fs.nodes.assetfiles import open_asset_read, open_asset_write
@@ -30,6 +34,7 @@ from casfs.fs.nodes.assetpush import (
     XATTR_URI,
     changed_qualifiers,
     push,
+    push_committed,
     qualifier_xattrs,
     resolve,
 )
@@ -199,24 +204,55 @@ class _Asset(Node):
 
 @dataclass(frozen=True, slots=True)
 class AssetFile(_Asset):
-    """An asset naming a blob: the blob, read-only (its name may be written anew)."""
+    """An asset naming a blob: the blob, read-only (its name may be written anew).
+
+    While this mount writes its name anew, it is the file being written (``AssetUpload``)
+    for every request: the kernel keeps this node's inode for the path it opened with
+    O_TRUNC until its entry expires, and a lookup then finds the file being written, so
+    both inodes must answer alike (the same qualifiers, the same bounds, no push before
+    the close)."""
 
     instance: str
     uri: str
 
+    def _writing(self, state: MountState) -> AssetUpload | None:
+        entry = _pending(state, self.instance, self.uri)
+        return None if entry is None else AssetUpload(self.instance, self.uri, entry.id)
+
     def attributes(self, state: MountState) -> Attributes:
+        if (writing := self._writing(state)) is not None:
+            return writing.attributes(state)
         mode = 0o444 if state.read_only else 0o644
         size = self.record(state).digest.size
         return Attributes(mode=stat.S_IFREG | mode, size=size, timeout=ANSWER_TTL)
 
+    async def xattrs(self, state: MountState) -> dict[bytes, bytes]:
+        if (writing := self._writing(state)) is not None:
+            return await writing.xattrs(state)
+        return await _Asset.xattrs(self, state)
+
+    async def setxattr(self, state: MountState, name: bytes, value: bytes) -> None:
+        if (writing := self._writing(state)) is not None:
+            return await writing.setxattr(state, name, value)
+        await self._repush(state, name, value)
+
+    async def removexattr(self, state: MountState, name: bytes) -> None:
+        if (writing := self._writing(state)) is not None:
+            return await writing.removexattr(state, name)
+        await self._repush(state, name, None)
+
     async def open(self, state: MountState, inode: int, flags: int) -> Opened:
+        if (writing := self._writing(state)) is not None:
+            return await writing.open(state, inode, flags)  # another open of that file
         record = self.record(state)
         if flags & os.O_ACCMODE == os.O_RDONLY:
             return open_asset_read(self.instance, record.digest)
         state.writable()
         if not flags & os.O_TRUNC:
             raise NodeError(errno.EACCES)  # casfs keeps no copy of a blob to change
-        qualifiers = dict(record.qualifiers)
+        # The asset's qualifiers but its checksum.sri, the old content's: the push at the
+        # close adds the new content's (and the bounds count it while the file is written).
+        qualifiers = {n: v for n, v in record.qualifiers.items() if n != CHECKSUM_SRI}
         opened, _ = await open_asset_write(state, self.instance, self.uri, 0o644, flags, qualifiers)
         return opened
 
@@ -272,11 +308,18 @@ class AssetUpload(Node):
         return values
 
     async def setxattr(self, state: MountState, name: bytes, value: bytes) -> None:
-        entry = self._entry(state)
-        state.writable()
-        entry.qualifiers = changed_qualifiers(entry.qualifiers, name, value)
+        await self._requalify(state, name, value)
 
     async def removexattr(self, state: MountState, name: bytes) -> None:
+        await self._requalify(state, name, None)
+
+    async def _requalify(self, state: MountState, name: bytes, value: bytes | None) -> None:
+        """Set or remove a qualifier of the file, for the push at its close; a file
+        committed already (closed, its last descriptor not yet released) is pushed again
+        at once, as the committed asset would be. A failed push fails the call, and the
+        next close pushes again."""
         entry = self._entry(state)
         state.writable()
-        entry.qualifiers = changed_qualifiers(entry.qualifiers, name, None)
+        checksum = entry.function  # the push adds its checksum.sri: counted already
+        entry.qualifiers = changed_qualifiers(entry.qualifiers, name, value, checksum=checksum)
+        await push_committed(state, entry)
