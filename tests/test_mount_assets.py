@@ -309,6 +309,14 @@ def test_an_upload_with_a_uri_is_pushed_with_its_qualifiers(mounted: Mounted) ->
     with pytest.raises(OSError) as raised:
         os.setxattr(committed, "user.casfs.uri", b"https://h/../x")
     assert raised.value.errno == errno.EINVAL
+    bounded = mounted.root / "uploads" / "bounded.txt"
+    with open(bounded, "wb") as file:  # 31, and the push's checksum.sri makes the 32
+        file.write(b"b")
+        for i in range(31):
+            os.setxattr(bounded, f"user.casfs.qualifier.q{i}", b"v")
+        with pytest.raises(OSError) as raised:
+            os.setxattr(bounded, "user.casfs.qualifier.q31", b"v")
+        assert raised.value.errno == errno.E2BIG
 
 
 def test_without_a_catalog_or_the_right_to_push(tmp_path: Path) -> None:

@@ -71,8 +71,10 @@ async def set_upload_xattr(
             entry.uri = None if value is None else check_uri(value.decode("utf-8"))
         except (UnicodeDecodeError, AssetNameError):
             raise NodeError(errno.EINVAL) from None
-    else:
-        entry.qualifiers = changed_qualifiers(entry.qualifiers, name, value)
+    else:  # its push adds a checksum.sri: the bound counts it already, as in assets/
+        entry.qualifiers = changed_qualifiers(
+            entry.qualifiers, name, value, checksum=entry.function
+        )
     await push_committed(state, entry)
 
 
