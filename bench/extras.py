@@ -73,6 +73,21 @@ def _of(contenders: Sequence[Contender], kind: type[Contender], key: str) -> Con
     return found[0] if found else None
 
 
+def _alternated(
+    runs: int,
+    title: str,
+    metric: str,
+    items: Sequence[tuple[str, Callable[[], None]]],
+    results: Results,
+) -> None:
+    """Every item once a run, the order reversed every other run, as the main table does;
+    a failure is the item's result (``_attempt``)."""
+    for number in range(1, runs + 1):
+        for key, what in items if number % 2 else items[::-1]:
+            progress(f"run {number}/{runs}: {title}: {key}")
+            _attempt(results, key, (metric,), what)
+
+
 def _remount(
     root: Path,
     server: CasfsServer,
@@ -91,10 +106,8 @@ def _remount(
     if isinstance(rclone, RcloneContender) and rclone.rclone and rclone.url:
         command, url = rclone.rclone, rclone.url
         measures.append(("rclone-full", lambda: rclone_remount(work, command, url, size)))
-    for number in range(1, runs + 1):
-        for key, measure in measures if number % 2 else measures[::-1]:
-            progress(f"run {number}/{runs}: re-read after remount: {key}")
-            _attempt(results, key, ("remount",), functools.partial(_add, results, key, measure))
+    runs_of = [(key, functools.partial(_add, results, key, measure)) for key, measure in measures]
+    _alternated(runs, "re-read after remount", "remount", runs_of, results)
 
 
 def _server_cold(
@@ -113,10 +126,8 @@ def _server_cold(
             raise BenchError(f"{key}: read {received} of {data.blob.size} bytes")
         results.add(key, {"server_cold": data.blob.size / MB / seconds})
 
-    for number in range(1, runs + 1):
-        for key, address in targets if number % 2 else targets[::-1]:
-            progress(f"run {number}/{runs}: server cold read: {key}")
-            _attempt(results, key, ("server_cold",), functools.partial(read, key, address))
+    reads = [(key, functools.partial(read, key, address)) for key, address in targets]
+    _alternated(runs, "server cold read", "server_cold", reads, results)
 
 
 def measure_extras(
