@@ -50,14 +50,16 @@ class InodeTable:
         """The node behind ``inode``. Raises ``KeyError`` for an unknown inode."""
         return self._by_inode[inode]
 
-    def forget(self, inode: int, count: int) -> None:
-        """Lower the lookup count; drop the inode when it reaches zero (unless pinned)."""
+    def forget(self, inode: int, count: int) -> bool:
+        """Lower the lookup count; drop the inode when it reaches zero (unless pinned).
+        Whether the kernel no longer knows the inode (its count reached zero)."""
         left = self._lookups.get(inode, 0) - count
         if left > 0:
             self._lookups[inode] = left
-            return
+            return False
         self._lookups.pop(inode, None)
         if inode not in self._pinned:
             node = self._by_inode.pop(inode, None)
             if node is not None:
                 del self._by_node[node]
+        return True

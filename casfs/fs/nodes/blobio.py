@@ -90,8 +90,11 @@ async def store_small_blob(state: MountState, inode: int, instance: str, digest:
     store waits for the page's lock, which a READ of the same page holds until this
     process answers it, so it runs in a worker thread: the trio thread stays free to
     answer that READ. Cancelled, the open goes on and the store finishes alone.
+
+    Done once per inode while the pages stay (``fs/pagestores.py``): an open of a file
+    whose blob this mount already stored skips it.
     """
-    if not _small(state, digest):
+    if not _small(state, digest) or state.pages.holds(inode, digest):
         return
     data = state.cache.cached(digest, 0)
     if data is None:
@@ -103,6 +106,7 @@ async def store_small_blob(state: MountState, inode: int, instance: str, digest:
     except OSError as error:
         log.debug("%s: not put in the page cache: %s", digest, error)
         return
+    state.pages.stored(inode, digest)
     state.catalog.verify(instance, digest)  # as a read of its last byte would
 
 

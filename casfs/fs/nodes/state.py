@@ -22,6 +22,7 @@ from casfs.fs.blocks.cache import BlockCache
 from casfs.fs.catalog import Catalog
 from casfs.fs.namespace import Namespace
 from casfs.fs.nodes.errors import NodeError
+from casfs.fs.pagestores import PageStores
 from casfs.fs.uploadentries import Entry
 from casfs.fs.uploads import Uploads
 
@@ -62,6 +63,8 @@ class MountState:
     read_only: bool = False
     trees: TreeView | None = None  # trees/ and actions/ (none: not shown)
     catalog: Catalog = field(default_factory=Catalog)
+    # Small blobs this mount stored into the kernel's page cache, by inode.
+    pages: PageStores = field(default_factory=PageStores)
     uid: int = 0
     gid: int = 0
     started_ns: int = field(default_factory=time.time_ns)

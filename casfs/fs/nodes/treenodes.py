@@ -67,8 +67,13 @@ def _file_mode(executable: bool) -> int:
 
 async def open_blob(state: MountState, inode: int, instance: str, digest: Digest) -> Opened:
     """A blob open for reading, as ``blobs/`` opens one: a small blob whose block is in
-    the cache, or on its way in a batch, goes to the kernel's page cache first."""
-    if 0 < digest.size <= state.cache.block_size and state.cache.covered(digest, 0):
+    the cache, or on its way in a batch, goes to the kernel's page cache first (once per
+    inode: ``fs/pagestores.py``)."""
+    if (
+        0 < digest.size <= state.cache.block_size
+        and not state.pages.holds(inode, digest)
+        and state.cache.covered(digest, 0)
+    ):
         with contextlib.suppress(CasError):  # the read reports it (a missing blob: EIO)
             await state.cache.block(state.clients[instance], digest, 0)
         await blobio.store_small_blob(state, inode, instance, digest)
@@ -165,7 +170,8 @@ class TreeFile(Node):
     async def open(self, state: MountState, inode: int, flags: int) -> Opened:
         """Read-only; the first file opened of a directory fetches its small files."""
         _read_only(state, flags)
-        if 0 < self.digest.size <= state.cache.block_size:
+        digest = self.digest
+        if 0 < digest.size <= state.cache.block_size and not state.pages.holds(inode, digest):
             parent = self.parent
             view(state).small_files(parent.origin, await parent.directory(state))
         return await open_blob(state, inode, parent_instance(self.parent), self.digest)

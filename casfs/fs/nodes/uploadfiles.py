@@ -119,6 +119,7 @@ async def drop_cached_pages(state: MountState, inode: int) -> None:
     blob open must not be served refused bytes. The invalidation waits for page locks,
     which a READ holds until the trio thread answers it, so it runs in a worker thread;
     cancelled (the mount is ending), the invalidation finishes alone."""
+    state.pages.forget(inode)
     try:
         await trio.to_thread.run_sync(state.kernel.invalidate_inode, inode, abandon_on_cancel=True)
     except OSError as error:  # the kernel no longer knows the inode: nothing cached
