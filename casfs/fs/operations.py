@@ -49,6 +49,7 @@ from casfs.fs.nodes import (
     Opened,
     SetAttributes,
 )
+from casfs.fs.nodes.errors import NO_ATTRIBUTE
 from casfs.fs.stats import FuseStats, MountStats, Snapshot
 from casfs.fs.status import StatusAttribute
 from casfs.fs.treeview import TreeView
@@ -181,7 +182,8 @@ class CasOperations(pyfuse3.Operations):
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
-            self.inodes.forget(inode, count)
+            if self.inodes.forget(inode, count):
+                self.state.pages.forget(inode)
 
     # -- attributes and names ---------------------------------------------------------------
 
@@ -354,6 +356,11 @@ class CasOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        """A ``user.*`` attribute of the node. Every other namespace is empty here, and is
+        answered before the node is looked at: ``ls -l`` asks for ``security.selinux`` and
+        ``system.posix_acl_access`` of every name it lists."""
+        if not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(NO_ATTRIBUTE)
         return await self._node(inode).getxattr(self.state, name, _caller(ctx))
 
     @fuse_errors
