@@ -11,6 +11,10 @@ The commands: ``ls -lR . > /dev/null``; ``tar cf - . | wc -c`` (reads every file
 skips reading when it writes to /dev/null, not to a pipe); ``grep -r NEEDLE . | wc -l``.
 Also the peak RSS of each mount process. Contenders take turns going first. Prints a
 markdown table (seconds: median and min-max), the ratios and the issue's targets.
+
+A fourth contender, "null FUSE" (``bench.tree_ceiling``), is a pyfuse3 file system that
+mirrors the local copy with no work behind its answers: its figures are what any file
+system on pyfuse3 can reach here, so casfs/null FUSE is casfs's own cost.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from bench.common import (
 )
 from bench.peers import CASFS_CACHE, _wait_for_readahead
 from bench.processes import FuseProcess, peak_rss, watchdog
+from bench.tree_ceiling import null_tree
 from bench.treegen import NEEDLE, generate
 from casfs.cas.client import CasClient
 from casfs.digest import Digest
@@ -51,7 +56,7 @@ COMMANDS = {
     "tar | wc -c": "tar cf - . | wc -c",
     "grep -r": f"grep -r {NEEDLE} . | wc -l",
 }
-CONTENDERS = ("casfs", "buildbox-fuse", "local")
+CONTENDERS = ("casfs", "buildbox-fuse", "null FUSE", "local")
 
 
 @dataclass
@@ -78,6 +83,9 @@ def session(setup: Setup, contender: str, name: str) -> Iterator[tuple[Path, int
     digest = setup.digest
     if contender == "local":
         yield setup.tree, None
+    elif contender == "null FUSE":
+        with null_tree(mountpoint, setup.tree, directory / "fuse.log") as fuse:
+            yield mountpoint, fuse.pid
     elif contender == "casfs":
         args = ("--remote", setup.casfs.endpoint, "--cache-size", CASFS_CACHE)
         with CasfsMount(mountpoint, *args) as mount, watchdog(mount.pid, contender):
@@ -119,7 +127,7 @@ def measure(setup: Setup, contenders: Sequence[str], runs: int) -> dict[str, lis
         for contender in order:
             for label, command in COMMANDS.items():
                 progress(f"run {run + 1}/{runs}: {contender}: {label}")
-                name = f"{run}-{contender}-{len(figures)}"
+                name = f"{run}-{contender.replace(' ', '-')}-{len(figures)}"
                 with session(setup, contender, name) as (where, pid):
                     drop_caches()
                     cold = _timed(command, where)
@@ -138,7 +146,7 @@ def report(figures: dict[str, list[float]], contenders: Sequence[str]) -> str:
     header = ["what", *contenders]
     if "buildbox-fuse" in contenders:
         header.append("casfs/buildbox-fuse")
-    header.append("casfs/local")
+    header += ["casfs/null FUSE", "casfs/local"]
     rows = []
     medians: dict[str, float] = {}
     for what in whats:
@@ -151,7 +159,7 @@ def report(figures: dict[str, list[float]], contenders: Sequence[str]) -> str:
                 row.append(summary.show(2 if "RSS" not in what else 0))
             else:
                 row.append("n/a")
-        for peer in [p for p in ("buildbox-fuse", "local") if p in contenders]:
+        for peer in [p for p in ("buildbox-fuse", "null FUSE", "local") if p in contenders]:
             ours, theirs = medians.get(f"casfs|{what}"), medians.get(f"{peer}|{what}")
             row.append(f"{ours / theirs:.2f}x" if ours and theirs else "n/a")
         rows.append(row)
