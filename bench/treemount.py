@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -120,6 +121,7 @@ def _timed(command: str, where: Path) -> float:
 def measure(setup: Setup, contenders: Sequence[str], runs: int) -> dict[str, list[float]]:
     """Figures by "contender|what" (seconds; RSS in MiB)."""
     figures: dict[str, list[float]] = {}
+    sessions = itertools.count()
     for run in range(runs):
         order = list(contenders[run % len(contenders) :]) + list(
             contenders[: run % len(contenders)]
@@ -127,7 +129,7 @@ def measure(setup: Setup, contenders: Sequence[str], runs: int) -> dict[str, lis
         for contender in order:
             for label, command in COMMANDS.items():
                 progress(f"run {run + 1}/{runs}: {contender}: {label}")
-                name = f"{run}-{contender.replace(' ', '-')}-{len(figures)}"
+                name = f"{next(sessions)}-{contender.replace(' ', '-')}"
                 with session(setup, contender, name) as (where, pid):
                     drop_caches()
                     cold = _timed(command, where)
