@@ -20,7 +20,12 @@ The Remote Asset API has no listing. So:
 Concurrency notes: used from the mount's trio thread only. The index is read with
 short, indexed SQLite queries (one per name listed, at most ``MAX_LISTING`` a listing)
 in the trio thread: small, bounded work. A request that awaits Fetch or Push looks the
-records up again afterwards.
+records up again afterwards. Changes of one name's qualifiers take its lock
+(``changing``): each reads the set, changes one and pushes the whole set, so two at once
+would undo one another (the kernel serializes setxattr on one inode, but not a lookup's
+Fetch, nor two inodes of one URI: an asset and an ``uploads/`` file given its URI). A
+Fetch answer never replaces what a push (or a later answer) remembered while it was on
+its way.
 """
 
 from __future__ import annotations
@@ -31,9 +36,12 @@ import logging
 import sqlite3
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import trio
 
 from casfs.assetnames import CHECKSUM_SRI, check_qualifiers, sri_of
 from casfs.cas.assets import AssetClient, FetchedAsset, NoAssetApi
@@ -113,6 +121,8 @@ class MountAssets:
         self._directories: Counter[tuple[str, str]] = Counter()
         self.pending: dict[tuple[str, str], int] = {}  # URI -> id of the upload writing it
         self._index: sqlite3.Connection | None = None
+        # (instance, URI) -> its lock and how many hold it or wait for it
+        self._locks: dict[tuple[str, str], tuple[trio.Lock, int]] = {}
 
     def status(self) -> dict[str, object]:
         """What ``casfs status`` shows of the assets."""
@@ -128,6 +138,26 @@ class MountAssets:
         if self._index is not None:
             self._index.close()
             self._index = None
+
+    @asynccontextmanager
+    async def changing(self, instance: str, uri: str) -> AsyncIterator[None]:
+        """Hold the lock of one name while its qualifiers are read, changed and pushed
+        (first come, first served). Cancelled while waiting, the caller never held it;
+        however the body ends, the lock is given back (and forgotten once nobody waits)."""
+        key = (instance, uri)
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = trio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
     # -- the remote ---------------------------------------------------------------------
 
@@ -179,6 +209,7 @@ class MountAssets:
             return known[1]
         client = self._client(instance)
         record: Record | None
+        started = time.monotonic()
         self.fetches += 1
         try:
             try:
@@ -191,6 +222,9 @@ class MountAssets:
             raise self._no_api(error) from None
         if record is not None and record.uri != uri:  # the server answered another name
             record = Record(uri, record.digest, record.directory, record.qualifiers)
+        newer = self._records.get(key)
+        if newer is not None and newer[0] >= started:
+            return newer[1]  # a push (or another answer) came while this one was asked
         self._remember(key, record)
         return record
 

@@ -107,15 +107,20 @@ async def push(
 async def push_committed(state: MountState, entry: FileEntry) -> None:
     """Push a committed file under its URI with its qualifiers, unless it has no URI or
     the name already says just that. Raises what the push raised: the caller's close or
-    setxattr fails with it."""
-    uri, digest = entry.uri, entry.digest
-    if uri is None or digest is None or entry.unlinked:
+    setxattr fails with it. One push of a name at a time (``MountAssets.changing``), of
+    the file's URI, digest and qualifiers as they are once it holds the name."""
+    uri = entry.uri
+    if uri is None:
         return
-    known = state.assets.record(entry.instance, uri)
-    if (
-        known is not None
-        and (known.digest, known.directory) == (digest, False)
-        and dict(known.qualifiers) == with_checksum(entry.qualifiers, digest)
-    ):
-        return  # pushed already, just so
-    await push(state, entry.instance, uri, digest, entry.qualifiers)
+    async with state.assets.changing(entry.instance, uri):
+        digest = entry.digest
+        if entry.uri != uri or digest is None or entry.unlinked:
+            return  # renamed meanwhile: the change of its URI pushes it
+        known = state.assets.record(entry.instance, uri)
+        if (
+            known is not None
+            and (known.digest, known.directory) == (digest, False)
+            and dict(known.qualifiers) == with_checksum(entry.qualifiers, digest)
+        ):
+            return  # pushed already, just so
+        await push(state, entry.instance, uri, digest, entry.qualifiers)

@@ -193,13 +193,16 @@ class _Asset(Node):
         await self._repush(state, name, None)
 
     async def _repush(self, state: MountState, name: bytes, value: bytes | None) -> None:
-        """Push the asset again with a qualifier set or removed."""
+        """Push the asset again with a qualifier set or removed: one change of this
+        asset at a time (``MountAssets.changing``), each on the set the last one pushed.
+        Cancelled, the push may or may not have happened; the lock is given back."""
         state.writable()
-        record = self.record(state)
-        if record.directory:
-            raise NodeError(errno.ENOTSUP)  # the mount pushes blobs only
-        qualifiers = changed_qualifiers(dict(record.qualifiers), name, value)
-        await push(state, self.instance, self.uri, record.digest, qualifiers)
+        async with state.assets.changing(self.instance, self.uri):
+            record = self.record(state)  # after the wait: what the last change pushed
+            if record.directory:
+                raise NodeError(errno.ENOTSUP)  # the mount pushes blobs only
+            qualifiers = changed_qualifiers(dict(record.qualifiers), name, value)
+            await push(state, self.instance, self.uri, record.digest, qualifiers)
 
 
 @dataclass(frozen=True, slots=True)
