@@ -9,7 +9,8 @@ from collections.abc import Mapping
 
 from casfs.assetnames import CHECKSUM_SRI, AssetNameError, check_qualifiers, check_uri, sri_of
 from casfs.digest import Digest, DigestFunction
-from casfs.fs.assetcatalog import SRI_FUNCTIONS, AssetRefusal, Record, with_checksum
+from casfs.fs.assetcatalog import SRI_FUNCTIONS, AssetRefusal, with_checksum
+from casfs.fs.assetindex import Record
 from casfs.fs.nodes.errors import NodeError
 from casfs.fs.nodes.state import MountState
 from casfs.fs.uploadentries import FileEntry
