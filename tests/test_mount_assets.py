@@ -370,9 +370,9 @@ def test_without_a_catalog_or_the_right_to_push(tmp_path: Path) -> None:
 
 
 def test_concurrent_qualifier_changes_on_one_asset_all_stay(mounted: Mounted) -> None:
-    """Eight processes each set a different qualifier of one asset at once: each change
-    reads the set, changes one and pushes the whole set, so without one change at a time
-    per asset they would undo one another."""
+    """Eight processes each set a different qualifier of one asset at once: all eight
+    stay. (The kernel holds the inode's lock across a setxattr, so these reach the mount
+    one at a time; the mount's own lock per URI is what the next test shows.)"""
     uri = "https://example.com/dist/many-qualifiers.bin"
     blob = mounted.tmp / "many-qualifiers.bin"
     blob.write_bytes(b"many qualifiers\n")

@@ -84,7 +84,11 @@ async def set_upload_xattr(
     if entry.committed:
         state.uploads.saved(entry)
     else:
-        state.uploads.spool.record(entry)
+        try:
+            state.uploads.spool.record(entry)
+        except OSError as error:  # a full spool disk: this mount still has it
+            log.warning("%s: cannot keep its asset name for a later mount (%s)",
+                        entry.label(), error)  # fmt: skip
     await push_committed(state, entry)
 
 
