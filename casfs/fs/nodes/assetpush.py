@@ -127,6 +127,8 @@ async def push_left_over(state: MountState, entries: Iterable[FileEntry]) -> Non
             await push_committed(state, entry)
         except (NodeError, CasError) as error:
             log.warning("%s: push as %s: %s (not pushed)", entry.label(), entry.uri, error)
+        except Exception:  # a background task: nothing may end the mount
+            log.exception("%s: push as %s failed unexpectedly", entry.label(), entry.uri)
 
 
 async def push_committed(state: MountState, entry: FileEntry) -> None:
