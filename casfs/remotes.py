@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from casfs.config import BLOCK_SIZE_RULE, ConfigError, Table, is_block_size, read_toml
+from casfs.config import BLOCK_SIZE_RULE, MIB, ConfigError, Table, is_block_size, read_toml
 from casfs.resource import validate_instance_name
 
 SYSTEM_CONFIG = Path("/etc/casfs/config.toml")
@@ -82,6 +82,9 @@ _REMOTE_KEYS: dict[str, tuple[str, str]] = {
     "options": ("strings", "options"),
     "log_file": ("path", "log_file"),
     "metrics": ("metrics", "metrics"),
+    "tree_max_entries": ("tree_limit", "tree_max_entries"),
+    "tree_max_depth": ("tree_limit", "tree_max_depth"),
+    "tree_cache_size": ("tree_cache_size", "tree_cache_size"),
 }
 
 
@@ -111,6 +114,13 @@ def _remote_value(table: Table, key: str, kind: str) -> OptionValue | None:
         return table.integer(key, minimum=1)
     if kind == "readahead":
         return table.integer(key, minimum=4)
+    if kind == "tree_limit":  # as MountConfig checks --tree-max-entries, --tree-max-depth
+        return table.integer(key, minimum=1)
+    if kind == "tree_cache_size":
+        size = table.size(key)
+        if size is not None and size < MIB:
+            raise table.error(key, "at least 1M")
+        return size
     if kind == "block_size":
         size = table.size(key)
         if size is not None and not is_block_size(size):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -109,6 +110,39 @@ def test_mount_name_and_mountpoint_and_the_one_argument_forms(
         subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
 
 
+def test_the_tree_limits_of_a_named_remote_reach_the_mount(
+    server: CasfsServer, tmp_path: Path, home: dict[str, str]
+) -> None:
+    """``tree_max_entries`` (and the other tree keys) in the file are the mount's limits:
+    a Directory of three entries is EIO under a limit of two, one of two is shown."""
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    log = tmp_path / "mount.log"
+    _write(
+        home,
+        f'[remotes.lab]\nendpoint = "{server.endpoint}"\ntree_max_entries = 2\n'
+        f'tree_max_depth = 4\ntree_cache_size = "2M"\nmountpoint = "{mountpoint}"\n'
+        f'cache_dir = "{tmp_path / "cache"}"\nlog_file = "{log}"\n',
+    )
+    mounted = casfs("mount", "lab", "--daemon", env=home)
+    try:
+        assert mounted.returncode == 0, mounted.stderr + log.read_text()
+        uploads = mountpoint / "main" / "uploads"
+        for name, count in (("big", 3), ("small", 2)):
+            (uploads / name).mkdir()
+            for i in range(count):
+                (uploads / name / f"f{i}").write_bytes(f"{name} {i}\n".encode())
+        trees = mountpoint / "main" / "trees"
+        small = os.getxattr(uploads / "small", "user.casfs.digest").decode()
+        assert sorted(os.listdir(trees / small)) == ["f0", "f1"]
+        big = os.getxattr(uploads / "big", "user.casfs.digest").decode()
+        with pytest.raises(OSError) as raised:
+            os.listdir(trees / big)
+        assert raised.value.errno == errno.EIO
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+
+
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [
@@ -121,6 +155,9 @@ def test_mount_name_and_mountpoint_and_the_one_argument_forms(
         ('[remotes.lab]\ninstances = "main"\n', "'instances' must be a list of strings"),
         ('[remotes.lab]\ninstances = ["blobs"]\n', "'instances': reserved word 'blobs'"),
         ("[remotes.lab]\nretries = 0\n", "'retries' must be a whole number >= 1"),
+        ("[remotes.lab]\ntree_max_depth = 0\n", "'tree_max_depth' must be a whole number >= 1"),
+        ('[remotes.lab]\ntree_max_entries = "9"\n', "'tree_max_entries' must be a whole number"),
+        ('[remotes.lab]\ntree_cache_size = "512K"\n', "'tree_cache_size' must be at least 1M"),
         ("[remotes.lab]\nheaders = { a = 1 }\n", "'headers' must be a table of strings"),
         ('[remotes.lab]\nmetrics = "any:port"\n', "'metrics': --metrics needs [HOST:]PORT"),
         ('[remotes.lab]\nendpoint = "grpc://h:1"\nstore = "s"\n', "not both"),

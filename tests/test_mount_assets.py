@@ -22,6 +22,9 @@ from casfs.assetnames import sri_of
 from casfs.cas.assets import AssetClient
 from casfs.cas.client import CasClient
 from casfs.digest import Digest, DigestFunction
+from casfs.fs.assetcatalog import MountAssets
+from casfs.fs.nodes.assets import AssetFile
+from casfs.fs.nodes.state import MountState
 from casfs.trees import encode
 from tests.conftest import remote
 from tests.mounts import CasfsMount
@@ -30,6 +33,7 @@ from tests.test_assets_cli import sri_of_file
 from tests.test_assets_server import fetch, push, upload
 from tests.test_assets_server import run as run_client
 from tests.test_cli import casfs
+from tests.test_nodes import run as run_nodes
 
 TOOL = "https://example.com/dist/tool-1.2.tar.gz"
 
@@ -363,3 +367,51 @@ def test_without_a_catalog_or_the_right_to_push(tmp_path: Path) -> None:
             trio.run(evict)
             result = run("cat", assets / "https/h/first")
             assert result.returncode == 1 and "No such file" in result.stderr, result.stderr
+
+
+def test_concurrent_qualifier_changes_on_one_asset_all_stay(mounted: Mounted) -> None:
+    """Eight processes each set a different qualifier of one asset at once: all eight
+    stay. (The kernel holds the inode's lock across a setxattr, so these reach the mount
+    one at a time; the mount's own lock per URI is what the next test shows.)"""
+    uri = "https://example.com/dist/many-qualifiers.bin"
+    blob = mounted.tmp / "many-qualifiers.bin"
+    blob.write_bytes(b"many qualifiers\n")
+    mounted.push(uri, str(blob))
+    target = mounted.assets / "https/example.com/dist/many-qualifiers.bin"
+    names = [f"user.casfs.qualifier.q{i}" for i in range(8)]
+    setters = [
+        subprocess.Popen(["setfattr", "-n", name, "-v", f"v{i}", str(target)])
+        for i, name in enumerate(names)
+    ]
+    assert [setter.wait(timeout=60) for setter in setters] == [0] * 8
+    expected = {f"q{i}": f"v{i}" for i in range(8)} | {"checksum.sri": sri_of_file(blob)}
+    assert mounted.fetch(uri)["qualifiers"] == expected
+    for i, name in enumerate(names):
+        assert getfattr(target, name) == f"v{i}"
+
+
+def test_qualifier_changes_of_one_asset_take_turns(mounted: Mounted, tmp_path: Path) -> None:
+    """The same as eight requests of the mount at once, with no kernel in between (the
+    kernel serializes setxattr on one inode, not a Fetch or another inode of the URI):
+    without one change at a time per asset, each pushes the set it read before the
+    others' pushes, and only one qualifier stays."""
+    uri = "https://example.com/dist/taking-turns.bin"
+    blob = mounted.tmp / "taking-turns.bin"
+    blob.write_bytes(b"taking turns\n")
+    mounted.push(uri, str(blob))
+    endpoint = mounted.server.endpoint
+
+    async def scenario(state: MountState) -> None:
+        async with AssetClient(remote(endpoint, "main")) as client:
+            state.assets = MountAssets({"main": client})
+            assert await state.assets.resolve("main", uri) is not None
+            node = AssetFile("main", uri)
+            async with trio.open_nursery() as nursery:
+                for i in range(8):
+                    name = f"user.casfs.qualifier.q{i}".encode()
+                    nursery.start_soon(node.setxattr, state, name, f"v{i}".encode())
+            assert state.assets.record("main", uri) is not None
+
+    run_nodes(tmp_path, scenario, endpoint=endpoint)
+    expected = {f"q{i}": f"v{i}" for i in range(8)} | {"checksum.sri": sri_of_file(blob)}
+    assert mounted.fetch(uri)["qualifiers"] == expected

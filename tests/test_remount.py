@@ -5,17 +5,22 @@ with its mode, size, mtime and digest, and its content reads back from the CAS."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from casfs.cas.assets import FetchedAsset
+from casfs.cas.errors import CasError
 from tests.mounts import CasfsMount
 from tests.servers import CasfsServer
+from tests.test_assets_server import fetch
 from tests.test_client_server import MIB
 
 
@@ -183,3 +188,49 @@ def test_a_torn_line_and_a_stale_journal_are_skipped(tmp_path: Path) -> None:
             assert "has no generation" in third.log_text()
             assert (names / "snapshot.corrupt").read_text() == "not json\n"  # kept
     assert before  # (the tree was there before the rm)
+
+
+def test_an_upload_keeps_its_asset_name_across_a_remount(tmp_path: Path) -> None:
+    """uploads/: a file's URI and qualifiers come back with it after a remount, the
+    committed file's (pushed by the first mount, not again by the second) and those of a
+    file whose upload failed at its close (the server down): the next mount uploads that
+    one and then pushes it under its name."""
+    args = ("--cache-dir", str(tmp_path / "cache"), "--retries", "2", "--no-check-remote")
+    mountpoint = tmp_path / "mnt"
+    uploads = mountpoint / "main" / "uploads"
+    with CasfsServer(tmp_path / "store") as server:
+        with CasfsMount(mountpoint, "--remote", server.endpoint, *args) as mount:
+            with open(uploads / "named.txt", "wb") as file:
+                file.write(b"named\n")
+                os.setxattr(uploads / "named.txt", "user.casfs.uri", b"urn:named:1")
+                os.setxattr(uploads / "named.txt", "user.casfs.qualifier.kind", b"notes")
+            assert fetch(server.endpoint, ["urn:named:1"]).digest.size == 6
+            stuck = open(uploads / "stuck.txt", "wb")  # noqa: SIM115 - closed below
+            stuck.write(b"stuck at its close\n")
+            os.setxattr(uploads / "stuck.txt", "user.casfs.uri", b"urn:stuck:1")
+            os.setxattr(uploads / "stuck.txt", "user.casfs.qualifier.kind", b"log")
+            server.kill()
+            with pytest.raises(OSError):
+                stuck.close()
+            mount.wait_for_log("stays spooled")
+        server.start()
+        with CasfsMount(mountpoint, "--remote", server.endpoint, *args) as mount:
+            deadline = time.monotonic() + 30
+            while (found := _fetched(server.endpoint, "urn:stuck:1")) is None:
+                assert time.monotonic() < deadline, mount.log_text()[-2000:]
+                time.sleep(0.1)
+            assert found.digest.size == len(b"stuck at its close\n")
+            assert found.qualifiers["kind"] == "log"
+            for name, uri, kind in (("named.txt", "urn:named:1", "notes"),
+                                    ("stuck.txt", "urn:stuck:1", "log")):  # fmt: skip
+                assert os.getxattr(uploads / name, "user.casfs.uri") == uri.encode()
+                assert os.getxattr(uploads / name, "user.casfs.qualifier.kind") == kind.encode()
+            status = json.loads(os.getxattr(mountpoint, "user.casfs.status"))
+            assert status["assets"]["pushes"] == 1, status["assets"]  # stuck.txt's only
+
+
+def _fetched(endpoint: str, uri: str) -> FetchedAsset | None:
+    try:
+        return fetch(endpoint, [uri])
+    except CasError:
+        return None

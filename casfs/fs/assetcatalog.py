@@ -17,51 +17,46 @@ The Remote Asset API has no listing. So:
 - A server without the API (UNIMPLEMENTED) is remembered: every later asset request is
   refused at once (ENOTSUP in the mount), logged once, and ``casfs status`` says why.
 
-Concurrency notes: used from the mount's trio thread only. The index is read with
-short, indexed SQLite queries (one per name listed, at most ``MAX_LISTING`` a listing)
-in the trio thread: small, bounded work. A request that awaits Fetch or Push looks the
-records up again afterwards.
+Concurrency notes: used from the mount's trio thread only. The index is read in a
+worker thread, one listing's queries in one call (``fs/assetindex.py``): a listing
+awaits it, and changes what it remembers of the rows after the wait. A request that
+awaits Fetch or Push looks the records up again afterwards. Changes of one name's
+qualifiers take its lock (``changing``): each reads the set, changes one and pushes the
+whole set, so two at once would undo one another (the kernel serializes setxattr on one
+inode, but not a lookup's Fetch, nor two inodes of one URI: an asset and an
+``uploads/`` file given its URI). A Fetch answer never replaces what a push (or a later
+answer) remembered while it was on its way.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
-import sqlite3
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+import trio
 
 from casfs.assetnames import CHECKSUM_SRI, check_qualifiers, sri_of
 from casfs.cas.assets import AssetClient, FetchedAsset, NoAssetApi
 from casfs.cas.errors import NotFound
 from casfs.digest import Digest, DigestFunction
+from casfs.fs.assetindex import CatalogIndex, Record
 from casfs.fs.assetpaths import AssetPrefix, child_name
-from casfs.store.assets import INDEX_NAME
 
 log = logging.getLogger("casfs.fs")
 
 ANSWER_TTL = 2.0  # seconds a Fetch answer (or a NOT_FOUND) is used again
 MAX_RECORDS = 100_000  # names remembered (oldest go first)
-MAX_LISTING = 10_000  # names a listing shows from the index
 SRI_FUNCTIONS = (DigestFunction.SHA256, DigestFunction.SHA384, DigestFunction.SHA512)
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One asset: its URI, whether it names a tree, its digest and qualifiers."""
-
-    uri: str
-    digest: Digest
-    directory: bool = False
-    qualifiers: Mapping[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, fetched: FetchedAsset, *, directory: bool) -> Record:
-        return cls(fetched.uri, fetched.digest, directory, dict(fetched.qualifiers))
+def record_of(fetched: FetchedAsset, *, directory: bool) -> Record:
+    """A Fetch answer as a record."""
+    return Record(fetched.uri, fetched.digest, directory, dict(fetched.qualifiers))
 
 
 def with_checksum(qualifiers: Mapping[str, str], digest: Digest) -> dict[str, str]:
@@ -100,7 +95,7 @@ class MountAssets:
 
     def __init__(self, clients: Mapping[str, AssetClient], index_root: Path | None = None) -> None:
         self.clients = clients
-        self.index_root = index_root
+        self.index = None if index_root is None else CatalogIndex(index_root)
         self.unavailable: str | None = None  # why the remote answers no asset request
         self.fetches = 0
         self.pushes = 0
@@ -112,22 +107,42 @@ class MountAssets:
         # (instance, prefix) -> how many remembered assets and mkdirs are below it
         self._directories: Counter[tuple[str, str]] = Counter()
         self.pending: dict[tuple[str, str], int] = {}  # URI -> id of the upload writing it
-        self._index: sqlite3.Connection | None = None
+        # (instance, URI) -> its lock and how many hold it or wait for it
+        self._locks: dict[tuple[str, str], tuple[trio.Lock, int]] = {}
 
     def status(self) -> dict[str, object]:
         """What ``casfs status`` shows of the assets."""
         return {
             "api": "unavailable" if self.unavailable else "available",
             "reason": self.unavailable,
-            "catalog": str(self.index_root / INDEX_NAME) if self.index_root else None,
+            "catalog": str(self.index.path) if self.index and self.index.readable else None,
             "fetches": self.fetches,
             "pushes": self.pushes,
         }
 
     def close(self) -> None:
-        if self._index is not None:
-            self._index.close()
-            self._index = None
+        if self.index is not None:
+            self.index.close()
+
+    @asynccontextmanager
+    async def changing(self, instance: str, uri: str) -> AsyncIterator[None]:
+        """Hold the lock of one name while its qualifiers are read, changed and pushed
+        (first come, first served). Cancelled while waiting, the caller never held it;
+        however the body ends, the lock is given back (and forgotten once nobody waits)."""
+        key = (instance, uri)
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = trio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
 
     # -- the remote ---------------------------------------------------------------------
 
@@ -179,18 +194,22 @@ class MountAssets:
             return known[1]
         client = self._client(instance)
         record: Record | None
+        started = time.monotonic()
         self.fetches += 1
         try:
             try:
-                record = Record.of(await client.fetch_blob([uri]), directory=False)
+                record = record_of(await client.fetch_blob([uri]), directory=False)
             except NotFound:
-                record = Record.of(await client.fetch_directory([uri]), directory=True)
+                record = record_of(await client.fetch_directory([uri]), directory=True)
         except NotFound:
             record = None
         except NoAssetApi as error:
             raise self._no_api(error) from None
         if record is not None and record.uri != uri:  # the server answered another name
             record = Record(uri, record.digest, record.directory, record.qualifiers)
+        newer = self._records.get(key)
+        if newer is not None and newer[0] >= started:
+            return newer[1]  # a push (or another answer) came while this one was asked
         self._remember(key, record)
         return record
 
@@ -226,15 +245,19 @@ class MountAssets:
     def _known(self, instance: str) -> list[Record]:
         return [r for (inst, _), (_, r) in self._records.items() if inst == instance and r]
 
-    def is_directory(self, instance: str, prefix: AssetPrefix) -> bool:
-        """Whether some known name is below ``prefix`` (or mkdir made it)."""
+    async def is_directory(self, instance: str, prefix: AssetPrefix) -> bool:
+        """Whether some known name is below ``prefix`` (or mkdir made it). Cancelled,
+        as ``CatalogIndex`` says."""
         if self._directories[(instance, prefix.text)] > 0:
             return True
-        return self._index_first(prefix.text) is not None
+        return self.index is not None and await self.index.has_below(prefix.text)
 
-    def children(self, instance: str, prefix: AssetPrefix) -> dict[str, Record | None]:
+    async def children(self, instance: str, prefix: AssetPrefix) -> dict[str, Record | None]:
         """The names in ``prefix``'s directory: a record for an asset, None for a
-        directory (a directory wins over an asset of the same name)."""
+        directory (a directory wins over an asset of the same name). The index's rows
+        are read first (in a thread, ``CatalogIndex``; cancelled, nothing is changed),
+        then this mount's names as they are after that wait."""
+        indexed = [] if self.index is None else await self.index.children(prefix.text)
         found: dict[str, Record | None] = {}
 
         def add(uri: str, record: Record | None) -> None:
@@ -252,7 +275,7 @@ class MountAssets:
                 add(made, None)
         for record in self._known(instance):
             add(record.uri, record)
-        for record in self._index_children(prefix.text):
+        for record in indexed:
             add(record.uri, record)
             key = (instance, record.uri)
             self._listed[key] = record
@@ -261,82 +284,14 @@ class MountAssets:
             self._listed.popitem(last=False)
         return found
 
-    def schemes(self, instance: str) -> list[str]:
-        """The scheme directories known (``https``, ``urn:``, ...)."""
-        uris = [made for inst, made in self._made if inst == instance]
+    async def schemes(self, instance: str) -> list[str]:
+        """The scheme directories known (``https``, ``urn:``, ...); the index is read
+        first (in a thread), this mount's names after that wait."""
+        uris = [] if self.index is None else await self.index.scheme_uris()
+        uris += [made for inst, made in self._made if inst == instance]
         uris += [record.uri for record in self._known(instance)]
-        after = ""
-        for _ in range(MAX_LISTING):
-            rows = self._query(
-                f"SELECT uri FROM assets WHERE uri > ? AND {_LIVE} ORDER BY uri LIMIT 1",
-                (after, time.time()),
-            )
-            if not rows:
-                break
-            uri = str(rows[0][0])
-            uris.append(uri)
-            after = uri.partition(":")[0] + ";"  # past every URI of this scheme
         names = set()
         for uri in uris:
             scheme, _, rest = uri.partition(":")
             names.add(scheme if rest.startswith("//") else f"{scheme}:")
         return sorted(names)
-
-    # -- the store's index (read-only) --------------------------------------------------
-
-    def _db(self) -> sqlite3.Connection | None:
-        if self._index is None and self.index_root is not None:
-            path = self.index_root / INDEX_NAME
-            if not path.exists():
-                return None
-            try:
-                self._index = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-                self._index.execute("PRAGMA busy_timeout = 1000")
-            except sqlite3.Error as error:
-                log.warning("assets/: cannot read the catalog %s: %s", path, error)
-                self.index_root = None
-                return None
-        return self._index
-
-    def _query(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
-        db = self._db()
-        if db is None:
-            return []
-        try:
-            return db.execute(sql, params).fetchall()
-        except sqlite3.Error as error:
-            log.warning("assets/: reading the catalog: %s", error)
-            return []
-
-    def _index_first(self, text: str, after: str | None = None) -> tuple[object, ...] | None:
-        """The first live row whose URI starts with ``text`` (and is above ``after``)."""
-        end = text[:-1] + chr(ord(text[-1]) + 1)  # text ends in '/' or ':'
-        rows = self._query(
-            "SELECT uri, kind, function, hash, size, qualifiers FROM assets "
-            f"WHERE uri {'>=' if after is None else '>'} ? AND uri < ? AND {_LIVE} "
-            "ORDER BY uri LIMIT 1",
-            (text if after is None else after, end, time.time()),
-        )
-        return rows[0] if rows else None
-
-    def _index_children(self, text: str) -> list[Record]:
-        """One row per name in ``text``'s directory: a skip-scan of the index by URI,
-        each step one indexed query past the subtree of the name it found."""
-        records: list[Record] = []
-        after: str | None = None
-        for _ in range(MAX_LISTING):
-            row = self._index_first(text, after)
-            if row is None:
-                break
-            uri, kind, function, hash_, size, qualifiers = row
-            uri, hash_ = str(uri), str(hash_)
-            assert isinstance(size, int)
-            digest = Digest(hash_, size, DigestFunction.from_name(str(function)))
-            records.append(Record(uri, digest, kind == "directory", json.loads(str(qualifiers))))
-            piece, slash, _ = uri[len(text) :].partition("/")
-            # Past this name's whole subtree, or just past this URI.
-            after = f"{text}{piece}/\U0010ffff" if slash else uri
-        return records
-
-
-_LIVE = "(expire_at IS NULL OR expire_at > ?)"

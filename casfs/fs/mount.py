@@ -56,9 +56,11 @@ from casfs.fs.mountpoint import (
     set_readahead,
 )
 from casfs.fs.namespace import Namespace
+from casfs.fs.nodes.assetpush import push_left_over
 from casfs.fs.operations import CasOperations
 from casfs.fs.treeview import TreeView
 from casfs.fs.tvixmount import check_tvix, keep_passing, tvix_remotes
+from casfs.fs.uploadentries import FileEntry
 from casfs.fs.uploads import Spool, UploadError, Uploads
 from casfs.prometheus import RpcCollector, serve_metrics_in_trio
 from casfs.rpcstats import RpcStats
@@ -129,8 +131,14 @@ async def _watch_signals(
 
 
 async def _finish_leftovers(operations: CasOperations) -> None:
-    """Upload what a previous mount of this cache directory left in the spool."""
+    """Upload what a previous mount of this cache directory left in the spool, then push
+    the files given an asset name whose push had not happened yet."""
     leftovers = operations.uploads.recover()
+    await _finish_uploads(operations, leftovers)
+    await push_left_over(operations.state, operations.uploads.unpushed())
+
+
+async def _finish_uploads(operations: CasOperations, leftovers: list[FileEntry]) -> None:
     if not leftovers:
         return
     log.info("finishing %d upload(s) left by a previous mount", len(leftovers))

@@ -61,7 +61,7 @@ class Spool:
         """(Re)write the metadata of a spooled file."""
         if entry.spool is None or entry.unlinked:
             return
-        meta = {
+        meta: dict[str, object] = {
             "instance": entry.instance,
             "path": entry.path() if entry.expected is None else None,
             "expected": str(entry.expected) if entry.expected is not None else None,
@@ -69,6 +69,8 @@ class Spool:
             "mode": entry.mode,
             "closed": entry.closed,
         }
+        if entry.uri is not None or entry.qualifiers:  # an asset name, pushed after its commit
+            meta.update(uri=entry.uri, q=dict(entry.qualifiers))
         tmp = entry.spool.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(meta))
         os.chmod(tmp, 0o600)

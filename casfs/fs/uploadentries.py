@@ -98,6 +98,8 @@ class FileEntry(Entry):
     # a URI is pushed with them after its commit (fs/nodes/assetpush.py).
     qualifiers: dict[str, str] = field(default_factory=dict)
     uri: str | None = None  # the asset name a commit pushes it under (assets/, user.casfs.uri)
+    # What the last push that succeeded named: (URI, digest, qualifiers), or None.
+    pushed_as: tuple[str, Digest, tuple[tuple[str, str], ...]] | None = None
 
     def __post_init__(self) -> None:
         self.life.direct = self.expected is not None
@@ -109,6 +111,20 @@ class FileEntry(Entry):
     @property
     def committed(self) -> bool:
         return self.life.digest is not None
+
+    def naming(self) -> tuple[str, Digest, tuple[tuple[str, str], ...]] | None:
+        """What a push of this file would name: (URI, digest, qualifiers); None without
+        a URI or a digest."""
+        if self.uri is None or self.digest is None:
+            return None
+        return self.uri, self.digest, tuple(sorted(self.qualifiers.items()))
+
+    @property
+    def pushed(self) -> bool:
+        """Whether its URI names its digest with its qualifiers by a push that succeeded
+        (False with nothing to push)."""
+        naming = self.naming()
+        return naming is not None and naming == self.pushed_as
 
     @property
     def opens(self) -> int:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from casfs.assetnames import check_qualifiers, check_uri
 from casfs.digest import Digest, DigestFunction
 from casfs.fs.journal import Journal, Record
 from casfs.fs.spool import Spool
@@ -50,7 +51,8 @@ class UploadJournal:
     # the name rewrites or drops it). Records:
     #   {"put": "dir", "i": instance, "p": path, "mtime": ns}
     #   {"put": "symlink", "i", "p", "mtime", "target": text}
-    #   {"put": "file", "i", "p", "mtime", "mode": bits, "digest": "hash/size", "function": f}
+    #   {"put": "file", "i", "p", "mtime", "mode": bits, "digest": "hash/size", "function": f,
+    #    and for a file given an asset name: "uri": text, "q": {name: value}, "pushed": bool}
     #   {"rm": path, "i": instance}                  the entry and all below it
     #   {"mv": path, "to": path, "i": instance}      whatever was at "to" is replaced
     # A put replaces what is at its path (a directory keeps its children) and creates the
@@ -80,11 +82,14 @@ class UploadJournal:
                 "mtime": entry.mtime_ns, "target": entry.target,
             }  # fmt: skip
         if isinstance(entry, FileEntry) and entry.digest is not None:
-            return {
+            record: Record = {
                 "put": "file", "i": instance, "p": path, "mtime": entry.mtime_ns,
                 "mode": entry.mode, "digest": str(entry.digest),
                 "function": entry.digest.function.name_lower,
             }  # fmt: skip
+            if entry.uri is not None or entry.qualifiers:
+                record.update(uri=entry.uri, q=dict(entry.qualifiers), pushed=entry.pushed)
+            return record
         return None
 
     def _journal(self, record: Record) -> None:
@@ -221,10 +226,27 @@ class UploadJournal:
                 name=name, parent=parent, instance=self._instance_of[root], mode=mode,
                 size=digest.size, life=FileState(Phase.COMMITTED, digest=digest),
             )  # fmt: skip
+            _restore_naming(entry, record)
+            if record.get("pushed") is True:
+                entry.pushed_as = entry.naming()
         else:
             raise ValueError(f"unknown kind {kind!r}")
         entry.mtime_ns = mtime
         parent.children[name] = entry
+
+    def unpushed(self) -> list[FileEntry]:
+        """Committed files of the trees given an asset name whose push has not
+        succeeded yet (as journaled: an earlier mount ended before it, or it failed)."""
+        found = []
+        for root in self.roots.values():
+            stack: list[Entry] = [root]
+            while stack:
+                entry = stack.pop()
+                if isinstance(entry, DirEntry):
+                    stack.extend(entry.children.values())
+                elif isinstance(entry, FileEntry) and entry.naming() and not entry.pushed:
+                    found.append(entry)
+        return found
 
     # -- recovery ---------------------------------------------------------------------------
 
@@ -278,6 +300,7 @@ class UploadJournal:
             mtime_ns=data.stat().st_mtime_ns,  # writes and utime keep it the file's mtime
             life=FileState(Phase.CLOSED if meta.get("closed") is True else Phase.PENDING),
         )
+        _restore_naming(entry, meta)
         if parent is not None:
             if name in parent.children:  # a committed name the pending file replaced
                 log.info("%s: the pending file replaces its committed name", entry.label())
@@ -288,6 +311,17 @@ class UploadJournal:
                 return None
             log.warning("%s was never closed: kept, pending, not uploaded", entry.label())
         return entry
+
+
+def _restore_naming(entry: FileEntry, saved: Mapping[str, object]) -> None:
+    """A file's asset name and qualifiers, from a journal record or spool metadata
+    (``uri``, ``q``), checked as setxattr checks them (ValueError or TypeError if not)."""
+    uri, qualifiers = saved.get("uri"), saved.get("q") or {}
+    if uri is not None:
+        entry.uri = check_uri(str(uri))
+    if not isinstance(qualifiers, dict):
+        raise TypeError("qualifiers are not an object")
+    entry.qualifiers = check_qualifiers((str(n), str(v)) for n, v in qualifiers.items())
 
 
 def _split(path: object) -> list[str]:

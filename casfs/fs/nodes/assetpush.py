@@ -5,14 +5,19 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Mapping
+import logging
+from collections.abc import Iterable, Mapping
 
 from casfs.assetnames import CHECKSUM_SRI, AssetNameError, check_qualifiers, check_uri, sri_of
+from casfs.cas.errors import CasError
 from casfs.digest import Digest, DigestFunction
-from casfs.fs.assetcatalog import SRI_FUNCTIONS, AssetRefusal, Record, with_checksum
+from casfs.fs.assetcatalog import SRI_FUNCTIONS, AssetRefusal, with_checksum
+from casfs.fs.assetindex import Record
 from casfs.fs.nodes.errors import NodeError
 from casfs.fs.nodes.state import MountState
 from casfs.fs.uploadentries import FileEntry
+
+log = logging.getLogger("casfs.fs")
 
 XATTR_URI = b"user.casfs.uri"
 QUALIFIER_PREFIX = b"user.casfs.qualifier."
@@ -64,8 +69,9 @@ async def set_upload_xattr(
     state: MountState, entry: FileEntry, name: bytes, value: bytes | None
 ) -> None:
     """setxattr (``value``) or removexattr (None) on a file of ``uploads/``: its URI
-    (``user.casfs.uri``) or a qualifier, kept on the file for the push after its commit;
-    a committed file with a URI is pushed again at once."""
+    (``user.casfs.uri``) or a qualifier, kept on the file for the push after its commit
+    and saved with it for a later mount (a pending file's spool metadata, a committed
+    file's journal record); a committed file with a URI is pushed again at once."""
     if name == XATTR_URI:
         try:
             entry.uri = None if value is None else check_uri(value.decode("utf-8"))
@@ -75,6 +81,14 @@ async def set_upload_xattr(
         entry.qualifiers = changed_qualifiers(
             entry.qualifiers, name, value, checksum=entry.function
         )
+    if entry.committed:
+        state.uploads.saved(entry)
+    else:
+        try:
+            state.uploads.spool.record(entry)
+        except OSError as error:  # a full spool disk: this mount still has it
+            log.warning("%s: cannot keep its asset name for a later mount (%s)",
+                        entry.label(), error)  # fmt: skip
     await push_committed(state, entry)
 
 
@@ -104,18 +118,39 @@ async def push(
         raise NodeError(refusal.errno) from None
 
 
+async def push_left_over(state: MountState, entries: Iterable[FileEntry]) -> None:
+    """Push files an earlier mount left with an asset name not pushed yet (committed now,
+    or restored from the journal), one after another; a failure is logged and the file
+    stays unpushed (its next change, or the next mount, pushes it)."""
+    for entry in entries:
+        try:
+            await push_committed(state, entry)
+        except (NodeError, CasError) as error:
+            log.warning("%s: push as %s: %s (not pushed)", entry.label(), entry.uri, error)
+        except Exception:  # a background task: nothing may end the mount
+            log.exception("%s: push as %s failed unexpectedly", entry.label(), entry.uri)
+
+
 async def push_committed(state: MountState, entry: FileEntry) -> None:
     """Push a committed file under its URI with its qualifiers, unless it has no URI or
     the name already says just that. Raises what the push raised: the caller's close or
-    setxattr fails with it."""
-    uri, digest = entry.uri, entry.digest
-    if uri is None or digest is None or entry.unlinked:
+    setxattr fails with it. One push of a name at a time (``MountAssets.changing``), of
+    the file's URI, digest and qualifiers as they are once it holds the name."""
+    uri = entry.uri
+    if uri is None:
         return
-    known = state.assets.record(entry.instance, uri)
-    if (
-        known is not None
-        and (known.digest, known.directory) == (digest, False)
-        and dict(known.qualifiers) == with_checksum(entry.qualifiers, digest)
-    ):
-        return  # pushed already, just so
-    await push(state, entry.instance, uri, digest, entry.qualifiers)
+    async with state.assets.changing(entry.instance, uri):
+        digest = entry.digest
+        if entry.uri != uri or digest is None or entry.unlinked:
+            return  # renamed meanwhile: the change of its URI pushes it
+        naming = entry.naming()
+        known = state.assets.record(entry.instance, uri)
+        if not (
+            known is not None
+            and (known.digest, known.directory) == (digest, False)
+            and dict(known.qualifiers) == with_checksum(entry.qualifiers, digest)
+        ):
+            await push(state, entry.instance, uri, digest, entry.qualifiers)
+        if entry.naming() == naming and not entry.pushed:  # unchanged by others meanwhile
+            entry.pushed_as = naming
+            state.uploads.saved(entry)  # a later mount pushes only what this one did not

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import casfs.fs.nodes.blobio as blobio
 from casfs.assetnames import CHECKSUM_SRI
-from casfs.fs.assetcatalog import ANSWER_TTL, Record
+from casfs.fs.assetcatalog import ANSWER_TTL
+from casfs.fs.assetindex import Record
 from casfs.fs.assetpaths import AssetPrefix, scheme_prefix
 from casfs.fs.nodes.assetfiles import open_asset_read, open_asset_write
 from casfs.fs.nodes.assetpush import (
@@ -78,10 +79,10 @@ class AssetsDir(Node):
             raise NodeError(errno.ENOENT)
         return AssetDir(self.instance, prefix.text)
 
-    def entries(self, state: MountState, caller: Caller) -> list[tuple[str, Node]]:
+    async def listing(self, state: MountState, caller: Caller) -> list[tuple[str, Node]]:
         _available(state)
         entries: list[tuple[str, Node]] = []
-        for name in state.assets.schemes(self.instance):
+        for name in await state.assets.schemes(self.instance):
             prefix = scheme_prefix(name)
             if prefix is not None:
                 entries.append((name, AssetDir(self.instance, prefix.text)))
@@ -116,7 +117,7 @@ class AssetDir(Node):
         if pending is not None:
             return AssetUpload(self.instance, uri, pending.id)
         child = AssetPrefix(uri + "/")
-        if self.prefix.endswith("://") or state.assets.is_directory(self.instance, child):
+        if self.prefix.endswith("://") or await state.assets.is_directory(self.instance, child):
             return AssetDir(self.instance, child.text)
         record = await resolve(state, self.instance, uri)
         pending = _pending(state, self.instance, uri)  # looked up again after the wait
@@ -126,11 +127,12 @@ class AssetDir(Node):
             raise NodeError(errno.ENOENT)
         return asset_node(self.instance, record)
 
-    def entries(self, state: MountState, caller: Caller) -> list[tuple[str, Node]]:
+    async def listing(self, state: MountState, caller: Caller) -> list[tuple[str, Node]]:
         _available(state)
         prefix = AssetPrefix(self.prefix)
         entries: list[tuple[str, Node]] = []
-        for name, record in sorted(state.assets.children(self.instance, prefix).items()):
+        children = await state.assets.children(self.instance, prefix)
+        for name, record in sorted(children.items()):
             if record is not None:
                 entries.append((name, asset_node(self.instance, record)))
             elif (child := prefix.child(name)) is not None:
@@ -193,13 +195,16 @@ class _Asset(Node):
         await self._repush(state, name, None)
 
     async def _repush(self, state: MountState, name: bytes, value: bytes | None) -> None:
-        """Push the asset again with a qualifier set or removed."""
+        """Push the asset again with a qualifier set or removed: one change of this
+        asset at a time (``MountAssets.changing``), each on the set the last one pushed.
+        Cancelled, the push may or may not have happened; the lock is given back."""
         state.writable()
-        record = self.record(state)
-        if record.directory:
-            raise NodeError(errno.ENOTSUP)  # the mount pushes blobs only
-        qualifiers = changed_qualifiers(dict(record.qualifiers), name, value)
-        await push(state, self.instance, self.uri, record.digest, qualifiers)
+        async with state.assets.changing(self.instance, self.uri):
+            record = self.record(state)  # after the wait: what the last change pushed
+            if record.directory:
+                raise NodeError(errno.ENOTSUP)  # the mount pushes blobs only
+            qualifiers = changed_qualifiers(dict(record.qualifiers), name, value)
+            await push(state, self.instance, self.uri, record.digest, qualifiers)
 
 
 @dataclass(frozen=True, slots=True)
