@@ -292,3 +292,19 @@ def test_depth_is_bounded(bent: Bent) -> None:
         path = path / "d"
         assert os.listdir(path) == ["d"]
     assert errno_of(path / "d") == errno.EIO
+
+
+def test_cp_r_into_uploads_gives_the_tvix_directory_digest(served: Served) -> None:
+    target = served.mount.mountpoint / "main" / "uploads" / "copied"
+    sh("cp", "-r", str(served.source), str(target))
+    assert os.getxattr(target, "user.casfs.digest").decode() == served.digest.hash
+    assert int(os.getxattr(target, "user.casfs.tvix_size")) == served.digest.size
+    names = sh("getfattr", "-d", "-m", "user.casfs", str(target / "sub")).stdout.decode()
+    assert "user.casfs.tvix_size" in names and "resource_name" not in names
+    # A tree of its own, put by the mount and read back through trees/blake3/.
+    (target / "sub" / "new").write_bytes(b"new file\n")
+    hash_ = os.getxattr(target / "sub", "user.casfs.digest").decode()
+    tree = served.trees / hash_
+    out = sh("diff", "-r", "--no-dereference", str(target / "sub"), str(tree), check=False)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+    assert hash_ in os.listdir(served.trees)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 from dataclasses import dataclass
 
+import casfs.fs.nodes.blobio as blobio
 from casfs.cas.errors import CasError
 from casfs.digest import Digest, DigestFunction
 from casfs.fs.catalog import Catalog
@@ -41,9 +42,39 @@ XATTR_TVIX_SIZE = b"user.casfs.tvix_size"
 def trees_dir(state: MountState, instance: str) -> Node:
     """The ``trees/`` of an instance: tvix's, named by hash, where its Directories come
     from a tvix castore; REAPI's otherwise."""
-    if state.trees is not None and isinstance(state.trees.sources.get(instance), TvixTreeSource):
+    if _tvix(state, instance):
         return TvixTreesDir(instance)
     return DigestsDir(Kind.TREES, instance)
+
+
+def _tvix(state: MountState, instance: str) -> bool:
+    return state.trees is not None and isinstance(state.trees.sources.get(instance), TvixTreeSource)
+
+
+def tvix_xattrs(digest: Digest) -> dict[bytes, bytes]:
+    """The attributes of a tvix Directory: its hash (what ``trees/blake3/`` takes), its
+    function, and the size a DirectoryNode naming it carries (entries below it)."""
+    return {
+        XATTR_DIGEST: digest.hash.encode(),
+        XATTR_FUNCTION: digest.function.name_lower.encode(),
+        XATTR_TVIX_SIZE: str(digest.size).encode(),
+    }
+
+
+def directory_xattrs(state: MountState, instance: str, digest: Digest) -> dict[bytes, bytes]:
+    """The attributes of a directory of ``uploads/`` whose Directory has ``digest``."""
+    if _tvix(state, instance):
+        return tvix_xattrs(digest)
+    return blobio.blob_xattrs(instance, digest)
+
+
+def directory_xattr_names(state: MountState, instance: str) -> list[bytes]:
+    """Their names, known before the digest is."""
+    return (
+        [XATTR_DIGEST, XATTR_FUNCTION, XATTR_TVIX_SIZE]
+        if _tvix(state, instance)
+        else list(blobio.BLOB_XATTRS)
+    )
 
 
 def _place(instance: str, hash_: str) -> str:
@@ -112,10 +143,4 @@ class TvixTreeDir(TreeDir):
         return child
 
     async def xattrs(self, state: MountState) -> dict[bytes, bytes]:
-        """``user.casfs.digest`` is the Directory's hash (what ``trees/blake3/`` takes),
-        ``user.casfs.tvix_size`` the size a DirectoryNode naming it carries."""
-        return {
-            XATTR_DIGEST: self.digest.hash.encode(),
-            XATTR_FUNCTION: self.digest.function.name_lower.encode(),
-            XATTR_TVIX_SIZE: str(self.digest.size).encode(),
-        }
+        return tvix_xattrs(self.digest)
