@@ -1,8 +1,9 @@
-"""What the mount's ``trees/`` and ``actions/`` nodes share: a ``TreeSource`` per instance,
-the tree and action digests the mount has seen (what ``ls trees/`` and ``ls actions/``
-show), the ActionCache entries fetched, and the fetches ahead of readers (a subtree's
-Directories when a walk starts, a directory's small files when its first file is
-opened). No pyfuse3 in here.
+"""What the mount's ``trees/`` and ``actions/`` nodes share: a ``DirectorySource`` per
+instance (REAPI's ``TreeSource``, or a tvix castore's ``TvixTreeSource``, which has no
+actions, Tree messages or batch reads), the tree and action digests the mount has seen
+(what ``ls trees/`` and ``ls actions/`` show), the ActionCache entries fetched, and the
+fetches ahead of readers (a subtree's Directories when a walk starts, a directory's small
+files when its first file is opened). No pyfuse3 in here.
 
 Failures: a Directory, Tree or ActionResult that does not match its digest, does not
 parse or breaks a rule (``BadDirectory``, ``DataLoss``) is logged once per digest and
