@@ -223,7 +223,7 @@ def bent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bent]:
     try:
         args = ("--remote", f"tvix+grpc://127.0.0.1:{port}", "--retries", "1", "--no-disk-cache")
         limits = ("--tree-max-entries", str(MAX_ENTRIES), "--tree-max-depth", str(MAX_DEPTH))
-        with CasfsMount(root / "mnt", *args, *limits) as mount:
+        with CasfsMount(root / "mnt", "-v", *args, *limits) as mount:  # -v: the prefetch's end
             yield Bent(directories, mount)
     finally:
         server.stop(None)
@@ -265,6 +265,28 @@ def test_hostile_directories_are_eio(bent: Bent, case: str) -> None:
     parent = bent.tree(bent.directories.add(good))
     assert os.listdir(parent) == ["bad"]
     assert errno_of(parent / "bad") == errno.EIO
+
+
+def test_a_walk_is_fetched_ahead_by_one_recursive_get(bent: Bent) -> None:
+    leaf = bent.directories.add(castore_pb2.Directory(symlinks=[_link(b"l")]))
+    middle = bent.directories.add(
+        castore_pb2.Directory(
+            directories=[castore_pb2.DirectoryNode(name=b"leaf", digest=leaf, size=1)]
+        )
+    )
+    root = castore_pb2.Directory(
+        directories=[
+            castore_pb2.DirectoryNode(name=b"a", digest=middle, size=2),
+            castore_pb2.DirectoryNode(name=b"b", digest=leaf, size=1),
+        ]
+    )
+    raw = bent.directories.add(root)
+    os.stat(bent.tree(raw))  # the root by one Get, then the subtree ahead
+    bent.mount.wait_for_log(f"prefetched 3 directories of {raw.hex()}/5")  # all in the cache
+    assert bent.directories.gets_of(raw) == [False, True]
+    found = sh("find", str(bent.tree(raw))).stdout.decode().split()
+    assert len(found) == 6  # root, a, a/leaf, a/leaf/l, b, b/l
+    assert bent.directories.gets_of(middle) == [] and bent.directories.gets_of(leaf) == []
 
 
 def test_a_directory_under_another_digest_is_eio(bent: Bent) -> None:

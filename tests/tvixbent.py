@@ -108,6 +108,8 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
     """Directories by the raw digest they are served under (their own, or not)."""
 
     directories: dict[bytes, castore_pb2.Directory] = field(default_factory=dict)
+    gets: list[tuple[bytes, bool]] = field(default_factory=list)  # Gets answered in full
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, directory: castore_pb2.Directory, digest: bytes | None = None) -> bytes:
         """Serve ``directory`` under ``digest`` (default: its own); returns the digest."""
@@ -124,11 +126,18 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
                 context.abort(grpc.StatusCode.NOT_FOUND, "no such Directory")
             yield directory
             if not request.recursive:  # type: ignore[attr-defined]
-                return
+                break
             for node in directory.directories:
                 if node.digest not in seen:
                     seen.add(node.digest)
                     queue.append(node.digest)
+        with self.lock:
+            self.gets.append((request.digest, request.recursive))  # type: ignore[attr-defined]
+
+    def gets_of(self, raw: bytes) -> list[bool]:
+        """Whether each Get of ``raw`` answered in full was recursive, in order."""
+        with self.lock:
+            return [recursive for digest, recursive in self.gets if digest == raw]
 
 
 def serve(
