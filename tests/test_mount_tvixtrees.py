@@ -204,6 +204,7 @@ def test_bad_directories_in_the_store_are_eio(served: Served) -> None:
 
 @dataclass
 class Bent:
+    root: Path
     directories: BentDirectories
     mount: CasfsMount
 
@@ -224,7 +225,7 @@ def bent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bent]:
         args = ("--remote", f"tvix+grpc://127.0.0.1:{port}", "--retries", "1", "--no-disk-cache")
         limits = ("--tree-max-entries", str(MAX_ENTRIES), "--tree-max-depth", str(MAX_DEPTH))
         with CasfsMount(root / "mnt", "-v", *args, *limits) as mount:  # -v: the prefetch's end
-            yield Bent(directories, mount)
+            yield Bent(root, directories, mount)
     finally:
         server.stop(None)
 
@@ -330,3 +331,19 @@ def test_cp_r_into_uploads_gives_the_tvix_directory_digest(served: Served) -> No
     out = sh("diff", "-r", "--no-dereference", str(target / "sub"), str(tree), check=False)
     assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
     assert hash_ in os.listdir(served.trees)
+
+
+def test_uploads_put_each_directory_with_those_below_it(bent: Bent) -> None:
+    """Upstream tvix takes a Directory only with everything below it in the same Put."""
+    source = bent.root / "up"
+    (source / "a" / "b").mkdir(parents=True)
+    (source / "a" / "b" / "f").write_bytes(b"deep\n")
+    (source / "a" / "g").write_bytes(b"g\n")
+    (source / "e").mkdir()
+    target = bent.mount.mountpoint / "main" / "uploads" / "up"
+    sh("cp", "-r", str(source), str(target))
+    hash_ = os.getxattr(target, "user.casfs.digest").decode()
+    assert sorted(bent.directories.puts) == [1, 1, 2, 4]  # b; e; a with b; up with all
+    tree = bent.tree(bytes.fromhex(hash_))
+    out = sh("diff", "-r", "--no-dereference", str(source), str(tree), check=False)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()

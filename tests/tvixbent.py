@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import blake3
 import grpc
 
-from casfs._proto.tvix import castore_pb2, rpc_directory_pb2_grpc
+from casfs import tvix_directory
+from casfs._proto.tvix import castore_pb2, rpc_directory_pb2, rpc_directory_pb2_grpc
 from casfs._proto.tvix import rpc_blobstore_pb2 as pb2
 from casfs._proto.tvix import rpc_blobstore_pb2_grpc as pb2_grpc
 
@@ -109,6 +110,7 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
 
     directories: dict[bytes, castore_pb2.Directory] = field(default_factory=dict)
     gets: list[tuple[bytes, bool]] = field(default_factory=list)  # Gets answered in full
+    puts: list[int] = field(default_factory=list)  # Directories in each Put stored
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, directory: castore_pb2.Directory, digest: bytes | None = None) -> bytes:
@@ -133,6 +135,27 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
                     queue.append(node.digest)
         with self.lock:
             self.gets.append((request.digest, request.recursive))  # type: ignore[attr-defined]
+
+    def Put(self, request_iterator: Iterator[object], context: grpc.ServicerContext) -> object:
+        """Upstream tvix's rule (its LeavesToRootValidator): a Directory may refer only to
+        Directories sent before it in the same stream, with their sizes; the last is the
+        root. Nothing is stored unless the whole stream passes."""
+        sizes: dict[bytes, int] = {}
+        received: list[tuple[bytes, castore_pb2.Directory]] = []
+        for directory in request_iterator:
+            for node in directory.directories:  # type: ignore[attr-defined]
+                if sizes.get(node.digest) != node.size:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not sent before it")
+            raw = blake3.blake3(directory.SerializeToString(deterministic=True)).digest()  # type: ignore[attr-defined]
+            sizes[raw] = tvix_directory.size_of(directory)  # type: ignore[arg-type]
+            received.append((raw, directory))  # type: ignore[arg-type]
+        if not received:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
+        for raw, directory in received:
+            self.directories[raw] = directory
+        with self.lock:
+            self.puts.append(len(received))
+        return rpc_directory_pb2.PutDirectoryResponse(root_digest=received[-1][0])
 
     def gets_of(self, raw: bytes) -> list[bool]:
         """Whether each Get of ``raw`` answered in full was recursive, in order."""

@@ -18,12 +18,13 @@ async def store_directory(
 ) -> Digest:
     """Store the Directory of ``entries`` (whose files and directories are stored) and
     return its digest: on a REAPI CAS a REAPI Directory as a blob (the digest names that
-    blob); on a tvix castore a tvix Directory by one DirectoryService Put (the digest is
-    tvix's pair: its hash, and the entries below it as the size). Errors are the calls'
+    blob); on a tvix castore a tvix Directory by one DirectoryService Put with the
+    Directories below it (the digest is tvix's pair: its hash, and the entries below it as
+    the size). Errors are the calls'
     ``CasError``s (a tvix castore with no DirectoryService: ``Unimplemented``);
     cancellation cancels the call."""
     if isinstance(remote, TvixRemote):
         message = tvixencode.directory_message(entries)
-        await remote.tvix.put_directories([message])
+        await remote.put_directory(message)
         return tvixencode.digest_of(message)
     return await remote.upload_bytes(encode.directory_bytes(entries))
