@@ -220,6 +220,11 @@ def bent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bent]:
         server.stop(None)
 
 
+def test_a_server_without_directory_service_shows_no_trees(bent: Bent) -> None:
+    assert sorted(os.listdir(bent.mount.mountpoint / "main")) == ["blobs", "uploads"]
+    assert "has no tvix DirectoryService: no trees/" in bent.mount.log_text()
+
+
 def test_a_chunked_blob_is_read_by_chunk(bent: Bent) -> None:
     data = os.urandom(6 * MIB + 11)
     raw = bent.servicer.add(data, chunk=MIB)

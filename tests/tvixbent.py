@@ -2,6 +2,10 @@
 set per blob: chunked or not, honest or not. For what ``casfs serve`` never does (it
 lists one chunk and sends the right bytes). Not a fault a real server could not have:
 each habit is one a real server may show.
+
+``BentDirectories`` is a DirectoryService that sends whatever Directory it was given
+under a digest, checked or not (``casfs serve`` checks each before it stores or sends it):
+a server with bad data, a bug, or an attacker behind it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from dataclasses import dataclass, field
 import blake3
 import grpc
 
+from casfs import tvix_directory
+from casfs._proto.tvix import castore_pb2, rpc_directory_pb2, rpc_directory_pb2_grpc
 from casfs._proto.tvix import rpc_blobstore_pb2 as pb2
 from casfs._proto.tvix import rpc_blobstore_pb2_grpc as pb2_grpc
 
@@ -98,13 +104,77 @@ class BentTvix(pb2_grpc.BlobServiceServicer):
         return pb2.PutBlobResponse(digest=hasher.digest())
 
 
-def serve(servicer: BentTvix) -> tuple[grpc.Server, int]:
-    """Serve ``servicer`` on 127.0.0.1; returns the server and its port."""
+@dataclass
+class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
+    """Directories by the raw digest they are served under (their own, or not)."""
+
+    directories: dict[bytes, castore_pb2.Directory] = field(default_factory=dict)
+    gets: list[tuple[bytes, bool]] = field(default_factory=list)  # Gets answered in full
+    puts: list[int] = field(default_factory=list)  # Directories in each Put stored
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, directory: castore_pb2.Directory, digest: bytes | None = None) -> bytes:
+        """Serve ``directory`` under ``digest`` (default: its own); returns the digest."""
+        raw = digest or blake3.blake3(directory.SerializeToString(deterministic=True)).digest()
+        self.directories[raw] = directory
+        return raw
+
+    def Get(self, request: object, context: grpc.ServicerContext) -> Iterator[object]:
+        queue = [request.digest]  # type: ignore[attr-defined]
+        seen = set(queue)
+        while queue:
+            directory = self.directories.get(queue.pop(0))
+            if directory is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, "no such Directory")
+            yield directory
+            if not request.recursive:  # type: ignore[attr-defined]
+                break
+            for node in directory.directories:
+                if node.digest not in seen:
+                    seen.add(node.digest)
+                    queue.append(node.digest)
+        with self.lock:
+            self.gets.append((request.digest, request.recursive))  # type: ignore[attr-defined]
+
+    def Put(self, request_iterator: Iterator[object], context: grpc.ServicerContext) -> object:
+        """Upstream tvix's rule (its LeavesToRootValidator): a Directory may refer only to
+        Directories sent before it in the same stream, with their sizes; the last is the
+        root. Nothing is stored unless the whole stream passes."""
+        sizes: dict[bytes, int] = {}
+        received: list[tuple[bytes, castore_pb2.Directory]] = []
+        for directory in request_iterator:
+            for node in directory.directories:  # type: ignore[attr-defined]
+                if sizes.get(node.digest) != node.size:
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not sent before it")
+            raw = blake3.blake3(directory.SerializeToString(deterministic=True)).digest()  # type: ignore[attr-defined]
+            sizes[raw] = tvix_directory.size_of(directory)  # type: ignore[arg-type]
+            received.append((raw, directory))  # type: ignore[arg-type]
+        if not received:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
+        for raw, directory in received:
+            self.directories[raw] = directory
+        with self.lock:
+            self.puts.append(len(received))
+        return rpc_directory_pb2.PutDirectoryResponse(root_digest=received[-1][0])
+
+    def gets_of(self, raw: bytes) -> list[bool]:
+        """Whether each Get of ``raw`` answered in full was recursive, in order."""
+        with self.lock:
+            return [recursive for digest, recursive in self.gets if digest == raw]
+
+
+def serve(
+    servicer: BentTvix, directories: BentDirectories | None = None
+) -> tuple[grpc.Server, int]:
+    """Serve ``servicer`` (and ``directories``, if given) on 127.0.0.1; returns the server
+    and its port."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16),
         options=[("grpc.max_receive_message_length", 64 << 20)],
     )
     pb2_grpc.add_BlobServiceServicer_to_server(servicer, server)
+    if directories is not None:
+        rpc_directory_pb2_grpc.add_DirectoryServiceServicer_to_server(directories, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     return server, port

@@ -59,7 +59,7 @@ from casfs.fs.namespace import Namespace
 from casfs.fs.nodes.assetpush import push_left_over
 from casfs.fs.operations import CasOperations
 from casfs.fs.treeview import TreeView
-from casfs.fs.tvixmount import check_tvix, keep_passing, tvix_remotes
+from casfs.fs.tvixmount import check_tvix, keep_passing, tvix_remotes, tvix_tree_sources
 from casfs.fs.uploadentries import FileEntry
 from casfs.fs.uploads import Spool, UploadError, Uploads
 from casfs.prometheus import RpcCollector, serve_metrics_in_trio
@@ -221,19 +221,22 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
                     uploads = Uploads(clients, spool, nursery, names)
                     restored = uploads.restore_names()
                     log.info("names: %d record(s) restored from %s", restored, names.dir)
-                    # trees/ and actions/ are REAPI's: a tvix mount has none.
+                    limits = TreeLimits(
+                        max_entries=config.tree_max_entries, max_depth=config.tree_max_depth
+                    )
+                    # trees/: REAPI's, or a tvix castore's where it has a DirectoryService;
+                    # actions/ are REAPI's alone.
+                    sources = await tvix_tree_sources(tvix, limits, config.tree_cache_size)
                     trees = (
                         None
-                        if tvix
+                        if tvix and not sources
                         else TreeView(
                             reapi,
                             cache,
                             nursery,
-                            limits=TreeLimits(
-                                max_entries=config.tree_max_entries,
-                                max_depth=config.tree_max_depth,
-                            ),
+                            limits=limits,
                             cache_bytes=config.tree_cache_size,
+                            sources=sources,
                         )
                     )
                     operations = CasOperations(

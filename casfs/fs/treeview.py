@@ -1,8 +1,9 @@
-"""What the mount's ``trees/`` and ``actions/`` nodes share: a ``TreeSource`` per instance,
-the tree and action digests the mount has seen (what ``ls trees/`` and ``ls actions/``
-show), the ActionCache entries fetched, and the fetches ahead of readers (a subtree's
-Directories when a walk starts, a directory's small files when its first file is
-opened). No pyfuse3 in here.
+"""What the mount's ``trees/`` and ``actions/`` nodes share: a ``DirectorySource`` per
+instance (REAPI's ``TreeSource``, or a tvix castore's ``TvixTreeSource``, which has no
+actions, Tree messages or batch reads), the tree and action digests the mount has seen
+(what ``ls trees/`` and ``ls actions/`` show), the ActionCache entries fetched, and the
+fetches ahead of readers (a subtree's Directories when a walk starts, a directory's small
+files when its first file is opened). No pyfuse3 in here.
 
 Failures: a Directory, Tree or ActionResult that does not match its digest, does not
 parse or breaks a rule (``BadDirectory``, ``DataLoss``) is logged once per digest and
@@ -41,6 +42,7 @@ from casfs.fs.blocks.flight import Flight
 from casfs.fs.catalog import Catalog
 from casfs.fs.nodes.errors import NodeError
 from casfs.trees.actionsource import ActionView, fetch_action, fetch_tree
+from casfs.trees.directories import DirectorySource
 from casfs.trees.model import DEFAULT_LIMITS, BadDirectory, Directory, TreeLimits
 from casfs.trees.model import Node as Entry
 from casfs.trees.smallfiles import SMALL_FILE, pack, small_digests
@@ -68,14 +70,18 @@ class TreeView:
         *,
         limits: TreeLimits = DEFAULT_LIMITS,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        sources: Mapping[str, DirectorySource] | None = None,
     ) -> None:
         self.clients = clients
         self.cache = cache
         self.limits = limits
-        self.sources = {
+        # REAPI's sources (trees, Tree messages, actions); ``sources`` adds others (a
+        # tvix castore's Directories: trees only, files read as blobs are, one by one).
+        self.reapi = {
             name: TreeSource(client, limits=limits, cache_bytes=cache_bytes)
             for name, client in clients.items()
         }
+        self.sources: dict[str, DirectorySource] = {**self.reapi, **(sources or {})}
         self.trees_seen = Catalog()
         self.actions_seen = Catalog()
         self._nursery = nursery
@@ -126,7 +132,7 @@ class TreeView:
         try:
             if origin.tree is None:
                 return await source.directory(digest)
-            root, children = await fetch_tree(source, origin.tree)
+            root, children = await fetch_tree(self.reapi[origin.instance], origin.tree)
             found = root if root.digest == digest else children.get(digest)
             if found is None:
                 raise BadDirectory(f"Tree {origin.tree}: no Directory {digest}")
@@ -172,7 +178,7 @@ class TreeView:
         if view is not None:
             return view
         try:
-            view = await fetch_action(self.sources[instance], digest)
+            view = await fetch_action(self.reapi[instance], digest)
             view.outputs()  # check the output paths before anything is shown
         except CasError as error:
             raise self._refuse(digest, error) from None
@@ -186,8 +192,8 @@ class TreeView:
         """A file of the directory was opened: fetch its small files into the block cache
         in a few batches (once while remembered; in the background)."""
         key = (origin.instance, directory.digest)
-        if key in self._listed:
-            return
+        if key in self._listed or origin.instance not in self.clients:
+            return  # (a remote with no batch reads reads each file as blobs/ does)
         self._listed[key] = True
         cache = self.cache
         limit = min(SMALL_FILE, cache.block_size)

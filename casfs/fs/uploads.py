@@ -40,6 +40,7 @@ from casfs.fs.uploadentries import DirEntry, Entry, FileEntry, SymlinkEntry, Upl
 from casfs.fs.uploadjournal import COMPACT_EVERY, UploadJournal
 from casfs.fs.uploadmachine import FileState
 from casfs.trees import encode
+from casfs.trees.storedirs import store_directory
 
 __all__ = [  # the upload side's names, wherever they are defined
     "DirEntry",
@@ -148,7 +149,8 @@ class Uploads(UploadJournal, UploadCommits):
                 self._rerecord(child)
 
     async def directory_digest(self, directory: DirEntry, instance: str) -> Digest:
-        """The digest of a directory as a REAPI Directory, uploading what it refers to.
+        """The digest of a directory as a Directory of the remote's protocol (REAPI's, or
+        tvix's: ``trees/storedirs.py``), uploading what it refers to.
 
         Files still open for writing make it EBUSY.
         """
@@ -166,7 +168,7 @@ class Uploads(UploadJournal, UploadCommits):
                 entries.append((name, encode.DirectoryEntry(digest)))
             elif isinstance(child, SymlinkEntry):
                 entries.append((name, encode.SymlinkEntry(child.target)))
-        digest = await self.clients[instance].upload_bytes(encode.directory_bytes(entries))
+        digest = await store_directory(self.clients[instance], entries)
         directory.digest = digest
         return digest
 

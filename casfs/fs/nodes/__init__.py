@@ -10,6 +10,7 @@
     digestdirs.py   ``trees/`` and ``actions/``, their ``<fn>/`` and ``<hash>/`` directories
     treenodes.py    a tree's directories, files and symlinks; files of given content
     actions.py      ``actions/<hash>/<size>/``, its ``outputs/`` and ``action/``
+    tvixtrees.py    ``trees/`` of a tvix castore: ``trees/blake3/<hash>/``, a tvix Directory
 
 ``fs/operations.py`` is the pyfuse3 adapter in front of them.
 """

@@ -22,6 +22,7 @@ from casfs.fs.nodes.digestdirs import ACTIONS, TREES, DigestsDir, Kind
 from casfs.fs.nodes.errors import NO_ATTRIBUTE, NodeError
 from casfs.fs.nodes.hashdirs import HashesDir, StaticDir
 from casfs.fs.nodes.state import MountState
+from casfs.fs.nodes.tvixtrees import trees_dir
 from casfs.fs.nodes.uploadfiles import open_upload
 from casfs.fs.nodes.uploadtree import UploadsDir, upload_node
 from casfs.fs.status import STATUS_XATTR
@@ -51,8 +52,9 @@ class InstanceDir(StaticDir):
                 entries.append((ASSETS, AssetsDir(self.path)))
             if state.trees is not None:  # "trees" may name an instance too: it wins
                 if TREES not in names.subdirectories(self.path):
-                    entries.append((TREES, DigestsDir(Kind.TREES, self.path)))
-                entries.append((ACTIONS, DigestsDir(Kind.ACTIONS, self.path)))
+                    entries.append((TREES, trees_dir(state, self.path)))
+                if self.path in state.trees.reapi:  # REAPI's ActionCache (tvix has none)
+                    entries.append((ACTIONS, DigestsDir(Kind.ACTIONS, self.path)))
         return entries
 
     async def getxattr(self, state: MountState, name: bytes, caller: Caller) -> bytes:

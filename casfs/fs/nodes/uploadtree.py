@@ -27,6 +27,7 @@ from casfs.fs.nodes.base import (
 )
 from casfs.fs.nodes.errors import NO_ATTRIBUTE, NodeError
 from casfs.fs.nodes.state import MountState
+from casfs.fs.nodes.tvixtrees import directory_xattr_names, directory_xattrs
 from casfs.fs.nodes.uploadfiles import open_upload
 from casfs.fs.uploadentries import DirEntry, Entry, FileEntry, SymlinkEntry
 
@@ -270,13 +271,13 @@ class _UploadDirectory(_UploadNode):
 
     async def listxattr(self, state: MountState) -> list[bytes]:
         self.directory(state)
-        return list(blobio.BLOB_XATTRS)
+        return directory_xattr_names(state, self.instance)
 
     async def xattrs(self, state: MountState) -> dict[bytes, bytes]:
         digest = await state.uploads.directory_digest(self.directory(state), self.instance)
         if state.trees is not None:  # ``ls trees/`` shows it
             state.trees.trees_seen.note(self.instance, digest)
-        return blobio.blob_xattrs(self.instance, digest)
+        return directory_xattrs(state, self.instance, digest)
 
 
 @dataclass(frozen=True, slots=True)
