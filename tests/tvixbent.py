@@ -120,6 +120,10 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
         return raw
 
     def Get(self, request: object, context: grpc.ServicerContext) -> Iterator[object]:
+        # Counted on arrival: a client that takes the one Directory it asked for ends the
+        # call, and a generator cancelled at its yield would never count it afterwards.
+        with self.lock:
+            self.gets.append((request.digest, request.recursive))  # type: ignore[attr-defined]
         queue = [request.digest]  # type: ignore[attr-defined]
         seen = set(queue)
         while queue:
@@ -133,8 +137,6 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
                 if node.digest not in seen:
                     seen.add(node.digest)
                     queue.append(node.digest)
-        with self.lock:
-            self.gets.append((request.digest, request.recursive))  # type: ignore[attr-defined]
 
     def Put(self, request_iterator: Iterator[object], context: grpc.ServicerContext) -> object:
         """Upstream tvix's rule (its LeavesToRootValidator): a Directory may refer only to
@@ -158,7 +160,7 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
         return rpc_directory_pb2.PutDirectoryResponse(root_digest=received[-1][0])
 
     def gets_of(self, raw: bytes) -> list[bool]:
-        """Whether each Get of ``raw`` answered in full was recursive, in order."""
+        """Whether each Get of ``raw`` was recursive, in the order they arrived."""
         with self.lock:
             return [recursive for digest, recursive in self.gets if digest == raw]
 
