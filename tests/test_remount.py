@@ -229,6 +229,34 @@ def test_an_upload_keeps_its_asset_name_across_a_remount(tmp_path: Path) -> None
             assert status["assets"]["pushes"] == 1, status["assets"]  # stuck.txt's only
 
 
+def test_a_saved_asset_name_the_checks_refuse_loses_the_name_not_the_file(
+    tmp_path: Path,
+) -> None:
+    """A journaled asset name that no longer passes the checks (here: damaged to hold a
+    space) is dropped at the next mount, with a warning; the file comes back with its
+    bytes and digest."""
+    args = ("--cache-dir", str(tmp_path / "cache"))
+    mountpoint = tmp_path / "mnt"
+    uploads = mountpoint / "main" / "uploads"
+    with CasfsServer(tmp_path / "store") as server:
+        with CasfsMount(mountpoint, "--remote", server.endpoint, *args):
+            (uploads / "kept.txt").write_bytes(b"kept\n")
+            os.setxattr(uploads / "kept.txt", "user.casfs.uri", b"urn:kept:1")
+            digest = os.getxattr(uploads / "kept.txt", "user.casfs.digest")
+        damaged = 0
+        for saved in (tmp_path / "cache").rglob("*"):
+            if saved.is_file() and b"urn:kept:1" in saved.read_bytes():
+                saved.write_bytes(saved.read_bytes().replace(b"urn:kept:1", b"urn:kept 1"))
+                damaged += 1
+        assert damaged, "the URI was saved nowhere in the cache directory"
+        with CasfsMount(mountpoint, "--remote", server.endpoint, *args) as mount:
+            assert (uploads / "kept.txt").read_bytes() == b"kept\n"
+            assert os.getxattr(uploads / "kept.txt", "user.casfs.digest") == digest
+            with pytest.raises(OSError):
+                os.getxattr(uploads / "kept.txt", "user.casfs.uri")
+            assert "its saved asset name is dropped" in mount.log_text()
+
+
 def _fetched(endpoint: str, uri: str) -> FetchedAsset | None:
     try:
         return fetch(endpoint, [uri])

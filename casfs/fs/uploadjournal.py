@@ -315,13 +315,19 @@ class UploadJournal:
 
 def _restore_naming(entry: FileEntry, saved: Mapping[str, object]) -> None:
     """A file's asset name and qualifiers, from a journal record or spool metadata
-    (``uri``, ``q``), checked as setxattr checks them (ValueError or TypeError if not)."""
+    (``uri``, ``q``), checked as setxattr checks them. A name the checks refuse (a
+    damaged record, or rules tightened since it was saved) is logged and dropped: the
+    file itself comes back, without its name."""
     uri, qualifiers = saved.get("uri"), saved.get("q") or {}
-    if uri is not None:
-        entry.uri = check_uri(str(uri))
-    if not isinstance(qualifiers, dict):
-        raise TypeError("qualifiers are not an object")
-    entry.qualifiers = check_qualifiers((str(n), str(v)) for n, v in qualifiers.items())
+    try:
+        if not isinstance(qualifiers, dict):
+            raise TypeError("qualifiers are not an object")
+        checked = check_qualifiers((str(n), str(v)) for n, v in qualifiers.items())
+        entry.uri = None if uri is None else check_uri(str(uri))
+    except (ValueError, TypeError) as error:
+        log.warning("%s: its saved asset name is dropped: %s", entry.label(), error)
+        return
+    entry.qualifiers = checked
 
 
 def _split(path: object) -> list[str]:
