@@ -70,8 +70,9 @@ async def set_upload_xattr(
 ) -> None:
     """setxattr (``value``) or removexattr (None) on a file of ``uploads/``: its URI
     (``user.casfs.uri``) or a qualifier, kept on the file for the push after its commit
-    and saved with it for a later mount (a pending file's spool metadata, a committed
-    file's journal record); a committed file with a URI is pushed again at once."""
+    and saved with it for a later mount (a committed file's journal record, and the
+    spool metadata while a spool file exists); a committed file with a URI is pushed
+    again at once."""
     if name == XATTR_URI:
         try:
             entry.uri = None if value is None else check_uri(value.decode("utf-8"))
@@ -83,8 +84,8 @@ async def set_upload_xattr(
         )
     if entry.committed:
         state.uploads.saved(entry)
-    else:
-        try:
+    if entry.spool is not None:  # pending, or committed and still spooled: a crash now
+        try:  # would bring the spool file back in place of the committed name
             state.uploads.spool.record(entry)
         except OSError as error:  # a full spool disk: this mount still has it
             log.warning("%s: cannot keep its asset name for a later mount (%s)",
