@@ -3,9 +3,11 @@ and a restart after a crash (the stale mount is cleared)."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -112,3 +114,19 @@ def test_a_mount_after_a_crash_clears_the_stale_mount(server: CasfsServer, tmp_p
         with CasfsMount(mountpoint, "--remote", server.endpoint) as again:
             assert (mountpoint / "main" / "blobs" / digest).read_bytes() == data
             assert "stale mount" in again.log_text()
+
+
+def test_serve_stops_on_a_sigterm_delivered_to_another_thread(tmp_path: Path) -> None:
+    """A supervisor's SIGTERM may reach any thread of the process; the kernel picks one.
+    Here it is sent to one of grpc's threads (tgkill): the server still stops at once."""
+    sys_tgkill = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+    if sys_tgkill is None:
+        pytest.skip(f"tgkill's number on {platform.machine()} is not known here")
+    libc = ctypes.CDLL(None, use_errno=True)
+    with CasfsServer(tmp_path / "store") as server:
+        assert server.process is not None
+        pid = server.process.pid
+        others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+        assert others, "the server runs no thread besides its main thread"
+        assert libc.syscall(sys_tgkill, pid, others[-1], signal.SIGTERM) == 0, ctypes.get_errno()
+        assert server.process.wait(timeout=10) == 0

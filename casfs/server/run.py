@@ -44,6 +44,13 @@ class ServeOptions:
     metrics: str | None = None  # [HOST:]PORT of the Prometheus endpoint
 
 
+# Python runs a signal's handler in the main thread only, once that thread runs Python
+# again; a signal the kernel delivers to one of grpc's threads does not wake the main
+# thread from an untimed wait, so a SIGTERM could go unanswered until the next one. The
+# wait wakes this often to let a pending handler run.
+SIGNAL_POLL = 0.25
+
+
 def serve_until_signalled(config: ServeConfig, options: ServeOptions) -> None:
     """Serve until SIGTERM or SIGINT (their handlers are installed before "listening" is
     printed: a supervisor may signal as soon as it reads it), then stop, giving calls
@@ -82,7 +89,8 @@ def serve_until_signalled(config: ServeConfig, options: ServeOptions) -> None:
             signal.signal(signum, lambda *_: stop.set())
         print(f"casfs serve: listening on {address}", flush=True)
         notify.ready(f"listening on {address}")
-        stop.wait()
+        while not stop.wait(SIGNAL_POLL):
+            pass
         log.info("stopping")
         notify.stopping("stopping")
         server.stop(grace=5).wait()
