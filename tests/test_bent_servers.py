@@ -2,7 +2,7 @@
 real ``casfs serve``, with the mount written and read through by real tools: the bytes must
 come out right, never EIO while they can be had.
 
-The mount tests share one battery (``Battery``): four 5 MiB files and a 500-file tree
+The mount tests share one battery (``Battery``): four 5 MiB files and a 200-file tree
 copied in with ``cp``, then, through a fresh mount (so that every read reaches the server,
 not the page cache), ``sha256sum``, ``tail -c 12345``, ``dd`` with odd ``bs``/``skip``/
 ``count``, ``head -c 1`` and a ``sha256sum`` of the whole tree. The client tests pin what
@@ -28,7 +28,8 @@ from tests.servers import CasfsServer
 from tests.test_client_server import MIB, run_client, sha256_file, write_file
 from tests.test_mount_read import sh
 
-TREE_FILES = 500
+TREE_FILES = 500  # tests/bent_cost.py's battery
+SUITE_TREE_FILES = 200  # the suite's: 180 small (batches), 20 up to 1.5 MiB (ranged reads)
 TOOLS = ("sha256sum", "tail", "dd", "head")
 
 
@@ -51,7 +52,7 @@ class Battery:
     files: dict[str, bytes]  # the tree's, by relative name
 
     @classmethod
-    def make(cls, root: Path) -> Battery:
+    def make(cls, root: Path, tree_files: int = TREE_FILES) -> Battery:
         sources = {
             tool: write_file(root / tool, 5 * MIB + 12345 + n) for n, tool in enumerate(TOOLS)
         }
@@ -59,7 +60,7 @@ class Battery:
         # (ranged ByteStream Reads).
         rng = random.Random(15)
         files: dict[str, bytes] = {}
-        for i in range(TREE_FILES):
+        for i in range(tree_files):
             size = rng.randrange(64 << 10, 3 * MIB // 2) if i % 10 == 0 else rng.randrange(20_000)
             files[f"d{i % 3}/f{i}"] = rng.randbytes(size)
         for name, data in files.items():
@@ -123,7 +124,7 @@ def test_a_server_that_reads_whole_blocks_only(
     first read and asks aligned from then on."""
     proxy.block_reads = answer
     learned: list[int] = []
-    _, log = Battery.make(tmp_path).round_trip(
+    _, log = Battery.make(tmp_path, SUITE_TREE_FILES).round_trip(
         proxy.endpoint, lambda: learned.append(proxy.injected["block_reads"])
     )
     assert learned[0] >= 1, "the fault never happened"
@@ -187,7 +188,7 @@ def test_a_server_that_refuses_a_half_close(proxy: FaultProxy, tmp_path: Path) -
     starts again from offset 0 and ``cp`` succeeds (it failed with EOPNOTSUPP)."""
     proxy.refuse_half_close = proxy.query_write_status_unimplemented = True
     proxy.cut_writes = (2 * MIB, 1)  # the first large file (the tree goes by batch)
-    writer_log, _ = Battery.make(tmp_path).round_trip(proxy.endpoint)
+    writer_log, _ = Battery.make(tmp_path, SUITE_TREE_FILES).round_trip(proxy.endpoint)
     assert proxy.injected["refuse_half_close"] == 1
     assert writer_log.count("restarting from offset 0") == 1
 
@@ -212,7 +213,7 @@ def test_a_server_that_answers_find_missing_by_hash(proxy: FaultProxy, tmp_path:
     EIO), for a large blob (FindMissingBlobs) and a small one (fetched whole at lookup);
     the right sizes read back right."""
     proxy.by_hash_store = tmp_path / "store"
-    battery = Battery.make(tmp_path)
+    battery = Battery.make(tmp_path, SUITE_TREE_FILES)
     with CasfsMount(tmp_path / "mnt-in", "--remote", proxy.endpoint) as writer:
         battery.write_in(writer)
     small_data = next(data for data in battery.files.values() if 1000 < len(data) < 20_000)

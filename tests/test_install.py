@@ -116,14 +116,18 @@ def complete_bash(script: Path, line: str) -> list[str]:
     return run("bash", "-c", program).stdout.split()
 
 
-def test_pipx_install_puts_casfs_and_mount_casfs_on_path(tmp_path: Path) -> None:
+def test_pipx_install_puts_casfs_and_mount_casfs_on_path(dist: Path, tmp_path: Path) -> None:
+    """pipx installs the wheel ``dist`` built (``pipx install .`` builds that same wheel
+    with the same backend first; pip builds it from the checkout in the test below), so
+    the suite builds casfs once less."""
+    (wheel,) = dist.glob("casfs-*.whl")
     env = {
         **os.environ,
         "PIPX_HOME": str(tmp_path / "pipx"),
         "PIPX_BIN_DIR": str(tmp_path / "bin"),
         "PIPX_MAN_DIR": str(tmp_path / "man"),
     }
-    run(sys.executable, "-m", "pipx", "install", ".", cwd=REPO, env=env)
+    run(sys.executable, "-m", "pipx", "install", wheel, cwd=tmp_path, env=env)
     version = run(tmp_path / "bin" / "casfs", "--version").stdout
     assert version.startswith("casfs ") and "pyfuse3 3." in version, version
     helper = subprocess.run([tmp_path / "bin" / "mount.casfs"], capture_output=True, text=True)

@@ -231,16 +231,18 @@ def test_server_down_for_good_then_next_mount_finishes(tmp_path: Path) -> None:
         assert not list((cache / "spool").glob("*.data"))
 
 
-def test_rss_while_writing_2gib(tmp_path: Path) -> None:
+def test_rss_while_writing_768mib(tmp_path: Path) -> None:
+    """768 MiB written through a 32 MiB cache: the mount stays within the cache plus its
+    own ~60 MiB (about 81 MiB peak measured; 2 GiB through 64 MiB once, the same bound)."""
     with CasfsServer(tmp_path / "store", "--no-fsync") as server, CasfsMount(
         tmp_path / "mnt",
-        "--remote", server.endpoint, "--cache-size", "64M", "--cache-dir", str(tmp_path / "c"),
+        "--remote", server.endpoint, "--cache-size", "32M", "--cache-dir", str(tmp_path / "c"),
     ) as mount:  # fmt: skip
         target = mount.mountpoint / "main" / "uploads" / "big"
-        sh("dd", "if=/dev/zero", f"of={target}", "bs=1M", "count=2048", "status=none")
-        assert xattr(target, "user.casfs.digest").endswith("/2147483648")
+        sh("dd", "if=/dev/zero", f"of={target}", "bs=1M", "count=768", "status=none")
+        assert xattr(target, "user.casfs.digest").endswith(f"/{768 * MIB}")
         peak = peak_rss_bytes(mount.pid)
-    assert peak < 64 * MIB + 100 * MIB, f"peak RSS {peak / MIB:.0f} MiB"
+    assert peak < 32 * MIB + 100 * MIB, f"peak RSS {peak / MIB:.0f} MiB"
 
 
 def test_unmount_waits_for_an_upload_in_flight(tmp_path: Path) -> None:

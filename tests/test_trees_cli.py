@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,14 @@ from tests.conftest import remote
 from tests.mounts import CasfsMount
 from tests.servers import CasfsServer
 from tests.test_cli import casfs
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CasfsServer]:
+    """One server for the module (a start costs seconds): every test here stores content of
+    its own or content-addressed twins of it, and none asserts what else the store holds."""
+    with CasfsServer(tmp_path_factory.mktemp("trees-cli") / "store") as running:
+        yield running
 
 
 def make_tree(root: Path) -> Path:
