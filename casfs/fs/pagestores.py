@@ -13,8 +13,11 @@ skipped while remembered. Forgetting is what keeps it true:
   a blob's name), or the inode's content changes (an ``uploads/`` file rewritten and
   committed anew: the digest differs, so ``holds`` is false).
 
-Pages the kernel evicts on its own (memory pressure) are not known here: a later read of
-them is a READ, answered from the block cache as any read is. Nothing here does I/O;
+Pages dropped without this module knowing are not wrong bytes, only a READ more: the
+kernel evicting them on its own (memory pressure), or an open answered without
+``keep_cache`` (a write open of ``blobs/<hash>/<size>``), which drops them. A later read
+is then a READ, answered from the block cache as any read is; a remembered store is only
+ever of the digest's own bytes. Nothing here does I/O;
 everything runs in the mount's trio thread.
 """
 
