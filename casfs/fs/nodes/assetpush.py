@@ -122,14 +122,22 @@ async def push(
 async def push_left_over(state: MountState, entries: Iterable[FileEntry]) -> None:
     """Push files an earlier mount left with an asset name not pushed yet (committed now,
     or restored from the journal), one after another; a failure is logged and the file
-    stays unpushed (its next change, or the next mount, pushes it)."""
-    for entry in entries:
+    stays unpushed (its next change, or the next mount, pushes it). A remote without the
+    Remote Asset API refuses them all: that is logged once, with how many wait."""
+    waiting = list(entries)
+    for done, entry in enumerate(waiting):
         try:
-            await push_committed(state, entry)
+            if state.assets.unavailable is None:
+                await push_committed(state, entry)
         except (NodeError, CasError) as error:
-            log.warning("%s: push as %s: %s (not pushed)", entry.label(), entry.uri, error)
+            if state.assets.unavailable is None:
+                log.warning("%s: push as %s: %s (not pushed)", entry.label(), entry.uri, error)
         except Exception:  # a background task: nothing may end the mount
             log.exception("%s: push as %s failed unexpectedly", entry.label(), entry.uri)
+        if state.assets.unavailable is not None:  # this file and every one after it
+            log.warning("%d files with an asset name stay unpushed: %s",
+                        len(waiting) - done, state.assets.unavailable)  # fmt: skip
+            return
 
 
 async def push_committed(state: MountState, entry: FileEntry) -> None:
