@@ -9,10 +9,11 @@ missing Directories, one level of the tree at a time. docs/performance.md has th
 that chose the default.
 
 Concurrency notes: all state lives in the trio thread. A Directory is fetched once at a
-time (single flight): other tasks asking for it wait for the first; if that fetch fails or
-is cancelled, the next waiter fetches it again itself. Cancelling a caller cancels only its
-own gRPC call. Memory: the cache holds at most ``cache_bytes`` (by ``Directory.cost``),
-least recently used first out; a prefetch takes at most half of that and stops there.
+time (single flight, ``fetchcache.py``): other tasks asking for it wait for the first; if
+that fetch fails or is cancelled, the next waiter fetches it again itself. Cancelling a
+caller cancels only its own gRPC call. Memory: the cache holds at most ``cache_bytes``
+(by ``Directory.cost``), least recently used first out; a prefetch takes at most half of
+that and stops there.
 """
 
 from __future__ import annotations
@@ -20,20 +21,22 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
-from collections import OrderedDict
 from collections.abc import Iterable
-
-import trio
 
 from casfs.cas.client import CasClient
 from casfs.cas.errors import Unimplemented
 from casfs.cas.treecalls import TreeCalls
 from casfs.digest import Digest
+from casfs.trees.fetchcache import FetchCache
 from casfs.trees.model import DEFAULT_LIMITS, Directory, TooDeep, TreeLimits, parse_directory
 
 log = logging.getLogger("casfs.trees")
 
 DEFAULT_CACHE_BYTES = 64 << 20
+
+
+def _cost(directory: Directory) -> int:
+    return directory.cost
 
 
 class Prefetch(enum.Enum):
@@ -62,33 +65,21 @@ class TreeSource:
         self.limits = limits
         self.cache_bytes = cache_bytes
         self.prefetch_method = prefetch
-        self._cache: OrderedDict[Digest, Directory] = OrderedDict()
-        self._held = 0
-        self._flights: dict[Digest, trio.Event] = {}
+        self._cache: FetchCache[Digest, Directory] = FetchCache(cache_bytes, _cost)
 
     # -- the cache ----------------------------------------------------------------------------
 
     def cached(self, digest: Digest) -> Directory | None:
         """The Directory if it is in the cache (and now the most recently used), else None."""
-        directory = self._cache.get(digest)
-        if directory is not None:
-            self._cache.move_to_end(digest)
-        return directory
+        return self._cache.get(digest)
 
     def keep(self, directory: Directory) -> None:
         """Put a checked Directory in the cache (keyed by its own digest)."""
-        if directory.digest in self._cache:
-            self._cache.move_to_end(directory.digest)
-            return
-        self._cache[directory.digest] = directory
-        self._held += directory.cost
-        while self._held > self.cache_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._held -= old.cost
+        self._cache.keep(directory.digest, directory)
 
     @property
     def held_bytes(self) -> int:
-        return self._held
+        return self._cache.held
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -102,25 +93,15 @@ class TreeSource:
         bytes fetched do not match, ``BadDirectory`` (EIO) if it breaks a rule, other
         ``CasError``s as the client raises them. Cancellation cancels this caller's call.
         """
-        while True:
-            found = self.cached(digest)
-            if found is not None:
-                return found
-            flight = self._flights.get(digest)
-            if flight is None:
-                break
-            await flight.wait()  # then look again: the fetch may have failed
-        done = self._flights[digest] = trio.Event()
-        try:
-            if digest.size > self.limits.max_directory_bytes:
-                parse_directory(b"", digest, self.limits)  # raises BadDirectory
-            data = await self.client.read_blob(digest)
-            directory = parse_directory(data, digest, self.limits)
-            self.keep(directory)
-            return directory
-        finally:
-            del self._flights[digest]
-            done.set()
+        return await self._cache.once(digest, lambda: self._fetch(digest))
+
+    async def _fetch(self, digest: Digest) -> Directory:
+        if digest.size > self.limits.max_directory_bytes:
+            parse_directory(b"", digest, self.limits)  # raises BadDirectory
+        data = await self.client.read_blob(digest)
+        directory = parse_directory(data, digest, self.limits)
+        self.keep(directory)
+        return directory
 
     # -- a whole subtree ----------------------------------------------------------------------
 

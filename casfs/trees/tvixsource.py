@@ -15,7 +15,7 @@ formed: casfs serve says so of a stored blob that is no valid Directory) is ``Da
 ``BadDirectory`` (EIO); other ``CasError``s as the client raises them.
 
 Concurrency notes: all state lives in the trio thread. A Directory is fetched once at a
-time (single flight, as ``TreeSource``): other tasks asking for it wait for the first and
+time (single flight, ``fetchcache.py``): other tasks asking for it wait for the first and
 look again, so a failed or cancelled fetch is retried by the next asker. Cancelling a
 caller cancels its own call. Memory: the cache holds at most ``cache_bytes`` (by
 ``TvixDirectory.cost``), least recently used first out; a prefetch takes at most half of
@@ -26,18 +26,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import OrderedDict
-
-import trio
 
 from casfs.cas.errors import DataLoss, InvalidArgument
 from casfs.cas.tvix import TvixClient
 from casfs.digest import Digest
+from casfs.trees.fetchcache import FetchCache
 from casfs.trees.model import DEFAULT_LIMITS, BadDirectory, Directory, TooDeep, TreeLimits
 from casfs.trees.source import DEFAULT_CACHE_BYTES
 from casfs.trees.tvixmodel import TvixDirectory, from_tvix
 
 log = logging.getLogger("casfs.trees")
+
+
+def _cost(item: TvixDirectory) -> int:
+    return item.cost
 
 
 class TvixTreeSource:
@@ -53,18 +55,13 @@ class TvixTreeSource:
         self.client = client
         self.limits = limits
         self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[str, TvixDirectory] = OrderedDict()
-        self._held = 0
-        self._flights: dict[str, trio.Event] = {}
+        self._cache: FetchCache[str, TvixDirectory] = FetchCache(cache_bytes, _cost)
 
     # -- the cache ----------------------------------------------------------------------------
 
     def _get(self, hash_: str) -> Directory | None:
         found = self._cache.get(hash_)
-        if found is None:
-            return None
-        self._cache.move_to_end(hash_)
-        return found.directory
+        return None if found is None else found.directory
 
     def cached(self, digest: Digest) -> Directory | None:
         """The Directory if it is cached under this hash and size, else None."""
@@ -73,18 +70,11 @@ class TvixTreeSource:
 
     def keep(self, item: TvixDirectory) -> None:
         """Put a checked Directory in the cache (keyed by its hash)."""
-        if item.hash in self._cache:
-            self._cache.move_to_end(item.hash)
-            return
-        self._cache[item.hash] = item
-        self._held += item.cost
-        while self._held > self.cache_bytes and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._held -= old.cost
+        self._cache.keep(item.hash, item)
 
     @property
     def held_bytes(self) -> int:
-        return self._held
+        return self._cache.held
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -94,20 +84,8 @@ class TvixTreeSource:
     async def by_hash(self, hash_: str) -> Directory:
         """The checked Directory the blake3 hash ``hash_`` (hex) names: a tree's root,
         which tvix names by hash alone. Errors as in the module notes."""
-        while True:
-            found = self._get(hash_)
-            if found is not None:
-                return found
-            flight = self._flights.get(hash_)
-            if flight is None:
-                break
-            await flight.wait()  # then look again: the fetch may have failed
-        done = self._flights[hash_] = trio.Event()
-        try:
-            return await self._fetch(hash_)
-        finally:
-            del self._flights[hash_]
-            done.set()
+        item = await self._cache.once(hash_, lambda: self._fetch(hash_))
+        return item.directory
 
     async def directory(self, digest: Digest) -> Directory:
         """The Directory a DirectoryNode names: its hash, and the entries below it as the
@@ -120,14 +98,14 @@ class TvixTreeSource:
             )
         return found
 
-    async def _fetch(self, hash_: str) -> Directory:
+    async def _fetch(self, hash_: str) -> TvixDirectory:
         try:
             stream = self.client.get_directories(bytes.fromhex(hash_))
             async with contextlib.aclosing(stream) as directories:  # type: ignore[type-var]
                 async for message in directories:
                     item = from_tvix(message, self.limits)
                     self.keep(item)
-                    return item.directory
+                    return item
         except InvalidArgument as error:
             raise BadDirectory(f"tvix Directory {hash_}: the server refuses it: {error}") from None
         raise DataLoss(f"tvix Directory {hash_}: the server sent nothing")  # pragma: no cover
