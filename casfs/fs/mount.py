@@ -226,7 +226,9 @@ async def serve_mount(config: MountConfig, remote: RemoteConfig, ready: Callable
                     )
                     # trees/: REAPI's, or a tvix castore's where it has a DirectoryService;
                     # actions/ are REAPI's alone.
-                    sources = await tvix_tree_sources(tvix, limits, config.tree_cache_size)
+                    sources = await tvix_tree_sources(
+                        tvix, limits, config.tree_cache_size, ask=config.check_remote
+                    )
                     trees = (
                         None
                         if tvix and not sources

@@ -86,11 +86,13 @@ async def has_directories(remote: TvixRemote) -> bool:
 
 
 async def tvix_tree_sources(
-    remotes: Mapping[str, TvixRemote], limits: TreeLimits, cache_bytes: int
+    remotes: Mapping[str, TvixRemote], limits: TreeLimits, cache_bytes: int, *, ask: bool = True
 ) -> dict[str, TvixTreeSource]:
     """The Directories of each instance (over its remote's client), if the server has a
-    DirectoryService (asked once); none for a REAPI mount (no ``remotes``)."""
-    if not remotes or not await has_directories(next(iter(remotes.values()))):
+    DirectoryService (asked once, unless not ``ask``: a mount told not to check its
+    remote, which may be down at mount time, shows ``trees/`` without waiting for the
+    answer); none for a REAPI mount (no ``remotes``)."""
+    if not remotes or (ask and not await has_directories(next(iter(remotes.values())))):
         return {}
     return {
         name: TvixTreeSource(remote.tvix, limits=limits, cache_bytes=cache_bytes)
