@@ -213,7 +213,7 @@ class Bent:
 
 
 MAX_ENTRIES = 20
-MAX_DEPTH = 3
+MAX_DEPTH = 60  # above the chain of test_a_deep_upload_is_one_put_of_its_closure
 
 
 @pytest.fixture(scope="module")
@@ -342,8 +342,34 @@ def test_uploads_put_each_directory_with_those_below_it(bent: Bent) -> None:
     (source / "e").mkdir()
     target = bent.mount.mountpoint / "main" / "uploads" / "up"
     sh("cp", "-r", str(source), str(target))
+    puts = len(bent.directories.puts)
     hash_ = os.getxattr(target, "user.casfs.digest").decode()
-    assert sorted(bent.directories.puts) == [1, 1, 2, 4]  # b; e; a with b; up with all
+    assert bent.directories.puts[puts:] == [4]  # up with all below it, leaves first
+    tree = bent.tree(bytes.fromhex(hash_))
+    out = sh("diff", "-r", "--no-dereference", str(source), str(tree), check=False)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+
+
+def test_a_deep_upload_is_one_put_of_its_closure(bent: Bent) -> None:
+    """A chain of 50 directories is one Put of 51 Directories (the chain and one empty
+    Directory at two names), not each subtree again below every parent (~1,300)."""
+    source = bent.root / "chain"
+    deepest = source.joinpath(*["d"] * 49)
+    (deepest / "x").mkdir(parents=True)
+    (deepest / "y").mkdir()
+    (deepest / "f").write_bytes(b"at the bottom\n")
+    target = bent.mount.mountpoint / "main" / "uploads" / "chain"
+    sh("cp", "-r", str(source), str(target))
+    puts, received = len(bent.directories.puts), bent.directories.received
+    hash_ = os.getxattr(target, "user.casfs.digest").decode()
+    assert bent.directories.puts[puts:] == [51]
+    assert bent.directories.received - received == 51
+    # Asked again below: known, nothing sent; after a change at the bottom: one Put again.
+    assert os.getxattr(target / "d", "user.casfs.digest")
+    assert bent.directories.received - received == 51
+    target.joinpath(*["d"] * 49, "g").write_bytes(b"new\n")
+    assert os.getxattr(target, "user.casfs.digest").decode() != hash_
+    assert bent.directories.puts[puts:] == [51, 51]
     tree = bent.tree(bytes.fromhex(hash_))
     out = sh("diff", "-r", "--no-dereference", str(source), str(tree), check=False)
     assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()

@@ -111,6 +111,7 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
     directories: dict[bytes, castore_pb2.Directory] = field(default_factory=dict)
     gets: list[tuple[bytes, bool]] = field(default_factory=list)  # Gets answered in full
     puts: list[int] = field(default_factory=list)  # Directories in each Put stored
+    received: int = 0  # Directory messages of every Put, stored or refused
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, directory: castore_pb2.Directory, digest: bytes | None = None) -> bytes:
@@ -145,6 +146,8 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
         sizes: dict[bytes, int] = {}
         received: list[tuple[bytes, castore_pb2.Directory]] = []
         for directory in request_iterator:
+            with self.lock:
+                self.received += 1
             for node in directory.directories:  # type: ignore[attr-defined]
                 if sizes.get(node.digest) != node.size:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not sent before it")
