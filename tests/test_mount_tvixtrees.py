@@ -373,3 +373,19 @@ def test_a_deep_upload_is_one_put_of_its_closure(bent: Bent) -> None:
     tree = bent.tree(bytes.fromhex(hash_))
     out = sh("diff", "-r", "--no-dereference", str(source), str(tree), check=False)
     assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+
+
+def test_a_put_answered_with_another_digest_is_eio(bent: Bent) -> None:
+    target = bent.mount.mountpoint / "main" / "uploads" / "lied"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "f").write_bytes(b"lied about\n")
+    bent.directories.put_mode = "lie"
+    try:
+        with pytest.raises(OSError) as raised:
+            os.getxattr(target, "user.casfs.digest")
+    finally:
+        bent.directories.put_mode = "ok"
+    assert raised.value.errno == errno.EIO
+    assert "the server answered" in bent.mount.log_text()
+    hash_ = os.getxattr(target, "user.casfs.digest").decode()  # nothing kept: asked again
+    assert os.listdir(bent.tree(bytes.fromhex(hash_))) == ["sub"]

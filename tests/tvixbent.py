@@ -112,6 +112,7 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
     gets: list[tuple[bytes, bool]] = field(default_factory=list)  # Gets answered in full
     puts: list[int] = field(default_factory=list)  # Directories in each Put stored
     received: int = 0  # Directory messages of every Put, stored or refused
+    put_mode: str = "ok"  # "ok", "lie" (Put answers another root digest, storing nothing)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, directory: castore_pb2.Directory, digest: bytes | None = None) -> bytes:
@@ -156,6 +157,8 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
             received.append((raw, directory))  # type: ignore[arg-type]
         if not received:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
+        if self.put_mode == "lie":
+            return rpc_directory_pb2.PutDirectoryResponse(root_digest=bytes(32))
         for raw, directory in received:
             self.directories[raw] = directory
         with self.lock:

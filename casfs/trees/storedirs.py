@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from casfs import tvix_directory
 from casfs._proto.tvix import castore_pb2
+from casfs.cas.errors import DataLoss
 from casfs.cas.remote import BlobRemote
 from casfs.cas.tvixremote import TvixRemote
 from casfs.digest import Digest
@@ -53,10 +54,14 @@ class DirectoryStore:
 
     async def finish(self) -> None:
         """Store what ``add`` kept (tvix: one Put, leaves first, the last added as the
-        root; nothing to do on REAPI), then forget it. Errors as ``TvixRemote.
-        put_directories`` (no DirectoryService: ``Unimplemented``); cancellation cancels
-        the call, and nothing is kept for a next ``finish``."""
+        root; nothing to do on REAPI), then forget it. A server that answers another
+        root digest than the local one raises ``DataLoss``, as a blob's Put does; other
+        errors as ``TvixRemote.put_directories`` (no DirectoryService: ``Unimplemented``).
+        Cancellation cancels the call, and nothing is kept for a next ``finish``."""
         if self._tvix is None or not self._closure:
             return
+        root = next(reversed(self._closure))
         closure, self._closure = list(self._closure.values()), {}
-        await self._tvix.put_directories(closure)
+        answered = await self._tvix.put_directories(closure)
+        if answered != root:
+            raise DataLoss(f"tvix Directory Put {root.hex()}: the server answered {answered.hex()}")
