@@ -389,3 +389,17 @@ def test_a_put_answered_with_another_digest_is_eio(bent: Bent) -> None:
     assert "the server answered" in bent.mount.log_text()
     hash_ = os.getxattr(target, "user.casfs.digest").decode()  # nothing kept: asked again
     assert os.listdir(bent.tree(bytes.fromhex(hash_))) == ["sub"]
+
+
+def test_a_target_that_is_not_utf8_reads_back_as_its_bytes(bent: Bent) -> None:
+    source = bent.root / "bytes"
+    source.mkdir()
+    os.symlink(b"../\xffname", os.fsencode(source / "link"))
+    target = bent.mount.mountpoint / "main" / "uploads" / "bytes"
+    sh("cp", "-r", str(source), str(target))
+    hash_ = os.getxattr(target, "user.casfs.digest").decode()
+    tree = bent.tree(bytes.fromhex(hash_))
+    assert os.readlink(os.fsencode(tree / "link")) == b"../\xffname"
+    assert os.lstat(tree / "link").st_size == len(b"../\xffname")
+    out = sh("diff", "-r", "--no-dereference", str(source), str(tree), check=False)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
