@@ -403,3 +403,10 @@ def test_a_target_that_is_not_utf8_reads_back_as_its_bytes(bent: Bent) -> None:
     assert os.lstat(tree / "link").st_size == len(b"../\xffname")
     out = sh("diff", "-r", "--no-dereference", str(source), str(tree), check=False)
     assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+
+
+def test_a_get_that_sends_nothing_is_eio(bent: Bent) -> None:
+    raw = bent.directories.add(castore_pb2.Directory(symlinks=[_link(b"quiet")]))
+    bent.directories.silent.add(raw)
+    assert errno_of(bent.tree(raw)) == errno.EIO
+    bent.mount.wait_for_log(f"tvix Directory Get {raw.hex()}: the server sent nothing")

@@ -112,6 +112,7 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
     gets: list[tuple[bytes, bool]] = field(default_factory=list)  # Gets answered in full
     puts: list[int] = field(default_factory=list)  # Directories in each Put stored
     received: int = 0  # Directory messages of every Put, stored or refused
+    silent: set[bytes] = field(default_factory=set)  # digests whose Get sends nothing
     put_mode: str = "ok"  # "ok", "lie" (Put answers another root digest, storing nothing)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -126,6 +127,8 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
         # call, and a generator cancelled at its yield would never count it afterwards.
         with self.lock:
             self.gets.append((request.digest, request.recursive))  # type: ignore[attr-defined]
+        if request.digest in self.silent:  # type: ignore[attr-defined]
+            return
         queue = [request.digest]  # type: ignore[attr-defined]
         seen = set(queue)
         while queue:
