@@ -410,3 +410,28 @@ def test_a_get_that_sends_nothing_is_eio(bent: Bent) -> None:
     bent.directories.silent.add(raw)
     assert errno_of(bent.tree(raw)) == errno.EIO
     bent.mount.wait_for_log(f"tvix Directory Get {raw.hex()}: the server sent nothing")
+
+
+def test_a_directory_whose_entries_change_gets_a_new_digest(bent: Bent) -> None:
+    """Asked below first: a directory's own digest, not only those above, goes stale when a
+    symlink or directory in it is removed, added or moved out."""
+    target = bent.mount.mountpoint / "main" / "uploads" / "changing"
+    (target / "a").mkdir(parents=True)
+    (target / "b").mkdir()
+    (target / "a" / "link").symlink_to("somewhere")
+    (target / "a" / "gone").mkdir()
+    source = bent.root / "changing"
+    for change in (
+        lambda: (target / "a" / "link").unlink(),
+        lambda: (target / "a" / "gone").rmdir(),
+        lambda: (target / "a" / "moved").mkdir(),
+        lambda: (target / "a" / "moved").rename(target / "b" / "moved"),
+    ):
+        before = {p: os.getxattr(target / p, "user.casfs.digest") for p in ("a", "b", "")}
+        change()
+        after = {p: os.getxattr(target / p, "user.casfs.digest") for p in ("a", "b", "")}
+        assert after[""] != before[""] and after["a"] != before["a"], change
+    sh("cp", "-r", str(target), str(source))
+    tree = bent.tree(bytes.fromhex(os.getxattr(target, "user.casfs.digest").decode()))
+    out = sh("diff", "-r", "--no-dereference", str(source), str(tree), check=False)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()

@@ -155,26 +155,32 @@ class Uploads(UploadJournal, UploadCommits):
         from this tree even where a digest is known, as upstream tvix requires).
 
         Files still open for writing make it EBUSY. The digests found are kept (until a
-        change below clears them) only once everything is stored; on a failure or
-        cancellation none is, and the next asker starts again.
+        change below clears them) only once everything is stored, and only those of
+        directories nothing below changed in meanwhile; on a failure or cancellation none
+        is, and the next asker starts again.
         """
         if directory.digest is not None:
             return directory.digest
         store = DirectoryStore(self.clients[instance])
-        found: list[tuple[DirEntry, Digest]] = []
+        found: list[tuple[DirEntry, int, Digest]] = []
         digest = await self._gather(directory, store, found)
         await store.finish()
-        for entry, known in found:
-            entry.digest = known
+        for entry, changes, known in found:
+            if entry.changes == changes:
+                entry.digest = known
         return digest
 
     async def _gather(
-        self, directory: DirEntry, store: DirectoryStore, found: list[tuple[DirEntry, Digest]]
+        self,
+        directory: DirEntry,
+        store: DirectoryStore,
+        found: list[tuple[DirEntry, int, Digest]],
     ) -> Digest:
         """Add the Directories of ``directory``'s subtree to ``store``, leaves first, and
-        note each one's digest in ``found``."""
+        note each one's digest in ``found`` with its ``changes`` before it was listed."""
         if directory.digest is not None and not store.subtrees_again:
             return directory.digest
+        changes = directory.changes
         entries: list[tuple[str, encode.Entry]] = []
         for name, child in list(directory.children.items()):
             if isinstance(child, FileEntry):
@@ -188,7 +194,7 @@ class Uploads(UploadJournal, UploadCommits):
             elif isinstance(child, SymlinkEntry):
                 entries.append((name, encode.SymlinkEntry(child.target)))
         digest = await store.add(entries)
-        found.append((directory, digest))
+        found.append((directory, changes, digest))
         return digest
 
     def _count_recovered(self, count: int) -> None:
