@@ -213,7 +213,7 @@ class Bent:
 
 
 MAX_ENTRIES = 20
-MAX_DEPTH = 3
+MAX_DEPTH = 60  # above the chain of test_a_deep_upload_is_one_put_of_its_closure
 
 
 @pytest.fixture(scope="module")
@@ -342,8 +342,96 @@ def test_uploads_put_each_directory_with_those_below_it(bent: Bent) -> None:
     (source / "e").mkdir()
     target = bent.mount.mountpoint / "main" / "uploads" / "up"
     sh("cp", "-r", str(source), str(target))
+    puts = len(bent.directories.puts)
     hash_ = os.getxattr(target, "user.casfs.digest").decode()
-    assert sorted(bent.directories.puts) == [1, 1, 2, 4]  # b; e; a with b; up with all
+    assert bent.directories.puts[puts:] == [4]  # up with all below it, leaves first
     tree = bent.tree(bytes.fromhex(hash_))
+    out = sh("diff", "-r", "--no-dereference", str(source), str(tree), check=False)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+
+
+def test_a_deep_upload_is_one_put_of_its_closure(bent: Bent) -> None:
+    """A chain of 50 directories is one Put of 51 Directories (the chain and one empty
+    Directory at two names), not each subtree again below every parent (~1,300)."""
+    source = bent.root / "chain"
+    deepest = source.joinpath(*["d"] * 49)
+    (deepest / "x").mkdir(parents=True)
+    (deepest / "y").mkdir()
+    (deepest / "f").write_bytes(b"at the bottom\n")
+    target = bent.mount.mountpoint / "main" / "uploads" / "chain"
+    sh("cp", "-r", str(source), str(target))
+    puts, received = len(bent.directories.puts), bent.directories.received
+    hash_ = os.getxattr(target, "user.casfs.digest").decode()
+    assert bent.directories.puts[puts:] == [51]
+    assert bent.directories.received - received == 51
+    # Asked again below: known, nothing sent; after a change at the bottom: one Put again.
+    assert os.getxattr(target / "d", "user.casfs.digest")
+    assert bent.directories.received - received == 51
+    target.joinpath(*["d"] * 49, "g").write_bytes(b"new\n")
+    assert os.getxattr(target, "user.casfs.digest").decode() != hash_
+    assert bent.directories.puts[puts:] == [51, 51]
+    tree = bent.tree(bytes.fromhex(hash_))
+    out = sh("diff", "-r", "--no-dereference", str(source), str(tree), check=False)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+
+
+def test_a_put_answered_with_another_digest_is_eio(bent: Bent) -> None:
+    target = bent.mount.mountpoint / "main" / "uploads" / "lied"
+    (target / "sub").mkdir(parents=True)
+    (target / "sub" / "f").write_bytes(b"lied about\n")
+    bent.directories.put_mode = "lie"
+    try:
+        with pytest.raises(OSError) as raised:
+            os.getxattr(target, "user.casfs.digest")
+    finally:
+        bent.directories.put_mode = "ok"
+    assert raised.value.errno == errno.EIO
+    assert "the server answered" in bent.mount.log_text()
+    hash_ = os.getxattr(target, "user.casfs.digest").decode()  # nothing kept: asked again
+    assert os.listdir(bent.tree(bytes.fromhex(hash_))) == ["sub"]
+
+
+def test_a_target_that_is_not_utf8_reads_back_as_its_bytes(bent: Bent) -> None:
+    source = bent.root / "bytes"
+    source.mkdir()
+    os.symlink(b"../\xffname", os.fsencode(source / "link"))
+    target = bent.mount.mountpoint / "main" / "uploads" / "bytes"
+    sh("cp", "-r", str(source), str(target))
+    hash_ = os.getxattr(target, "user.casfs.digest").decode()
+    tree = bent.tree(bytes.fromhex(hash_))
+    assert os.readlink(os.fsencode(tree / "link")) == b"../\xffname"
+    assert os.lstat(tree / "link").st_size == len(b"../\xffname")
+    out = sh("diff", "-r", "--no-dereference", str(source), str(tree), check=False)
+    assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
+
+
+def test_a_get_that_sends_nothing_is_eio(bent: Bent) -> None:
+    raw = bent.directories.add(castore_pb2.Directory(symlinks=[_link(b"quiet")]))
+    bent.directories.silent.add(raw)
+    assert errno_of(bent.tree(raw)) == errno.EIO
+    bent.mount.wait_for_log(f"tvix Directory Get {raw.hex()}: the server sent nothing")
+
+
+def test_a_directory_whose_entries_change_gets_a_new_digest(bent: Bent) -> None:
+    """Asked below first: a directory's own digest, not only those above, goes stale when a
+    symlink or directory in it is removed, added or moved out."""
+    target = bent.mount.mountpoint / "main" / "uploads" / "changing"
+    (target / "a").mkdir(parents=True)
+    (target / "b").mkdir()
+    (target / "a" / "link").symlink_to("somewhere")
+    (target / "a" / "gone").mkdir()
+    source = bent.root / "changing"
+    for change in (
+        lambda: (target / "a" / "link").unlink(),
+        lambda: (target / "a" / "gone").rmdir(),
+        lambda: (target / "a" / "moved").mkdir(),
+        lambda: (target / "a" / "moved").rename(target / "b" / "moved"),
+    ):
+        before = {p: os.getxattr(target / p, "user.casfs.digest") for p in ("a", "b", "")}
+        change()
+        after = {p: os.getxattr(target / p, "user.casfs.digest") for p in ("a", "b", "")}
+        assert after[""] != before[""] and after["a"] != before["a"], change
+    sh("cp", "-r", str(target), str(source))
+    tree = bent.tree(bytes.fromhex(os.getxattr(target, "user.casfs.digest").decode()))
     out = sh("diff", "-r", "--no-dereference", str(source), str(tree), check=False)
     assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()

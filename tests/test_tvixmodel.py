@@ -4,6 +4,8 @@ limit is ``BadDirectory``."""
 
 from __future__ import annotations
 
+import os
+
 import blake3
 import pytest
 from hypothesis import given, settings
@@ -71,3 +73,11 @@ def _link(name: bytes) -> castore_pb2.SymlinkNode:
 def test_bad_directories_are_refused(message: castore_pb2.Directory) -> None:
     with pytest.raises(BadDirectory):
         from_tvix(message, TreeLimits(max_entries=3))
+
+
+def test_a_target_of_any_bytes_comes_back_as_those_bytes() -> None:
+    target = b"../\xff\xc3/x"  # not UTF-8: data, not a name
+    message = castore_pb2.Directory(symlinks=[castore_pb2.SymlinkNode(name=b"l", target=target)])
+    (node,) = from_tvix(message).directory.symlinks
+    assert os.fsencode(node.target) == target
+    assert directory_message([("l", SymlinkEntry(node.target))]) == message

@@ -111,6 +111,9 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
     directories: dict[bytes, castore_pb2.Directory] = field(default_factory=dict)
     gets: list[tuple[bytes, bool]] = field(default_factory=list)  # Gets answered in full
     puts: list[int] = field(default_factory=list)  # Directories in each Put stored
+    received: int = 0  # Directory messages of every Put, stored or refused
+    silent: set[bytes] = field(default_factory=set)  # digests whose Get sends nothing
+    put_mode: str = "ok"  # "ok", "lie" (Put answers another root digest, storing nothing)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, directory: castore_pb2.Directory, digest: bytes | None = None) -> bytes:
@@ -124,6 +127,8 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
         # call, and a generator cancelled at its yield would never count it afterwards.
         with self.lock:
             self.gets.append((request.digest, request.recursive))  # type: ignore[attr-defined]
+        if request.digest in self.silent:  # type: ignore[attr-defined]
+            return
         queue = [request.digest]  # type: ignore[attr-defined]
         seen = set(queue)
         while queue:
@@ -145,6 +150,8 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
         sizes: dict[bytes, int] = {}
         received: list[tuple[bytes, castore_pb2.Directory]] = []
         for directory in request_iterator:
+            with self.lock:
+                self.received += 1
             for node in directory.directories:  # type: ignore[attr-defined]
                 if sizes.get(node.digest) != node.size:
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not sent before it")
@@ -153,6 +160,8 @@ class BentDirectories(rpc_directory_pb2_grpc.DirectoryServiceServicer):
             received.append((raw, directory))  # type: ignore[arg-type]
         if not received:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
+        if self.put_mode == "lie":
+            return rpc_directory_pb2.PutDirectoryResponse(root_digest=bytes(32))
         for raw, directory in received:
             self.directories[raw] = directory
         with self.lock:

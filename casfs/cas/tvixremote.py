@@ -13,9 +13,10 @@ a mount reads and writes it as it does a REAPI CAS.
   before it left open, and the bytes that stream past it go to ``passing`` (the mount's
   block cache keeps them), in whole blocks of ``passing_block`` bytes.
 - Writes: Put at ``store_file``, the digest the server answers checked against the file's.
-  A directory's Directory by one DirectoryService Put of it and the Directories below it
-  that this remote put before (``put_directory``): upstream tvix accepts only a Put whose
-  stream holds every Directory its last one refers to, leaves first.
+  A tree's Directories by one DirectoryService Put of all of them, leaves first
+  (``put_directories``; ``trees/storedirs.py`` gathers them from the ``uploads/`` tree):
+  upstream tvix accepts only a Put whose stream holds every Directory its Directories
+  refer to.
 
 Errors are ``CasError`` subclasses; cancelling a call cancels its grpc call.
 """
@@ -28,7 +29,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 import cachetools
 
-from casfs import tvix_directory
 from casfs._proto.tvix import castore_pb2
 from casfs.cas.calls import Chunk
 from casfs.cas.errors import ContentChanged, DataLoss, NotFound, Unimplemented
@@ -44,7 +44,6 @@ log = logging.getLogger("casfs.cas")
 
 MAX_BUFFERED_CHUNK = 8 << 20  # a chunk up to this size is read whole and checked first
 LAYOUTS = 10_000  # blobs whose chunk lists are remembered
-DIRECTORIES = 100_000  # Directories put, remembered to send again below a parent's Put
 
 # A block that streamed past a read: (blob, block index, the block's bytes).
 PassingBlock = Callable[[Digest, int, bytes], None]
@@ -68,9 +67,6 @@ class TvixRemote:
         )
         self._passing: PassingBlock | None = None
         self._passing_block = 0
-        self._put: cachetools.LRUCache[bytes, castore_pb2.Directory] = cachetools.LRUCache(
-            maxsize=DIRECTORIES
-        )
 
     def keep_passing(self, block_size: int, keep: PassingBlock) -> None:
         """Hand whole blocks (aligned to ``block_size``) that stream past reads to ``keep``."""
@@ -210,26 +206,13 @@ class TvixRemote:
         if sent != digest:
             raise ContentChanged(f"{os.fspath(path)} is {sent} now, not {digest}")
 
-    async def put_directory(self, directory: castore_pb2.Directory) -> bytes:
-        """Put ``directory`` by one DirectoryService Put, after the Directories below it
-        that this remote put before (each once, leaves first; one it no longer remembers is
-        left out, for the server to know); returns its raw digest. Errors as
-        ``TvixClient.put_directories``; cancellation cancels the call."""
-        closure: dict[bytes, castore_pb2.Directory] = {}
-        stack = [(directory, 0)]
-        while stack:  # post-order: a Directory after everything below it
-            current, index = stack.pop()
-            if index < len(current.directories):
-                stack.append((current, index + 1))
-                digest = current.directories[index].digest
-                child = self._put.get(digest)
-                if child is not None and digest not in closure:
-                    stack.append((child, 0))
-            elif current is not directory:
-                closure.setdefault(tvix_directory.digest_of(current), current)
-        raw = await self.tvix.put_directories([*closure.values(), directory])
-        self._put[raw] = directory
-        return raw
+    async def put_directories(self, directories: Sequence[castore_pb2.Directory]) -> bytes:
+        """Put a tree's Directories by one DirectoryService Put, leaves first, the last the
+        root (upstream tvix accepts only a Put whose stream holds every Directory its
+        Directories refer to); returns the root's raw digest, the server's answer checked
+        against it. Errors as ``TvixClient.put_directories``; cancellation cancels the
+        call."""
+        return await self.tvix.put_directories(directories)
 
     async def upload_bytes(
         self, data: bytes, function: DigestFunction = DigestFunction.SHA256

@@ -52,10 +52,12 @@ class Entry:
         return "/".join(reversed(parts))
 
     def invalidate(self) -> None:
-        """Something below changed: no Directory digest above holds any more."""
+        """Something below changed: no Directory digest above holds any more (nor one
+        being found: ``changes`` tells)."""
         directory = self.parent
         while directory is not None:
             directory.digest = None
+            directory.changes += 1
             directory = directory.parent
 
     def modified(self) -> None:
@@ -68,6 +70,14 @@ class Entry:
 class DirEntry(Entry):
     children: dict[str, Entry] = field(default_factory=dict)
     digest: Digest | None = None
+    changes: int = 0  # changes below it so far (a digest found across one is stale)
+
+    def modified(self) -> None:
+        """Its entries changed (one added, removed or moved): its own digest is stale too,
+        not only those above."""
+        self.digest = None
+        self.changes += 1
+        super().modified()
 
 
 @dataclass(eq=False)

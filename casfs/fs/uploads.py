@@ -40,7 +40,7 @@ from casfs.fs.uploadentries import DirEntry, Entry, FileEntry, SymlinkEntry, Upl
 from casfs.fs.uploadjournal import COMPACT_EVERY, UploadJournal
 from casfs.fs.uploadmachine import FileState
 from casfs.trees import encode
-from casfs.trees.storedirs import store_directory
+from casfs.trees.storedirs import DirectoryStore
 
 __all__ = [  # the upload side's names, wherever they are defined
     "DirEntry",
@@ -150,12 +150,37 @@ class Uploads(UploadJournal, UploadCommits):
 
     async def directory_digest(self, directory: DirEntry, instance: str) -> Digest:
         """The digest of a directory as a Directory of the remote's protocol (REAPI's, or
-        tvix's: ``trees/storedirs.py``), uploading what it refers to.
+        tvix's: ``trees/storedirs.py``), uploading what it refers to: its files, and its
+        Directories (on a tvix castore all of the subtree's by one Put, each once, rebuilt
+        from this tree even where a digest is known, as upstream tvix requires).
 
-        Files still open for writing make it EBUSY.
+        Files still open for writing make it EBUSY. The digests found are kept (until a
+        change below clears them) only once everything is stored, and only those of
+        directories nothing below changed in meanwhile; on a failure or cancellation none
+        is, and the next asker starts again.
         """
         if directory.digest is not None:
             return directory.digest
+        store = DirectoryStore(self.clients[instance])
+        found: list[tuple[DirEntry, int, Digest]] = []
+        digest = await self._gather(directory, store, found)
+        await store.finish()
+        for entry, changes, known in found:
+            if entry.changes == changes:
+                entry.digest = known
+        return digest
+
+    async def _gather(
+        self,
+        directory: DirEntry,
+        store: DirectoryStore,
+        found: list[tuple[DirEntry, int, Digest]],
+    ) -> Digest:
+        """Add the Directories of ``directory``'s subtree to ``store``, leaves first, and
+        note each one's digest in ``found`` with its ``changes`` before it was listed."""
+        if directory.digest is not None and not store.subtrees_again:
+            return directory.digest
+        changes = directory.changes
         entries: list[tuple[str, encode.Entry]] = []
         for name, child in list(directory.children.items()):
             if isinstance(child, FileEntry):
@@ -164,12 +189,12 @@ class Uploads(UploadJournal, UploadCommits):
                 digest = await self.finalize(child)
                 entries.append((name, encode.FileEntry(digest, bool(child.mode & 0o111))))
             elif isinstance(child, DirEntry):
-                digest = await self.directory_digest(child, instance)
+                digest = await self._gather(child, store, found)
                 entries.append((name, encode.DirectoryEntry(digest)))
             elif isinstance(child, SymlinkEntry):
                 entries.append((name, encode.SymlinkEntry(child.target)))
-        digest = await store_directory(self.clients[instance], entries)
-        directory.digest = digest
+        digest = await store.add(entries)
+        found.append((directory, changes, digest))
         return digest
 
     def _count_recovered(self, count: int) -> None:

@@ -9,6 +9,9 @@ as tvix requires), at most ``TreeLimits.max_entries`` entries and
 ``TreeLimits.max_directory_bytes`` bytes, every digest 32 bytes, every symlink target
 non-empty and NUL-free. Names must be UTF-8 too: the mount looks names up as UTF-8, so a
 name it could list but never look up makes the Directory bad rather than half shown.
+Symlink targets are data, any bytes: one that is not UTF-8 is decoded with
+``surrogateescape`` (as ``tvixencode`` encodes it, and as ``os.fsencode`` gives the bytes
+back to ``readlink``).
 
 Digests: tvix names a Directory by the blake3 hash of its canonical serialization alone,
 and a DirectoryNode pairs that hash with a ``size`` that is the number of entries below
@@ -64,11 +67,11 @@ def _digest(raw: bytes, size: int, what: str) -> Digest:
         raise BadDirectory(f"{what}: {error}") from None
 
 
-def _text(raw: bytes, what: str) -> str:
+def _name(raw: bytes, what: str) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadDirectory(f"{what}: a name or target is not UTF-8: {raw[:200]!r}") from None
+        raise BadDirectory(f"{what}: a name is not UTF-8: {raw[:200]!r}") from None
     return text
 
 
@@ -90,15 +93,16 @@ def from_tvix(message: castore_pb2.Directory, limits: TreeLimits = DEFAULT_LIMIT
     except tvix_directory.DirectoryError as error:
         raise BadDirectory(f"{what}: {error}") from None
     directories = tuple(
-        DirectoryNode(_text(n.name, what), _digest(n.digest, n.size, what))
+        DirectoryNode(_name(n.name, what), _digest(n.digest, n.size, what))
         for n in message.directories
     )
     files = tuple(
-        FileNode(_text(n.name, what), _digest(n.digest, n.size, what), n.executable)
+        FileNode(_name(n.name, what), _digest(n.digest, n.size, what), n.executable)
         for n in message.files
     )
     symlinks = tuple(
-        SymlinkNode(_text(n.name, what), _text(n.target, what)) for n in message.symlinks
+        SymlinkNode(_name(n.name, what), n.target.decode("utf-8", "surrogateescape"))
+        for n in message.symlinks
     )
     for group in (directories, files, symlinks):
         for node in group:

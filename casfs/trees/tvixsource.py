@@ -11,8 +11,9 @@ A subtree is fetched ahead of a walk by one recursive Get (``prefetch``).
 
 Failures: a missing Directory is ``NotFound``; one that does not match its hash, breaks a
 rule, or that the server refuses as invalid (INVALID_ARGUMENT for a digest we sent well
-formed: casfs serve says so of a stored blob that is no valid Directory) is ``DataLoss`` or
-``BadDirectory`` (EIO); other ``CasError``s as the client raises them.
+formed: casfs serve says so of a stored blob that is no valid Directory), or that a Get
+answers with nothing, is ``DataLoss`` or ``BadDirectory`` (EIO); other ``CasError``s as
+the client raises them.
 
 Concurrency notes: all state lives in the trio thread. A Directory is fetched once at a
 time (single flight, ``fetchcache.py``): other tasks asking for it wait for the first and
@@ -27,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from casfs.cas.errors import DataLoss, InvalidArgument
+from casfs.cas.errors import InvalidArgument
 from casfs.cas.tvix import TvixClient
 from casfs.digest import Digest
 from casfs.trees.fetchcache import FetchCache
@@ -102,13 +103,12 @@ class TvixTreeSource:
         try:
             stream = self.client.get_directories(bytes.fromhex(hash_))
             async with contextlib.aclosing(stream) as directories:  # type: ignore[type-var]
-                async for message in directories:
-                    item = from_tvix(message, self.limits)
-                    self.keep(item)
-                    return item
+                # The client raises DataLoss for a stream that ends with nothing.
+                item = from_tvix(await anext(directories), self.limits)
         except InvalidArgument as error:
             raise BadDirectory(f"tvix Directory {hash_}: the server refuses it: {error}") from None
-        raise DataLoss(f"tvix Directory {hash_}: the server sent nothing")  # pragma: no cover
+        self.keep(item)
+        return item
 
     # -- a whole subtree ----------------------------------------------------------------------
 
