@@ -44,7 +44,6 @@ FILE_INODE = 2
 def serve(mountpoint: Path, size: int) -> None:
     """Mount the null file system at ``mountpoint`` until unmounted."""
     import pyfuse3
-    import trio
 
     buffer = memoryview(os.urandom(MIB))
 
@@ -85,7 +84,17 @@ def serve(mountpoint: Path, size: int) -> None:
                 return buffer[start : start + wanted]
             return bytes(buffer[start:]) + bytes(buffer[: start + wanted - MIB])
 
-    pyfuse3.init(NullFile(), str(mountpoint), {"fsname=nullfs", "ro"})
+    run_read_only(NullFile(), mountpoint, "nullfs")
+
+
+def run_read_only(operations: object, mountpoint: Path, fsname: str) -> None:
+    """Mount ``operations`` (a ``pyfuse3.Operations``) read-only at ``mountpoint`` and
+    answer requests until it is unmounted."""
+    import pyfuse3
+    import trio
+
+    assert isinstance(operations, pyfuse3.Operations)
+    pyfuse3.init(operations, str(mountpoint), {f"fsname={fsname}", "ro"})
     try:
         trio.run(pyfuse3.main)
     finally:

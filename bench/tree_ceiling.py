@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.fuse_ceiling import run_read_only
 from bench.processes import FuseProcess
 
 TIMEOUT = 24 * 3600.0
@@ -61,7 +62,6 @@ def scan(source: Path) -> list[Entry]:
 def serve(mountpoint: Path, source: Path) -> None:
     """Mount the null tree at ``mountpoint`` until unmounted."""
     import pyfuse3
-    import trio
 
     entries = scan(source)
 
@@ -125,11 +125,7 @@ def serve(mountpoint: Path, source: Path) -> None:
         async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
             raise pyfuse3.FUSEError(errno.ENODATA)
 
-    pyfuse3.init(NullTree(), str(mountpoint), {"fsname=nulltree", "ro"})
-    try:
-        trio.run(pyfuse3.main)
-    finally:
-        pyfuse3.close(unmount=True)
+    run_read_only(NullTree(), mountpoint, "nulltree")
 
 
 def null_tree(mountpoint: Path, source: Path, log: Path) -> FuseProcess:
