@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from casfs.rpcstats import RpcStats
 from casfs.server.app import Security, build_server, listen_address
 from casfs.server.auth import load_tokens
 from casfs.server.instances import Instances
+from casfs.server.stopsignals import StopSignals
 from casfs.store.partials import UploadLimits
 
 log = logging.getLogger("casfs")
@@ -42,13 +41,6 @@ class ServeOptions:
     max_streams: int = DEFAULT_MAX_STREAMS
     stream_idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     metrics: str | None = None  # [HOST:]PORT of the Prometheus endpoint
-
-
-# Python runs a signal's handler in the main thread only, once that thread runs Python
-# again; a signal the kernel delivers to one of grpc's threads does not wake the main
-# thread from an untimed wait, so a SIGTERM could go unanswered until the next one. The
-# wait wakes this often to let a pending handler run.
-SIGNAL_POLL = 0.25
 
 
 def serve_until_signalled(config: ServeConfig, options: ServeOptions) -> None:
@@ -84,13 +76,11 @@ def serve_until_signalled(config: ServeConfig, options: ServeOptions) -> None:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         address = listen_address(config.listen, port)
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stop.set())
+        signals = StopSignals()  # whichever thread the kernel hands a signal to
+        stack.callback(signals.close)
         print(f"casfs serve: listening on {address}", flush=True)
         notify.ready(f"listening on {address}")
-        while not stop.wait(SIGNAL_POLL):
-            pass
+        signals.wait()
         log.info("stopping")
         notify.stopping("stopping")
         server.stop(grace=5).wait()
